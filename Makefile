@@ -1,0 +1,36 @@
+# The two commands a new machine needs: `make demo` and `make test` (both set up .venv first).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lint typecheck pytest bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/nb-mlops demo
+
+lint: setup
+	$(BIN)/ruff check nb_mlops tests benchmarks
+	$(BIN)/ruff format --check nb_mlops tests benchmarks
+
+typecheck: setup
+	$(BIN)/mypy nb_mlops
+
+pytest: setup
+	$(BIN)/python -m pytest
+
+test: lint typecheck pytest
+
+bench: setup
+	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) .nb_mlops .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""nb_mlops: from notebook to production inside Jupyter.
+
+Experiments tracked into MLflow (`%%track`, `nb_mlops.track`), data versions (`%snapshot`),
+notebook → papermill pipelines (`nb-mlops pipeline`), gated promotion with a journal and rollback.
+Importing this package is cheap: every public name is loaded on first use.
+
+Example:
+    >>> import nb_mlops
+    >>> with nb_mlops.track(name="baseline"):          # doctest: +SKIP
+    ...     nb_mlops.log(accuracy=0.93)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name → module that defines it (imported on first access, then cached in this module)
+_LAZY: dict[str, str] = {
+    "load_config": "nb_mlops.core.config",
+    "Config": "nb_mlops.core.config",
+    "NbMlopsError": "nb_mlops.core.errors",
+    "track": "nb_mlops.core.tracking",
+    "log": "nb_mlops.core.tracking",
+    "runs": "nb_mlops.core.runs",
+    "snapshot": "nb_mlops.core.data",
+    "restore": "nb_mlops.core.data",
+    "snapshots": "nb_mlops.core.data",
+    "diff": "nb_mlops.core.data",
+    "Snapshot": "nb_mlops.core.data",
+    "build_pipeline": "nb_mlops.pipeline",
+    "run_pipeline": "nb_mlops.pipeline",
+    "promote": "nb_mlops.core.promotion",
+    "rollback": "nb_mlops.core.promotion",
+    "history": "nb_mlops.core.promotion",
+    "lineage": "nb_mlops.core.lineage",
+}
+
+__all__ = sorted([*_LAZY, "__version__", "load_ipython_extension"])
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from nb_mlops.core.config import Config, load_config
+    from nb_mlops.core.data import Snapshot, diff, restore, snapshot, snapshots
+    from nb_mlops.core.errors import NbMlopsError
+    from nb_mlops.core.lineage import lineage
+    from nb_mlops.core.promotion import history, promote, rollback
+    from nb_mlops.core.runs import runs
+    from nb_mlops.core.tracking import log, track
+    from nb_mlops.pipeline import build_pipeline, run_pipeline
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nb_mlops' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext nb_mlops`: register the magics and start the background warm-up."""
+    from nb_mlops.magics import load_ipython_extension as load
+
+    load(ipython)

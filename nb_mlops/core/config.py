@@ -1,0 +1,172 @@
+"""Find the project root and read its configuration (`[tool.nb_mlops]` or `nb_mlops.toml`).
+
+The root is the nearest folder, walking up from the start folder, whose `pyproject.toml` holds a
+`[tool.nb_mlops]` table or which holds `nb_mlops.toml`; else the start folder itself. Environment
+variables override the store: `NB_MLOPS_TRACKING_URI` / `MLFLOW_TRACKING_URI`, and `NB_MLOPS_ROOT`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nb_mlops.core.errors import ConfigError
+
+__all__ = ["Config", "find_root", "load_config", "STORE_DIRNAME"]
+
+STORE_DIRNAME = ".nb_mlops"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved configuration of one project.
+
+    Attributes:
+        root: the project root folder.
+        config_file: the file the settings came from, or None when there is none.
+        tracking_uri: MLflow tracking URI (the embedded SQLite store by default).
+        registry_uri: MLflow model-registry URI (the tracking URI by default).
+        artifact_root: folder (or URI) where new experiments keep their artifacts.
+        experiment: the configured experiment name, or None (then: the notebook's file stem).
+        settings: every key of the configuration table, as read (e.g. `gates`).
+    """
+
+    root: Path
+    config_file: Path | None
+    tracking_uri: str
+    registry_uri: str
+    artifact_root: str
+    experiment: str | None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def store_dir(self) -> Path:
+        """`<root>/.nb_mlops`: the embedded store's folder (data, runs and locks live here always)."""
+        return self.root / STORE_DIRNAME
+
+    @property
+    def data_store(self) -> Path:
+        return Path(self.settings.get("data_store", self.store_dir / "data"))
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.store_dir / "runs"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.store_dir / "locks"
+
+    @property
+    def db_path(self) -> Path:
+        return self.store_dir / "mlflow.db"
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when tracking goes to the embedded SQLite file under `.nb_mlops/`."""
+        return self.tracking_uri == _sqlite_uri(self.db_path)
+
+    @property
+    def gates(self) -> dict[str, Any]:
+        gates = self.settings.get("gates", {})
+        return gates if isinstance(gates, dict) else {}
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape printed by `nb-mlops config --json`."""
+        return {
+            "root": str(self.root),
+            "config_file": str(self.config_file) if self.config_file else None,
+            "tracking_uri": self.tracking_uri,
+            "registry_uri": self.registry_uri,
+            "artifact_root": self.artifact_root,
+            "data_store": str(self.data_store),
+            "runs_dir": str(self.runs_dir),
+            "experiment": self.experiment,
+            "embedded": self.is_embedded,
+            "gates": self.gates,
+        }
+
+
+def _sqlite_uri(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc}); fix the file or remove it") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
+
+
+def find_root(start: Path | str | None = None) -> tuple[Path, Path | None, dict[str, Any]]:
+    """Walk up from `start` to the project root.
+
+    Returns:
+        (root, config file or None, the nb_mlops settings table).
+    """
+    here = Path(start or os.getcwd()).resolve()
+    if here.is_file():
+        here = here.parent
+    for folder in (here, *here.parents):
+        own = folder / "nb_mlops.toml"
+        if own.is_file():
+            return folder, own, _read_toml(own)
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file():
+            table = _read_toml(pyproject).get("tool", {}).get("nb_mlops")
+            if isinstance(table, dict):
+                return folder, pyproject, table
+    return here, None, {}
+
+
+def load_config(start: Path | str | None = None) -> Config:
+    """Resolve the configuration for the project containing `start` (default: the cwd).
+
+    `NB_MLOPS_ROOT` pins the root (pipeline steps run from staging folders use it).
+
+    Example:
+        >>> cfg = load_config()
+        >>> cfg.tracking_uri.startswith("sqlite:///") or cfg.tracking_uri
+        True
+    """
+    pinned = os.environ.get("NB_MLOPS_ROOT")
+    root, source, settings = find_root(pinned or start)
+    if pinned:
+        root = Path(pinned).resolve()
+    store_dir = root / STORE_DIRNAME
+    tracking_uri = (
+        os.environ.get("NB_MLOPS_TRACKING_URI")
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or _setting_str(settings, "tracking_uri", source)
+        or _sqlite_uri(store_dir / "mlflow.db")
+    )
+    registry_uri = (
+        os.environ.get("NB_MLOPS_REGISTRY_URI")
+        or os.environ.get("MLFLOW_REGISTRY_URI")
+        or _setting_str(settings, "registry_uri", source)
+        or tracking_uri
+    )
+    artifact_root = _setting_str(settings, "artifact_root", source) or str(store_dir / "artifacts")
+    return Config(
+        root=root,
+        config_file=source,
+        tracking_uri=tracking_uri,
+        registry_uri=registry_uri,
+        artifact_root=artifact_root,
+        experiment=_setting_str(settings, "experiment", source),
+        settings=settings,
+    )
+
+
+def _setting_str(settings: dict[str, Any], key: str, source: Path | None) -> str | None:
+    value = settings.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{source}: `{key}` must be a non-empty string, got {value!r}")
+    return value

@@ -1,0 +1,106 @@
+"""The exception hierarchy of nb_mlops: one root, one branch per layer of the product.
+
+Every message says what was wrong, names the offending value, and says what to do next.
+
+    NbMlopsError
+     ├── ConfigError             bad or unreadable configuration
+     ├── StoreError              the tracking / data store cannot be used
+     │    └── StoreUnavailable   the tracking server is down or unreachable
+     ├── TrackingError           misuse of runs and logging
+     │    └── NoActiveRun        nb_mlops.log() outside a tracked cell or pipeline step
+     ├── DataError               data snapshots
+     │    ├── SnapshotNotFound   unknown name or version
+     │    └── IntegrityError     stored bytes do not match their content hash
+     ├── PipelineError           notebook → pipeline conversion and runs
+     │    ├── BuildError         the notebook cannot be converted (names the cell)
+     │    ├── ParameterError     a parameter is unknown, mistyped or not JSON-like
+     │    └── StepFailed         a step failed (names the step and the cell)
+     └── PromotionError          promotion, registry and journal
+          ├── GatesBlocked       one or more gates failed
+          └── RollbackError      there is nothing (valid) to roll back to
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BuildError",
+    "ConfigError",
+    "DataError",
+    "GatesBlocked",
+    "IntegrityError",
+    "NbMlopsError",
+    "NoActiveRun",
+    "ParameterError",
+    "PipelineError",
+    "PromotionError",
+    "RollbackError",
+    "SnapshotNotFound",
+    "StepFailed",
+    "StoreError",
+    "StoreUnavailable",
+    "TrackingError",
+]
+
+
+class NbMlopsError(Exception):
+    """Root of every error nb_mlops raises on purpose."""
+
+
+class ConfigError(NbMlopsError):
+    """The configuration file or an environment override is invalid."""
+
+
+class StoreError(NbMlopsError):
+    """The tracking or data store cannot be opened or written."""
+
+
+class StoreUnavailable(StoreError):
+    """A remote tracking server did not answer within the timeout."""
+
+
+class TrackingError(NbMlopsError):
+    """Runs or logging were used in a way that cannot be recorded."""
+
+
+class NoActiveRun(TrackingError):
+    """Logging was attempted with no tracked cell or pipeline step active."""
+
+
+class DataError(NbMlopsError):
+    """A data snapshot could not be taken, read or restored."""
+
+
+class SnapshotNotFound(DataError):
+    """The snapshot name or version does not exist."""
+
+
+class IntegrityError(DataError):
+    """Stored bytes no longer match the content hash they are named by."""
+
+
+class PipelineError(NbMlopsError):
+    """A pipeline could not be built or run."""
+
+
+class BuildError(PipelineError):
+    """The notebook cannot be converted into a pipeline."""
+
+
+class ParameterError(PipelineError):
+    """A parameter value or name does not fit the declared schema."""
+
+
+class StepFailed(PipelineError):
+    """A pipeline step did not run to its last cell."""
+
+
+class PromotionError(NbMlopsError):
+    """A promotion or rollback could not be carried out."""
+
+
+class GatesBlocked(PromotionError):
+    """At least one promotion gate failed."""
+
+
+class RollbackError(PromotionError):
+    """There is no earlier version to roll back to, or the target is invalid."""

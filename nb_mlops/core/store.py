@@ -1,0 +1,229 @@
+"""The embedded store: `.nb_mlops/` folders, the MLflow SQLite schema, and the client to reach it.
+
+MLflow's schema migrations are not safe when several processes create a new SQLite file at once, and
+take seconds. So the schema is created once, under our own cross-process lock, from a per-user
+template copied in milliseconds (made by MLflow's own migrations the first time on a machine). The
+database runs in WAL mode; every connection uses `synchronous=NORMAL` and a long busy timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock
+
+from nb_mlops.core.config import Config, load_config
+from nb_mlops.core.errors import StoreError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+__all__ = [
+    "artifact_location_for",
+    "client",
+    "ensure_store",
+    "experiment_id",
+    "lock",
+    "STORE_SUBDIRS",
+]
+
+STORE_SUBDIRS = ("artifacts", "data/objects", "data/refs", "runs", "locks")
+BUSY_TIMEOUT_MS = 60_000
+
+_ready: set[Path] = set()
+_ready_lock = threading.Lock()
+_clients: dict[tuple[str, str], MlflowClient] = {}
+_pragmas_installed = False
+
+
+def lock(cfg: Config, name: str, timeout: float = -1) -> FileLock:
+    """A cross-process lock file `.nb_mlops/locks/<name>.lock` (a dead holder's lock is released
+    by the OS, so it never goes stale)."""
+    cfg.locks_dir.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(cfg.locks_dir / f"{name}.lock"), timeout=timeout)
+
+
+def ensure_store(cfg: Config | None = None) -> Config:
+    """Create the store folders and, for the embedded store, the MLflow schema. Idempotent.
+
+    Safe to call from many processes at once (RELIABILITY S1). Costs a set lookup once done.
+    """
+    cfg = cfg or load_config()
+    if cfg.store_dir in _ready:
+        return cfg
+    with _ready_lock:
+        if cfg.store_dir in _ready:
+            return cfg
+        try:
+            for sub in STORE_SUBDIRS:
+                (cfg.store_dir / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the store folder {cfg.store_dir}: {exc.strerror}; "
+                "check the permissions of the project root"
+            ) from exc
+        _install_sqlite_pragmas()
+        if cfg.is_embedded and not _schema_ready(cfg.db_path):
+            with lock(cfg, "schema"):
+                if not _schema_ready(cfg.db_path):
+                    _create_schema(cfg)
+        _ready.add(cfg.store_dir)
+    return cfg
+
+
+def client(cfg: Config | None = None) -> MlflowClient:
+    """An MlflowClient on the configured store (created once per URI pair)."""
+    cfg = ensure_store(cfg)
+    key = (cfg.tracking_uri, cfg.registry_uri)
+    found = _clients.get(key)
+    if found is None:
+        from mlflow.tracking import MlflowClient
+
+        found = _clients[key] = MlflowClient(cfg.tracking_uri, cfg.registry_uri)
+    return found
+
+
+def artifact_location_for(cfg: Config, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts: `<artifact_root>/<experiment>` on the embedded
+    store (MLflow would pick `./mlruns` under the cwd), the server's default otherwise."""
+    if not cfg.is_embedded and "artifact_root" not in cfg.settings:
+        return None
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in experiment) or "default"
+    root = cfg.artifact_root
+    if "://" in root:
+        return f"{root.rstrip('/')}/{safe}"
+    return Path(root, safe).resolve().as_uri()
+
+
+def experiment_id(cfg: Config, name: str) -> str:
+    """The id of experiment `name`, created with the right artifact location if missing."""
+    mlflow_client = client(cfg)
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    with lock(cfg, "experiments"):
+        found = mlflow_client.get_experiment_by_name(name)
+        if found is not None:
+            return str(found.experiment_id)
+        return str(
+            mlflow_client.create_experiment(
+                name, artifact_location=artifact_location_for(cfg, name)
+            )
+        )
+
+
+# --- schema ----------------------------------------------------------------------------------
+
+
+def _db_revision(path: Path) -> str | None:
+    """The alembic revision of a complete MLflow database, or None (missing, half-migrated)."""
+    if not path.exists():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error:
+        return None
+    try:
+        row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+        tmp = con.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name LIKE '\\_alembic\\_tmp\\_%' ESCAPE '\\'"
+        ).fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        con.close()
+    if row is None or (tmp and tmp[0]):
+        return None
+    return str(row[0])
+
+
+def _schema_ready(path: Path) -> bool:
+    return path.exists() and path.with_name(".schema-ok").exists()
+
+
+def _template_path() -> Path:
+    """A migrated empty database per MLflow version, kept in the user's cache folder."""
+    from importlib.metadata import version
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "nb_mlops" / "schema" / f"mlflow-{version('mlflow')}.db"
+
+
+def _build_template(target: Path) -> None:
+    """Run MLflow's own migrations once into `target` (the slow path: seconds)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    store = SqlAlchemyStore(f"sqlite:///{tmp}", str(target.parent / "artifacts"))
+    store.engine.dispose()
+    con = sqlite3.connect(tmp)
+    con.execute("PRAGMA journal_mode=DELETE")
+    con.close()
+    os.replace(tmp, target)
+
+
+def _create_schema(cfg: Config) -> None:
+    """Called under the schema lock: put a migrated database at `cfg.db_path`."""
+    template = _template_path()
+    template.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(template) + ".lock"):
+        if _db_revision(template) is None:
+            _build_template(template)
+    head = _db_revision(template)
+    db = cfg.db_path
+    if db.exists() and _db_revision(db) == head:
+        db.with_name(".schema-ok").write_text(str(head))
+        return
+    if db.exists() and _db_revision(db) is not None:
+        # An older schema: let MLflow migrate it in place, still under our lock.
+        from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine_with_retry
+
+        engine = create_sqlalchemy_engine_with_retry(f"sqlite:///{db}")
+        _upgrade_db(engine)
+        engine.dispose()
+        db.with_name(".schema-ok").write_text(str(head))
+        return
+    if db.exists():
+        broken = db.with_name(f"mlflow.db.broken-{os.getpid()}")
+        os.replace(db, broken)
+    staged = db.with_name(f"mlflow.db.{os.getpid()}.tmp")
+    shutil.copyfile(template, staged)
+    con = sqlite3.connect(staged)
+    try:
+        default_root = Path(cfg.artifact_root)
+        location = default_root.resolve().as_uri() if "://" not in cfg.artifact_root else cfg.artifact_root
+        con.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+            (location.rstrip("/") + "/0",),
+        )
+        con.commit()
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+    os.replace(staged, db)
+    db.with_name(".schema-ok").write_text(str(head))
+
+
+def _install_sqlite_pragmas() -> None:
+    """Every SQLite connection SQLAlchemy opens gets WAL-friendly pragmas."""
+    global _pragmas_installed
+    if _pragmas_installed:
+        return
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    event.listen(Engine, "connect", on_connect)
+    _pragmas_installed = True

@@ -1,0 +1,57 @@
+"""Write small notebooks and execute them for real (papermill, a real kernel)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+Cell = str | tuple[str, Sequence[str]]
+
+
+def new_notebook(path: Path, cells: Sequence[Cell]) -> Path:
+    """Write a notebook of code cells; a cell is its source, or (source, tags)."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    for index, cell in enumerate(cells):
+        source, tags = (cell, ()) if isinstance(cell, str) else cell
+        node = nbformat.v4.new_code_cell(source)
+        node.id = f"cell-{index}"
+        if tags:
+            node.metadata["tags"] = list(tags)
+        nb.cells.append(node)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+    return path
+
+
+def execute(
+    path: Path,
+    *,
+    output: Path | None = None,
+    parameters: dict[str, Any] | None = None,
+    cwd: Path | None = None,
+    timeout: int = 300,
+    raise_on_error: bool = True,
+) -> Any:
+    """Run the notebook in a fresh python3 kernel with papermill; return the output notebook."""
+    import papermill
+
+    output = output or path.with_name(path.stem + ".out.ipynb")
+    try:
+        return papermill.execute_notebook(
+            str(path),
+            str(output),
+            parameters=parameters or {},
+            cwd=str(cwd or path.parent),
+            kernel_name="python3",
+            progress_bar=False,
+            execution_timeout=timeout,
+        )
+    except papermill.PapermillExecutionError:
+        if raise_on_error:
+            raise
+        return nbformat.read(str(output), as_version=4)
