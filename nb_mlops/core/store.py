@@ -142,6 +142,17 @@ def _db_revision(path: Path) -> str | None:
     return str(row[0])
 
 
+def _has_tables(path: Path) -> bool:
+    con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        row = con.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
+    except sqlite3.DatabaseError:
+        return True  # not even SQLite: never overwrite it
+    finally:
+        con.close()
+    return bool(row and row[0])
+
+
 def _schema_ready(path: Path) -> bool:
     return path.exists() and path.with_name(".schema-ok").exists()
 
@@ -189,9 +200,11 @@ def _create_schema(cfg: Config) -> None:
         engine.dispose()
         db.with_name(".schema-ok").write_text(str(head))
         return
-    if db.exists():
-        broken = db.with_name(f"mlflow.db.broken-{os.getpid()}")
-        os.replace(db, broken)
+    if db.exists() and _has_tables(db):
+        raise StoreError(
+            f"{db} is not a complete MLflow database (no schema revision, or a half-finished "
+            "migration); move it aside and run again to start a new store"
+        )
     staged = db.with_name(f"mlflow.db.{os.getpid()}.tmp")
     shutil.copyfile(template, staged)
     con = sqlite3.connect(staged)

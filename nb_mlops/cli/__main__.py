@@ -1,0 +1,5 @@
+"""`python -m nb_mlops.cli`: the same as the `nb-mlops` command."""
+
+from nb_mlops.cli import run
+
+run()
