@@ -1,0 +1,391 @@
+"""Promotion gates: parse `[tool.nb_mlops.gates]` and judge a candidate run against it.
+
+Gates are pure functions of what the store recorded (metrics, tags, data versions) for the candidate
+and the current champion; each gives PASS, FAIL or SKIP with the values it compared.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from nb_mlops.core.errors import ConfigError
+
+__all__ = [
+    "BeatChampion",
+    "GateResult",
+    "GateSpec",
+    "MetricGate",
+    "RunFacts",
+    "evaluate_gates",
+    "format_value",
+    "parse_gates",
+]
+
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+    "==": operator.eq,
+}
+_SPEC = re.compile(r"^\s*(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+_KNOWN = ("metrics", "beat_champion", "require_reproduced", "require_data_verified")
+# metrics where smaller is better, when `direction` is not given
+_LOWER_IS_BETTER = re.compile(r"loss|error|mse|mae|rmse|mape|perplexity", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The verdict of one gate.
+
+    Attributes:
+        gate: e.g. `metric:accuracy`, `beat_champion`, `require_reproduced`, `require_data_verified`.
+        verdict: PASS, FAIL or SKIP.
+        measured: the candidate's value (a number, a tag value, a list of data versions).
+        expected: what the gate asked for (`>= 0.9`, `> 0.91 (champion v3 + 0.0)`, `true`).
+        detail: one sentence saying what was compared and why the verdict.
+    """
+
+    gate: str
+    verdict: str
+    measured: Any = None
+    expected: Any = None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MetricGate:
+    metric: str
+    op: str
+    threshold: float
+
+    @property
+    def expected(self) -> str:
+        return f"{self.op} {self.threshold:g}"
+
+
+@dataclass(frozen=True)
+class BeatChampion:
+    metric: str
+    min_delta: float = 0.0
+    direction: str = "max"  # "max": larger is better; "min": smaller is better
+    require_same_snapshot: bool = False
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """The parsed gates table."""
+
+    metrics: tuple[MetricGate, ...] = ()
+    beat_champion: BeatChampion | None = None
+    require_reproduced: bool = False
+    require_data_verified: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.metrics
+            or self.beat_champion
+            or self.require_reproduced
+            or self.require_data_verified
+        )
+
+
+@dataclass
+class RunFacts:
+    """What a gate may look at for one run (the candidate, or the champion's run).
+
+    Attributes:
+        run_id: the pipeline parent run.
+        metrics: last value of every metric (the runner copies step metrics onto the parent).
+        tags: the run's tags.
+        data: snapshot name → `vN:<digest>` (from `nb_mlops.data.*` tags).
+        eval_data: names of the snapshots used with dataset context eval or test.
+    """
+
+    run_id: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict)
+    eval_data: set[str] = field(default_factory=set)
+
+
+def format_value(value: Any) -> str:
+    """A gate value as table text: numbers with %g, lists comma-joined, None as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "-"
+    return str(value)
+
+
+def parse_gates(table: Mapping[str, Any] | None) -> GateSpec:
+    """Validate the gates table of the configuration.
+
+    Args:
+        table: `cfg.gates`, e.g. `{"metrics": {"accuracy": ">= 0.9"}, "require_reproduced": True}`.
+
+    Returns:
+        The parsed gates.
+
+    Raises:
+        ConfigError: an unknown key, a bad operator or threshold, a wrong type (names the gate).
+
+    Example:
+        >>> parse_gates({"metrics": {"accuracy": ">= 0.9"}}).metrics[0].expected
+        '>= 0.9'
+    """
+    table = dict(table or {})
+    unknown = sorted(set(table) - set(_KNOWN))
+    if unknown:
+        raise ConfigError(
+            f"unknown gate {unknown[0]!r} in [tool.nb_mlops.gates]; known gates: {', '.join(_KNOWN)}"
+        )
+    metrics_table = table.get("metrics", {})
+    if not isinstance(metrics_table, Mapping):
+        raise ConfigError(
+            f'gates.metrics must be a table like {{ accuracy = ">= 0.9" }}, got {metrics_table!r}'
+        )
+    metrics = []
+    for name, spec in metrics_table.items():
+        match = _SPEC.match(spec) if isinstance(spec, str) else None
+        if match is None:
+            raise ConfigError(
+                f'gates.metrics.{name} = {spec!r} is not a threshold; write it as "OP NUMBER" '
+                'with OP one of >=, >, <=, <, == (e.g. ">= 0.9")'
+            )
+        metrics.append(MetricGate(str(name), match.group(1), float(match.group(2))))
+    beat = table.get("beat_champion")
+    beat_champion = _parse_beat(beat) if beat not in (None, False) else None
+    return GateSpec(
+        metrics=tuple(metrics),
+        beat_champion=beat_champion,
+        require_reproduced=_flag(table, "require_reproduced"),
+        require_data_verified=_flag(table, "require_data_verified"),
+    )
+
+
+def _flag(table: Mapping[str, Any], key: str) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"gates.{key} must be true or false, got {value!r}")
+    return value
+
+
+def _parse_beat(beat: Any) -> BeatChampion:
+    if (
+        not isinstance(beat, Mapping)
+        or not isinstance(beat.get("metric"), str)
+        or not beat["metric"]
+    ):
+        raise ConfigError(
+            f'gates.beat_champion must be a table like {{ metric = "accuracy", min_delta = 0.0 }}, got {beat!r}'
+        )
+    extra = sorted(set(beat) - {"metric", "min_delta", "direction", "require_same_snapshot"})
+    if extra:
+        raise ConfigError(
+            f"gates.beat_champion has unknown key {extra[0]!r}; "
+            "known: metric, min_delta, direction, require_same_snapshot"
+        )
+    delta = beat.get("min_delta", 0.0)
+    if isinstance(delta, bool) or not isinstance(delta, int | float) or not math.isfinite(delta):
+        raise ConfigError(f"gates.beat_champion.min_delta must be a number, got {delta!r}")
+    metric = str(beat["metric"])
+    direction = beat.get("direction", "min" if _LOWER_IS_BETTER.search(metric) else "max")
+    if direction not in ("max", "min"):
+        raise ConfigError(
+            f'gates.beat_champion.direction must be "max" or "min", got {direction!r}'
+        )
+    same = beat.get("require_same_snapshot", False)
+    if not isinstance(same, bool):
+        raise ConfigError(
+            f"gates.beat_champion.require_same_snapshot must be true or false, got {same!r}"
+        )
+    return BeatChampion(metric, float(delta), str(direction), same)
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+DataVerifier = Callable[[str, str], str | None]
+"""`verify(name, "vN:<digest>")` → None when the stored version is intact, else what is wrong."""
+
+
+def evaluate_gates(
+    spec: GateSpec,
+    candidate: RunFacts,
+    champion: tuple[str, RunFacts | None] | None = None,
+    verify: DataVerifier | None = None,
+) -> list[GateResult]:
+    """Judge `candidate` against every configured gate, in table order.
+
+    Args:
+        spec: the parsed gates.
+        candidate: facts of the candidate pipeline run.
+        champion: (version, facts of its run or None) of the current champion, or None.
+        verify: checks one stored data version; None when data snapshots cannot be verified here.
+
+    Returns:
+        One result per gate (metrics first, then beat_champion, reproduced, data).
+    """
+    results = [_metric_gate(gate, candidate) for gate in spec.metrics]
+    if spec.beat_champion is not None:
+        results.append(_beat_champion(spec.beat_champion, candidate, champion))
+    if spec.require_reproduced:
+        results.append(_reproduced(candidate))
+    if spec.require_data_verified:
+        results.append(_data_verified(candidate, verify))
+    return results
+
+
+def _metric_gate(gate: MetricGate, run: RunFacts) -> GateResult:
+    name = f"metric:{gate.metric}"
+    value = run.metrics.get(gate.metric)
+    if value is None:
+        logged = ", ".join(sorted(run.metrics)) or "none"
+        return GateResult(
+            name,
+            FAIL,
+            None,
+            gate.expected,
+            f"run {run.run_id} logged no metric {gate.metric!r} (logged: {logged})",
+        )
+    ok = _OPS[gate.op](value, gate.threshold)
+    return GateResult(
+        name,
+        PASS if ok else FAIL,
+        value,
+        gate.expected,
+        f"{gate.metric} = {value:g} {'meets' if ok else 'does not meet'} {gate.expected}",
+    )
+
+
+def _beat_champion(
+    gate: BeatChampion, run: RunFacts, champion: tuple[str, RunFacts | None] | None
+) -> GateResult:
+    name = "beat_champion"
+    value = run.metrics.get(gate.metric)
+    if champion is None:
+        return GateResult(name, SKIP, value, None, "no champion yet: nothing to beat")
+    version, champ = champion
+    if champ is None:
+        return GateResult(
+            name, SKIP, value, None, f"champion v{version} has no run to compare with"
+        )
+    theirs = champ.metrics.get(gate.metric)
+    if theirs is None:
+        return GateResult(
+            name,
+            SKIP,
+            value,
+            None,
+            f"champion v{version} (run {champ.run_id}) logged no {gate.metric!r}",
+        )
+    sign = ">=" if gate.direction == "max" else "<="
+    target = theirs + gate.min_delta if gate.direction == "max" else theirs - gate.min_delta
+    expected = f"{sign} {target:g} (champion v{version} {gate.metric} = {theirs:g}, min_delta {gate.min_delta:g})"
+    if value is None:
+        return GateResult(
+            name, FAIL, None, expected, f"run {run.run_id} logged no metric {gate.metric!r}"
+        )
+    # "beat" means strictly better when min_delta is 0, else at least min_delta better
+    if gate.min_delta == 0:
+        ok = value > theirs if gate.direction == "max" else value < theirs
+        expected = f"{'>' if gate.direction == 'max' else '<'} {theirs:g} (champion v{version})"
+    else:
+        ok = value >= target if gate.direction == "max" else value <= target
+    snapshot = _compare_snapshots(run, champ)
+    if snapshot and gate.require_same_snapshot:
+        return GateResult(
+            name, FAIL, value, expected, snapshot + "; the gate requires the same snapshot"
+        )
+    detail = f"{gate.metric} = {value:g} {'beats' if ok else 'does not beat'} champion v{version} ({theirs:g})"
+    detail += f"; {snapshot}" if snapshot else _same_note(run, champ)
+    return GateResult(name, PASS if ok else FAIL, value, expected, detail)
+
+
+def _eval_names(run: RunFacts, champ: RunFacts) -> set[str]:
+    names = (run.eval_data | champ.eval_data) & (set(run.data) | set(champ.data))
+    return names
+
+
+def _compare_snapshots(run: RunFacts, champ: RunFacts) -> str:
+    """A sentence naming the evaluation snapshots that differ, or "" when they are the same."""
+    differ = [
+        f"{name}: candidate {run.data.get(name, 'none')} vs champion {champ.data.get(name, 'none')}"
+        for name in sorted(_eval_names(run, champ))
+        if run.data.get(name) != champ.data.get(name)
+    ]
+    if differ:
+        return (
+            "evaluation snapshots differ ("
+            + "; ".join(differ)
+            + "), metrics are not on the same data"
+        )
+    return ""
+
+
+def _same_note(run: RunFacts, champ: RunFacts) -> str:
+    names = sorted(_eval_names(run, champ))
+    if names:
+        return "; same evaluation snapshot: " + ", ".join(f"{n} {run.data[n]}" for n in names)
+    return "; no evaluation snapshot recorded for either run"
+
+
+def _reproduced(run: RunFacts) -> GateResult:
+    value = run.tags.get("nb_mlops.reproduced")
+    if value is None:
+        return GateResult(
+            "require_reproduced",
+            FAIL,
+            None,
+            "true",
+            f"run {run.run_id} has no nb_mlops.reproduced tag (the pipeline did not compare with the interactive run)",
+        )
+    ok = value.lower() == "true"
+    detail = (
+        "the pipeline reproduced the interactive metrics"
+        if ok
+        else "the pipeline did not reproduce the interactive metrics"
+    )
+    return GateResult("require_reproduced", PASS if ok else FAIL, value, "true", detail)
+
+
+def _data_verified(run: RunFacts, verify: DataVerifier | None) -> GateResult:
+    name = "require_data_verified"
+    versions = [f"{n}@{v.split(':', 1)[0]}" for n, v in sorted(run.data.items())]
+    if not run.data:
+        return GateResult(name, SKIP, [], "verified", "the run recorded no data snapshots")
+    if verify is None:
+        return GateResult(
+            name,
+            SKIP,
+            versions,
+            "verified",
+            "data snapshots cannot be verified here (no verify available)",
+        )
+    problems = []
+    for snapshot, tag in sorted(run.data.items()):
+        problem = verify(snapshot, tag)
+        if problem:
+            problems.append(f"{snapshot}: {problem}")
+    if problems:
+        return GateResult(name, FAIL, versions, "verified", "; ".join(problems))
+    return GateResult(
+        name,
+        PASS,
+        versions,
+        "verified",
+        f"{len(versions)} snapshot(s) verified against their digests",
+    )
