@@ -1,0 +1,336 @@
+"""The public data-version API: `snapshot`, `restore`, `snapshots`, `diff`, `verify`, `gc`.
+
+Every face (magics, CLI, widgets) calls these. A snapshot taken or restored is noted in
+`nb_mlops.core.session`, which tracking turns into MLflow dataset inputs of the session's runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from nb_mlops.core.config import Config, load_config
+from nb_mlops.core.data.names import check_name, format_ref, parse_ref, suggest_name
+from nb_mlops.core.data.refs import DataStore, open_store
+from nb_mlops.core.errors import DataError, IntegrityError, SnapshotNotFound
+from nb_mlops.core.session import DataUse, note_data_use
+
+__all__ = ["CONTEXTS", "Snapshot", "diff", "gc", "restore", "snapshot", "snapshots", "verify"]
+
+CONTEXTS = ("train", "eval", "test")
+TAG_PREFIX = "nb_mlops.data."
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One stored data version.
+
+    Attributes:
+        name: the snapshot name.
+        version: 1, 2, ...
+        digest: blake3 content hash of the version.
+        kind: "frame", "array", "file" or "dir".
+        rows: row count of a frame, else None.
+        bytes_added: bytes this snapshot added to the store (0 when the content was stored already).
+        size: bytes the version occupies in the store (shared objects counted in full).
+        profile: schema and summary statistics (frames and arrays).
+        schema: column → dtype (frames), {"values": dtype} (arrays), {} (files).
+        path: the workspace path of a file or folder snapshot, else None.
+        created: ISO timestamp (UTC).
+        message: the message given at snapshot time.
+        context: "train", "eval", "test" or None, as given when the version was created.
+        new: False when an unchanged snapshot returned the existing version.
+    """
+
+    name: str
+    version: int
+    digest: str
+    kind: str
+    rows: int | None
+    bytes_added: int
+    size: int
+    profile: dict[str, Any] = field(repr=False, default_factory=dict)
+    schema: dict[str, str] = field(repr=False, default_factory=dict)
+    path: str | None = None
+    created: str = ""
+    message: str | None = None
+    context: str | None = None
+    new: bool = True
+
+    @property
+    def ref(self) -> str:
+        """`NAME@vN`."""
+        return format_ref(self.name, self.version)
+
+    @property
+    def source(self) -> str:
+        """The MLflow dataset source: `nbmlops://NAME@vN` (files and folders: `?path=...`)."""
+        base = f"nbmlops://{self.ref}"
+        return f"{base}?path={quote(self.path)}" if self.path else base
+
+    @property
+    def tag_value(self) -> str:
+        """The run tag value `vN:<digest>`."""
+        return f"v{self.version}:{self.digest}"
+
+    @classmethod
+    def from_manifest(cls, m: dict[str, Any], new: bool = False) -> Snapshot:
+        return cls(
+            name=m["name"],
+            version=int(m["version"]),
+            digest=m["digest"],
+            kind=m["kind"],
+            rows=m.get("rows"),
+            bytes_added=int(m.get("bytes_added", 0)) if new else 0,
+            size=int(m.get("size", 0)),
+            profile=m.get("profile", {}),
+            schema=m.get("schema", {}),
+            path=m.get("path") if m["kind"] in ("file", "dir") else None,
+            created=m.get("created", ""),
+            message=m.get("message"),
+            context=m.get("context"),
+            new=new,
+        )
+
+
+def _note(snap: Snapshot, context: str | None) -> None:
+    note_data_use(
+        DataUse(
+            name=snap.name,
+            version=snap.version,
+            digest=snap.digest,
+            context=context,
+            source=snap.source,
+            path=snap.path,
+            rows=snap.rows,
+            schema=dict(snap.schema),
+            profile=snap.profile,
+        )
+    )
+
+
+def _check_context(context: str | None) -> str | None:
+    if context is not None and context not in CONTEXTS:
+        raise DataError(f"invalid context {context!r}: use one of {', '.join(CONTEXTS)}")
+    return context
+
+
+def snapshot(
+    obj_or_path: Any,
+    name: str | None = None,
+    context: str | None = None,
+    message: str | None = None,
+    *,
+    cfg: Config | None = None,
+) -> Snapshot:
+    """Store a version of a DataFrame, a numpy array, a file or a folder.
+
+    Unchanged content returns the latest version (`new=False`, no bytes added).
+
+    Args:
+        obj_or_path: a pandas DataFrame, a numpy ndarray, or a path (str / PathLike).
+        name: the snapshot name (default for paths: the file or folder name).
+        context: "train", "eval" or "test" (recorded on the MLflow dataset input).
+        message: a free-text note kept with the version.
+        cfg: the project configuration (default: found from the current folder).
+
+    Returns:
+        The stored `Snapshot`.
+
+    Example:
+        >>> snap = nb_mlops.snapshot(df, "train", context="train")   # doctest: +SKIP
+        >>> snap.ref
+        'train@v1'
+    """
+    _check_context(context)
+    is_path = isinstance(obj_or_path, str | os.PathLike)
+    if name is None:
+        if not is_path:
+            raise DataError("a DataFrame or array snapshot needs a name: snapshot(df, 'train')")
+        name = suggest_name(Path(os.path.abspath(obj_or_path)).name)
+    check_name(name)
+    store = open_store(cfg)
+    with store.gc_guard():
+        if is_path:
+            fields = _snapshot_path(store, Path(os.fspath(obj_or_path)))
+        else:
+            from nb_mlops.core.data.frames import prepare, prepared_digest, snapshot_table
+
+            prep = prepare(obj_or_path)
+            digest = prepared_digest(prep)
+            latest = store.latest(name)
+            current = store.manifest(name, latest) if latest else None
+            if current is not None and current["digest"] == digest:
+                snap = Snapshot.from_manifest(current, new=False)
+                _note(snap, context)
+                return snap
+            fields = snapshot_table(store, prep, name, digest)
+        manifest = {
+            **fields,
+            "created": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "message": message,
+            "context": context,
+        }
+        stored, created = store.add_version(name, manifest)
+    snap = Snapshot.from_manifest(stored, new=created)
+    _note(snap, context)
+    return snap
+
+
+def _snapshot_path(store: DataStore, path: Path) -> dict[str, Any]:
+    from nb_mlops.core.data.files import snapshot_file, snapshot_folder
+
+    if not os.path.lexists(path):
+        raise DataError(f"{path} does not exist: pass an existing file or folder, or a variable")
+    if path.is_dir():
+        return snapshot_folder(store, path)
+    if path.is_file():
+        return snapshot_file(store, path)
+    raise DataError(f"{path} is not a regular file or folder (a broken link, a fifo or a device)")
+
+
+def _run_version(cfg: Config, name: str, run_id: str) -> tuple[int, str]:
+    from nb_mlops.core.store import client
+
+    try:
+        run = client(cfg).get_run(run_id)
+    except Exception as exc:  # MLflow raises its own exception types for unknown runs
+        raise SnapshotNotFound(f"cannot read run {run_id!r}: {str(exc).splitlines()[0]}") from exc
+    value = run.data.tags.get(TAG_PREFIX + name)
+    if not value:
+        used = sorted(k[len(TAG_PREFIX) :] for k in run.data.tags if k.startswith(TAG_PREFIX))
+        raise SnapshotNotFound(
+            f"run {run_id} used no snapshot named {name!r} (it used: {', '.join(used) or 'none'})"
+        )
+    version, _, digest = value.partition(":")
+    return int(version.lstrip("v")), digest
+
+
+def restore(
+    name: str | Snapshot,
+    version: int | None = None,
+    *,
+    run_id: str | None = None,
+    to: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    cfg: Config | None = None,
+) -> Any:
+    """Bring a version back: a DataFrame or array, or the path a file/folder was written to.
+
+    Args:
+        name: `NAME`, `NAME@vN`, or a `Snapshot`.
+        version: the version (default: the latest, or the one `run_id` used).
+        run_id: an MLflow run: restore exactly the version that run recorded (`nb_mlops.data.NAME`).
+        to: where to write a file or folder (default: its original path inside the project).
+        force: overwrite existing files that differ.
+        cfg: the project configuration.
+
+    Example:
+        >>> df = nb_mlops.restore("train@v3")            # doctest: +SKIP
+    """
+    if isinstance(name, Snapshot):
+        base, version = name.name, version or name.version
+    else:
+        base, version = parse_ref(name, version)
+    cfg = cfg or load_config()
+    store = open_store(cfg)
+    expected = None
+    if run_id is not None:
+        used, expected = _run_version(cfg, base, run_id)
+        if version is not None and version != used:
+            raise DataError(f"run {run_id} used {format_ref(base, used)}, not v{version}")
+        version = used
+    manifest = store.manifest(base, version)
+    ref = format_ref(base, manifest["version"])
+    if expected is not None and manifest["digest"] != expected:
+        raise IntegrityError(
+            f"{ref} has digest {manifest['digest']} but run {run_id} recorded {expected}; "
+            "the store was changed after the run"
+        )
+    snap = Snapshot.from_manifest(manifest)
+    if manifest["kind"] in ("frame", "array"):
+        from nb_mlops.core.data.frames import load_table, to_python
+
+        value = to_python(manifest, load_table(store, manifest))
+    else:
+        from nb_mlops.core.data.files import restore_file, restore_folder
+
+        dest = _restore_target(cfg, manifest, to)
+        if manifest["kind"] == "file":
+            value = restore_file(store, manifest, dest, force)
+        else:
+            value = restore_folder(store, manifest, dest, force)
+    _note(snap, manifest.get("context"))
+    return value
+
+
+def _restore_target(cfg: Config, manifest: dict[str, Any], to: Any) -> Path:
+    if to is not None:
+        return Path(os.path.abspath(to))
+    original = Path(manifest["abspath"])
+    try:
+        original.relative_to(cfg.root)
+    except ValueError:
+        raise DataError(
+            f"{manifest['name']}@v{manifest['version']} came from {original}, outside the project; "
+            "pass to=PATH (--to PATH) to say where to restore it"
+        ) from None
+    return original
+
+
+def snapshots(name: str | None = None, *, cfg: Config | None = None) -> list[Snapshot]:
+    """Every stored version (of `name`, or of every name), oldest first within a name."""
+    store = open_store(cfg)
+    if name is not None:
+        base, version = parse_ref(name)
+        if version is not None:
+            return [Snapshot.from_manifest(store.manifest(base, version))]
+        if not store.versions(base):
+            store.manifest(base)  # raises SnapshotNotFound with the known names
+    return [Snapshot.from_manifest(m) for m in store.manifests(name)]
+
+
+def _resolve(store: DataStore, ref: str | Snapshot) -> dict[str, Any]:
+    if isinstance(ref, Snapshot):
+        return store.manifest(ref.name, ref.version)
+    base, version = parse_ref(ref)
+    return store.manifest(base, version)
+
+
+def diff(
+    a: str | Snapshot, b: str | Snapshot | None = None, *, cfg: Config | None = None
+) -> dict[str, Any]:
+    """Differences from version `a` to `b` (default `b`: the latest version of a's name).
+
+    Returns a JSON-ready dict: columns added/removed/retyped, row counts, rows added/removed/
+    changed, per-column statistic deltas (frames); files added/removed/changed (folders).
+    """
+    from nb_mlops.core.data.compare import diff_manifests
+
+    store = open_store(cfg)
+    ma = _resolve(store, a)
+    mb = _resolve(store, b) if b is not None else store.manifest(ma["name"])
+    return diff_manifests(store, ma, mb)
+
+
+def verify(
+    name: str | None = None, everything: bool = False, *, cfg: Config | None = None
+) -> list[dict[str, Any]]:
+    """Re-hash stored objects; return the problems found (empty when all is intact).
+
+    Each problem: {"snapshot": "NAME@vN", "object": id, "problem": "missing"|"corrupt", "path": ...}.
+    """
+    from nb_mlops.core.data.integrity import verify_store
+
+    return verify_store(open_store(cfg), name, everything)
+
+
+def gc(dry_run: bool = False, *, cfg: Config | None = None) -> dict[str, int]:
+    """Remove objects that no snapshot references; return counts of removed/kept and bytes freed."""
+    from nb_mlops.core.data.integrity import gc_store
+
+    return gc_store(open_store(cfg), dry_run)

@@ -1,0 +1,217 @@
+"""Names → versions → manifests, plus the small indexes beside them (chunk index, stat cache).
+
+`refs/<name>/v000003.json` is the manifest of version 3: written once (temp + fsync + rename) under
+the data lock, never modified. A manifest is only written after every object it names is durable,
+so a manifest never points at bytes that are not there (RELIABILITY D1). `gc` takes the
+`data-gc` lock exclusively while snapshots hold it shared, so it never removes the objects of a
+snapshot still being written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from nb_mlops.core.config import Config
+from nb_mlops.core.data.names import check_name, format_ref
+from nb_mlops.core.data.objects import ObjectStore, fsync_dir
+from nb_mlops.core.errors import DataError, SnapshotNotFound
+from nb_mlops.core.store import lock
+
+__all__ = ["DataStore", "open_store"]
+
+
+def write_json_atomic(path: Path, value: Any, durable: bool = True) -> None:
+    """Write JSON to `path` via a temp file in the same folder (fsync + rename when durable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            json.dump(value, fh, separators=(",", ":"), sort_keys=True)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def read_json(path: Path) -> Any:
+    with path.open(encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+class DataStore:
+    """The data store of one project: objects, manifests, the chunk index and the stat cache."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.root = cfg.data_store
+        self.objects = ObjectStore(self.root)
+        self.refs = self.root / "refs"
+        self.chunks = self.root / "index" / "chunks"
+        self.stats = self.root / "index" / "stat"
+
+    def ensure(self) -> None:
+        for folder in (self.objects.root, self.objects.tmp, self.refs, self.chunks, self.stats):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    # --- locks ------------------------------------------------------------------------------
+
+    def write_lock(self) -> Any:
+        """The short lock around version assignment (filelock: released by the OS on death)."""
+        return lock(self.cfg, "data")
+
+    @contextlib.contextmanager
+    def gc_guard(self, exclusive: bool = False) -> Iterator[None]:
+        """Snapshots hold this shared while they write; gc holds it exclusive."""
+        self.cfg.locks_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.cfg.locks_dir / "data-gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    # --- manifests --------------------------------------------------------------------------
+
+    def _dir(self, name: str) -> Path:
+        return self.refs / check_name(name)
+
+    @staticmethod
+    def _file(version: int) -> str:
+        return f"v{version:06d}.json"
+
+    def names(self) -> list[str]:
+        if not self.refs.is_dir():
+            return []
+        return sorted(p.name for p in self.refs.iterdir() if p.is_dir() and self.versions(p.name))
+
+    def versions(self, name: str) -> list[int]:
+        folder = self._dir(name)
+        if not folder.is_dir():
+            return []
+        found = []
+        for entry in folder.iterdir():
+            stem = entry.name
+            if stem.startswith("v") and stem.endswith(".json") and stem[1:-5].isdigit():
+                found.append(int(stem[1:-5]))
+        return sorted(found)
+
+    def latest(self, name: str) -> int | None:
+        versions = self.versions(name)
+        return versions[-1] if versions else None
+
+    def manifest(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """The manifest of `name@vN` (latest when version is None); SnapshotNotFound if absent."""
+        versions = self.versions(name)
+        if not versions:
+            known = ", ".join(self.names()[:20]) or "none yet"
+            raise SnapshotNotFound(f"no snapshot named {name!r} (known: {known})")
+        if version is None:
+            version = versions[-1]
+        path = self._dir(name) / self._file(version)
+        if not path.exists():
+            raise SnapshotNotFound(
+                f"no version {version} of snapshot {name!r} (versions: "
+                f"{', '.join(f'v{v}' for v in versions)})"
+            )
+        try:
+            value: dict[str, Any] = read_json(path)
+        except (OSError, ValueError) as exc:
+            raise DataError(
+                f"manifest of {format_ref(name, version)} is unreadable: {exc}"
+            ) from exc
+        return value
+
+    def manifests(self, name: str | None = None) -> Iterator[dict[str, Any]]:
+        for each in [name] if name else self.names():
+            for version in self.versions(each):
+                yield self.manifest(each, version)
+
+    def add_version(self, name: str, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Write `manifest` as the next version of `name`, unless the latest has the same digest
+        (then return that one). Call only after every object it names is durable.
+
+        Returns:
+            (the stored manifest, True when a new version was written).
+        """
+        with self.write_lock():
+            latest = self.latest(name)
+            if latest is not None:
+                current = self.manifest(name, latest)
+                if current.get("digest") == manifest["digest"]:
+                    return current, False
+            manifest = {**manifest, "name": name, "version": (latest or 0) + 1}
+            write_json_atomic(self._dir(name) / self._file(manifest["version"]), manifest)
+            return manifest, True
+
+    # --- chunk index: logical chunk digest → stored form --------------------------------------
+
+    def _chunk_path(self, digest: str) -> Path:
+        return self.chunks / digest[:2] / digest[2:]
+
+    def chunk_entry(self, digest: str) -> dict[str, Any] | None:
+        """The stored form of a logical chunk, if every object it needs is still present."""
+        path = self._chunk_path(digest)
+        try:
+            entry: dict[str, Any] = read_json(path)
+        except (OSError, ValueError):
+            return None
+        needed = [entry.get("object"), entry.get("base_object"), entry.get("patch")]
+        if any(oid and not self.objects.exists(oid) for oid in needed):
+            return None
+        return entry
+
+    def put_chunk_entry(self, digest: str, entry: dict[str, Any]) -> None:
+        # Not fsynced: the index is a cache; a lost entry only costs one rewrite of the chunk.
+        write_json_atomic(self._chunk_path(digest), entry, durable=False)
+
+    def drop_chunk_entry(self, digest: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._chunk_path(digest).unlink()
+
+    def chunk_digests(self) -> Iterator[str]:
+        if not self.chunks.is_dir():
+            return
+        for fan in self.chunks.iterdir():
+            if fan.is_dir():
+                for entry in fan.iterdir():
+                    if not entry.name.startswith("."):
+                        yield fan.name + entry.name
+
+    # --- stat cache: workspace path → (size, mtime, ctime, inode) → object -------------------
+
+    def _stat_path(self, key: str) -> Path:
+        from nb_mlops.core.data.objects import hash_bytes
+
+        return self.stats / hash_bytes(key.encode("utf-8", "surrogateescape"))[:40]
+
+    def stat_cache(self, key: str) -> dict[str, Any]:
+        try:
+            value: dict[str, Any] = read_json(self._stat_path(key))
+        except (OSError, ValueError):
+            return {}
+        return value if value.get("key") == key else {}
+
+    def put_stat_cache(self, key: str, value: dict[str, Any]) -> None:
+        write_json_atomic(self._stat_path(key), {**value, "key": key}, durable=False)
+
+
+def open_store(cfg: Config | None = None) -> DataStore:
+    """The data store of the project (created on first use; no MLflow import)."""
+    from nb_mlops.core.config import load_config
+
+    store = DataStore(cfg or load_config())
+    store.ensure()
+    return store

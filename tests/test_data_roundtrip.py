@@ -1,0 +1,201 @@
+"""Data snapshots of frames and arrays: exact round trips, dedup, append/edit costs, profile, diff."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import nb_mlops
+from nb_mlops.core.data import diff, frames, restore, snapshot, snapshots
+from nb_mlops.core.errors import DataError, SnapshotNotFound
+
+N = 50
+
+
+def _frames() -> dict[str, pd.DataFrame]:
+    rng = np.random.default_rng(7)
+    base = pd.DataFrame({"x": rng.standard_normal(N), "k": rng.integers(0, 100, N)})
+    cat = pd.Categorical(
+        rng.choice(["lo", "mid", "hi"], N), categories=["lo", "mid", "hi", "unused"], ordered=True
+    )
+    nullable = pd.array(rng.integers(0, 9, N), dtype="Int64")
+    nullable[[1, 5]] = pd.NA
+    strings = [f"s{i}" if i % 7 else None for i in range(N)]
+    return {
+        "numeric": base,
+        "categorical": base.assign(c=cat),
+        "tz_datetime": base.assign(
+            t=pd.date_range("2024-03-01", periods=N, freq="h", tz="Europe/Paris")
+        ),
+        "naive_datetime_ns": base.assign(t=pd.date_range("2024-03-01", periods=N, freq="37s")),
+        "nullable_int": base.assign(
+            n=nullable, b=pd.array([True, None] * (N // 2), dtype="boolean")
+        ),
+        "pyarrow_strings": base.assign(s=pd.array(strings, dtype="string[pyarrow]")),
+        "default_strings": base.assign(s=pd.array([f"v{i}" for i in range(N)], dtype="str")),
+        "object_strings": base.assign(
+            s=pd.Series([f"o{i}" if i % 3 else None for i in range(N)], dtype=object)
+        ),
+        "object_index": base.set_index(
+            pd.Index([f"r{i}" for i in range(N)], dtype=object, name="o")
+        ),
+        "named_index": base.set_index(pd.Index(np.arange(N) * 3, name="row_id")),
+        "string_index": base.set_index(pd.Index([f"r{i}" for i in range(N)], name="key")),
+        "multiindex": base.set_index(
+            pd.MultiIndex.from_arrays([np.arange(N) % 5, np.arange(N)], names=["g", "i"])
+        ),
+        "range_index_step": base.set_index(pd.RangeIndex(10, 10 + 2 * N, 2)),
+        "column_order": base.assign(z=1.5, a="t")[["z", "k", "a", "x"]],
+        "float32_uint8": pd.DataFrame(
+            {"f": np.arange(N, dtype="float32"), "u": np.arange(N, dtype="uint8")}
+        ),
+        "nan_and_inf": pd.DataFrame({"f": [np.nan, np.inf, -np.inf, 0.0, -0.0] * (N // 5)}),
+        "timedelta": base.assign(d=pd.to_timedelta(np.arange(N), unit="s")),
+        "bytes": pd.DataFrame({"b": [bytes([i, 0, 255]) for i in range(N)]}),
+        "empty": base.head(0),
+        "int_column_names": pd.DataFrame({0: np.arange(N), 1: np.arange(N) * 2.0}),
+    }
+
+
+FRAMES = _frames()
+
+
+@pytest.mark.parametrize("case", sorted(FRAMES))
+def test_restore_returns_an_equal_frame(project: Path, case: str) -> None:
+    df = FRAMES[case]
+    snap = snapshot(df, f"t-{case}".replace("_", "-"))
+    back = restore(snap.ref)
+    pd.testing.assert_frame_equal(back, df, check_exact=True)
+    assert list(back.columns) == list(df.columns)
+    assert back.dtypes.map(str).tolist() == df.dtypes.map(str).tolist()
+
+
+ARRAYS = {
+    "f8_2d": np.arange(12, dtype="f8").reshape(3, 4),
+    "i2_3d": np.arange(24, dtype="i2").reshape(2, 3, 4),
+    "bool": np.array([True, False, True]),
+    "complex": np.array([1 + 2j, 3 - 4j]),
+    "fortran": np.asfortranarray(np.arange(6, dtype="u4").reshape(2, 3)),
+    "datetime64": np.array(["2024-01-01", "2024-02-01"], dtype="datetime64[ns]"),
+    "unicode": np.array(["a", "bb", "ccc"]),
+    "scalar": np.array(3.5),
+    "empty": np.zeros((0, 3)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ARRAYS))
+def test_restore_returns_an_equal_array(project: Path, case: str) -> None:
+    arr = ARRAYS[case]
+    back = restore(snapshot(arr, f"a-{case}".replace("_", "-")).ref)
+    assert back.dtype == arr.dtype and back.shape == arr.shape
+    np.testing.assert_array_equal(back, arr)
+
+
+def test_list_cells_come_back_as_numpy_arrays(project: Path) -> None:
+    # documented behaviour (Arrow's): list cells restore as 1-d arrays with the same values
+    df = pd.DataFrame({"l": [[i, i + 1] for i in range(N)]})
+    back = restore(snapshot(df, "lists").ref)
+    assert [list(v) for v in back["l"]] == df["l"].tolist()
+
+
+def test_unsupported_objects_are_refused_clearly(project: Path) -> None:
+    with pytest.raises(DataError, match="object and structured arrays"):
+        snapshot(np.array([object(), 1]), "bad")
+    with pytest.raises(DataError, match="mixed-type"):
+        snapshot(pd.DataFrame({"m": [1, "a", 2.5]}), "bad")
+    with pytest.raises(DataError, match="duplicate column"):
+        snapshot(pd.DataFrame([[1, 2]], columns=["a", "a"]), "bad")
+    with pytest.raises(DataError, match="cannot snapshot a dict"):
+        snapshot({"a": 1}, "bad")
+    with pytest.raises(DataError, match="needs a name"):
+        snapshot(FRAMES["numeric"])
+    with pytest.raises(DataError, match="invalid context"):
+        snapshot(FRAMES["numeric"], "ok", context="training")
+
+
+def _big(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "f": rng.standard_normal(n),
+            "i": rng.integers(0, 1_000_000, n),
+            "s": pd.array([f"k{v}" for v in rng.integers(0, 50_000, n)], dtype="str"),
+        }
+    )
+
+
+def test_versions_dedup_appends_and_scattered_edits(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given chunks of ~1,000 rows on a 100,000-row frame
+    monkeypatch.setattr(frames, "_TARGET_CHUNK_BYTES", 30_000)
+    df = _big(100_000)
+    v1 = snapshot(df, "train", context="train", message="first")
+    assert (v1.version, v1.rows, v1.new) == (1, 100_000, True)
+    assert v1.bytes_added > 0 and v1.context == "train" and v1.message == "first"
+
+    # unchanged content → the same version, no bytes
+    again = snapshot(df.copy(), "train")
+    assert (again.version, again.new, again.bytes_added, again.digest) == (1, False, 0, v1.digest)
+
+    # +1 % rows appended → a new version storing little more than the new rows
+    appended = pd.concat([df, _big(1_000, seed=1)], ignore_index=True)
+    v2 = snapshot(appended, "train")
+    assert v2.version == 2 and v2.bytes_added < 0.05 * v1.bytes_added
+
+    # 1 % rows edited at random places → row patches, not whole chunks
+    edited = appended.copy()
+    rows = np.random.default_rng(3).choice(len(edited), len(edited) // 100, replace=False)
+    edited.loc[rows, "f"] = 42.0
+    v3 = snapshot(edited, "train")
+    assert v3.version == 3 and v3.bytes_added < 0.25 * v1.bytes_added
+    pd.testing.assert_frame_equal(restore("train@v3"), edited, check_exact=True)
+    pd.testing.assert_frame_equal(restore("train", 2), appended, check_exact=True)
+    pd.testing.assert_frame_equal(restore("train@v1"), df, check_exact=True)
+
+    # diff sees the rows that moved
+    d12 = diff("train@v1", "train@v2")
+    assert d12["rows"] == {"a": 100_000, "b": 101_000, "delta": 1_000}
+    assert (d12["rows_added"], d12["rows_removed"], d12["rows_changed"]) == (1_000, 0, 0)
+    d23 = diff("train@v2", "train@v3")
+    assert d23["rows_changed"] == len(rows) and d23["rows_added"] == 0
+    assert "f" in d23["stats"] and d23["stats"]["f"]["mean"]["delta"] != 0
+
+    assert [s.version for s in snapshots("train")] == [1, 2, 3]
+    assert nb_mlops.snapshots is snapshots
+
+
+def test_diff_reports_column_changes(project: Path) -> None:
+    df = FRAMES["numeric"]
+    snapshot(df, "cols")
+    snapshot(df.drop(columns="k").assign(k=df["k"].astype("float64"), new=1), "cols")
+    d = diff("cols@v1", "cols@v2")
+    assert d["columns"] == {"added": ["new"], "removed": [], "retyped": [["k", "int64", "float64"]]}
+    # rows are compared on the columns both versions share with the same type: all equal
+    assert (d["rows_added"], d["rows_removed"], d["rows_changed"]) == (0, 0, None)
+
+
+def test_profile_has_the_promised_statistics(project: Path) -> None:
+    df = FRAMES["categorical"].assign(n=FRAMES["nullable_int"]["n"])
+    prof = snapshot(df, "prof").profile
+    assert prof["rows"] == N and prof["sampled"] is False
+    x = prof["columns"]["x"]
+    assert {"min", "max", "mean", "std", "quantiles", "histogram", "nulls"} <= x.keys()
+    assert x["min"] == pytest.approx(df["x"].min()) and x["mean"] == pytest.approx(df["x"].mean())
+    assert x["std"] == pytest.approx(df["x"].std())
+    assert prof["columns"]["n"]["nulls"] == 2
+    assert prof["columns"]["c"]["top"][0][1] == df["c"].value_counts().max()
+    assert sum(x["histogram"]["counts"]) == N
+
+
+def test_unknown_names_and_versions(project: Path) -> None:
+    with pytest.raises(SnapshotNotFound, match="no snapshot named 'nope'"):
+        restore("nope")
+    snapshot(FRAMES["numeric"], "one")
+    with pytest.raises(SnapshotNotFound, match=r"no version 4 .*v1"):
+        restore("one@v4")
+    with pytest.raises(DataError, match="names version 1 but version=2"):
+        restore("one@v1", 2)
