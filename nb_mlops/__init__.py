@@ -41,14 +41,23 @@ _LAZY: dict[str, str] = {
 __all__ = sorted([*_LAZY, "__version__", "load_ipython_extension"])
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from nb_mlops.core.config import Config, load_config
-    from nb_mlops.core.data import Snapshot, diff, restore, snapshot, snapshots
-    from nb_mlops.core.errors import NbMlopsError
-    from nb_mlops.core.lineage import lineage
-    from nb_mlops.core.promotion import history, promote, rollback
-    from nb_mlops.core.runs import runs
-    from nb_mlops.core.tracking import log, track
-    from nb_mlops.pipeline import build_pipeline, run_pipeline
+    from nb_mlops.core.config import Config as Config
+    from nb_mlops.core.config import load_config as load_config
+    from nb_mlops.core.data import Snapshot as Snapshot
+    from nb_mlops.core.data import diff as diff
+    from nb_mlops.core.data import restore as restore
+    from nb_mlops.core.data import snapshot as snapshot
+    from nb_mlops.core.data import snapshots as snapshots
+    from nb_mlops.core.errors import NbMlopsError as NbMlopsError
+    from nb_mlops.core.lineage import lineage as lineage
+    from nb_mlops.core.promotion import history as history
+    from nb_mlops.core.promotion import promote as promote
+    from nb_mlops.core.promotion import rollback as rollback
+    from nb_mlops.core.runs import runs as runs
+    from nb_mlops.core.tracking import log as log
+    from nb_mlops.core.tracking import track as track
+    from nb_mlops.pipeline import build_pipeline as build_pipeline
+    from nb_mlops.pipeline import run_pipeline as run_pipeline
 
 
 def __getattr__(name: str) -> Any:
