@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest bench clean
+.PHONY: setup demo test lint typecheck pytest browser bench clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,10 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy nb_mlops
 
-pytest: setup
+browser:
+	bash scripts/ensure_chromium.sh
+
+pytest: setup browser
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest

@@ -1,0 +1,310 @@
+"""REST handlers under `/nb-mlops/api/`: notebook description, jobs, model history and rollback.
+
+Every handler is an `APIHandler` whose verbs carry `@tornado.web.authenticated` and `@authorized`
+(resource `nb_mlops`, J1). Errors are mapped to statuses in one place (`errors.status_and_message`,
+via `write_error`). GET handlers never change state (J3). Slow work (notebook parsing, MLflow
+queries, CLI calls) runs off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import tornado.web
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+
+from nb_mlops.server import notebook as nbinfo
+from nb_mlops.server.errors import BadRequest, CommandFailed, Scrubber, status_and_message
+from nb_mlops.server.jobs import ACTIONS, JobService
+from nb_mlops.server.paths import relative_to_root, resolve_notebook
+
+__all__ = ["AUTH_RESOURCE", "ROUTES", "ServerState", "setup_handlers"]
+
+AUTH_RESOURCE = "nb_mlops"
+API = "nb-mlops/api"
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+CLI_TIMEOUT = 300.0
+
+
+@dataclass
+class ServerState:
+    """What the handlers share: the server root, the job service, the scrubber."""
+
+    root_dir: Path
+    project_root: Path
+    jobs: JobService
+    scrub: Scrubber
+    cli: list[str] = field(default_factory=lambda: [sys.executable, "-m", "nb_mlops.cli"])
+    ui_url: str = ""
+
+
+class BaseHandler(APIHandler):
+    """Shared plumbing: state, JSON bodies, and the single error → status mapping."""
+
+    auth_resource = AUTH_RESOURCE
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        if self.request.method not in ("GET", "HEAD", "OPTIONS") and not self._origin_allowed():
+            # jupyter_server skips the Origin check for token-authenticated requests; a promotion
+            # or rollback is worth the stricter rule: a foreign Origin never changes state (J3).
+            raise tornado.web.HTTPError(403, "cross-origin request refused")
+
+    def _origin_allowed(self) -> bool:
+        origin = self.request.headers.get("Origin")
+        host = self.request.headers.get("Host")
+        if origin is None or host is None or self.allow_origin == "*":
+            return True
+        origin = origin.lower()
+        if urlparse(origin).netloc == host.lower():
+            return True
+        if self.allow_origin:
+            return bool(self.allow_origin == origin)
+        if self.allow_origin_pat:
+            return bool(re.match(self.allow_origin_pat, origin))
+        return False
+
+    @property
+    def state(self) -> ServerState:
+        state: ServerState = self.settings["nb_mlops"]
+        return state
+
+    def body(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise BadRequest("the request body must be a JSON object") from None
+        if not isinstance(data, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return data
+
+    def user_name(self) -> str:
+        user = self.current_user
+        name = getattr(user, "name", None) or getattr(user, "username", None) or str(user)
+        # The name goes into an environment variable and the journal: keep it printable.
+        return re.sub(r"[^\w.@+\-]", "_", str(name))[:100] or "unknown"
+
+    def reply(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(data, default=str))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        status, message = status_and_message(exc, self.state.scrub) if exc else (status_code, "")
+        if not message:
+            message = self._reason or "error"
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"message": message, "status": status}))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        status, message = status_and_message(value, self.state.scrub)
+        if status >= 500 and not isinstance(value, tornado.web.HTTPError):
+            # Unexpected: the traceback goes to the server log only (scrubbed of the token).
+            self.log.error(
+                "nb_mlops: %s %s failed",
+                self.request.method,
+                self.request.path,
+                exc_info=(typ, value, tb),
+            )
+        else:
+            self.log.warning(
+                "nb_mlops: %s %s -> %s: %s", self.request.method, self.request.path, status, message
+            )
+
+    async def run_cli(self, args: list[str], user: str | None = None) -> Any:
+        """Run `nb-mlops ARGS` (argument list, no shell) in the root project; parse its JSON."""
+        env = dict(os.environ)
+        env.pop("JUPYTER_TOKEN", None)
+        if user:
+            env["NB_MLOPS_USER"] = user
+        proc = await asyncio.create_subprocess_exec(
+            *self.state.cli,
+            *args,
+            cwd=str(self.state.project_root),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=CLI_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise CommandFailed(
+                f"nb-mlops {args[0]} did not finish in {CLI_TIMEOUT:.0f} s", 500
+            ) from None
+        text = out.decode(errors="replace").strip()
+        if proc.returncode != 0:
+            lines = [
+                ln for ln in err.decode(errors="replace").splitlines() if ln.startswith("error: ")
+            ]
+            if not lines:
+                self.log.error(
+                    "nb_mlops: nb-mlops %s failed:\n%s",
+                    args[0],
+                    self.state.scrub(err.decode(errors="replace")[-2000:]),
+                )
+                raise CommandFailed(
+                    f"nb-mlops {args[0]} failed; the server log has the details", 500
+                )
+            message = lines[-1][len("error: ") :]
+            missing = re.search(
+                r"\b(no such|not found|unknown|does not exist|no model)\b", message, re.I
+            )
+            raise CommandFailed(message, 404 if missing else 400)
+        try:
+            return json.loads(text) if text else {}
+        except ValueError:
+            return {"output": self.state.scrub(text[-4000:])}
+
+
+def _model_name(name: Any) -> str:
+    if not isinstance(name, str) or not MODEL_NAME.match(name):
+        raise BadRequest(
+            f"invalid model name {str(name)[:60]!r}: use letters, digits, '_', '.', '-' (max 100)"
+        )
+    return name
+
+
+class NotebookHandler(BaseHandler):
+    """GET notebook?path=P: steps, parameter schema, tracked runs, model, champion, gates."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self) -> None:
+        path = self.get_query_argument("path", "")
+        notebook = resolve_notebook(self.state.root_dir, path)
+        info = await asyncio.to_thread(nbinfo.describe, notebook, self.state.root_dir)
+        info["path"] = relative_to_root(self.state.root_dir, notebook)
+        self.reply(info)
+
+
+class JobsHandler(BaseHandler):
+    """GET jobs: every job. POST jobs: start a run or promote job (→ QUEUED)."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self) -> None:
+        jobs = await asyncio.to_thread(self.state.jobs.list)
+        self.reply({"jobs": jobs})
+
+    @tornado.web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.body()
+        action = body.get("action", "promote")
+        if action not in ACTIONS:
+            raise BadRequest(
+                f"action must be one of {', '.join(ACTIONS)}, got {str(action)[:40]!r}"
+            )
+        parameters = body.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise BadRequest("parameters must be a JSON object of name → value")
+        notebook = resolve_notebook(self.state.root_dir, body.get("path", ""))
+        spec = await asyncio.to_thread(nbinfo.spec_of, notebook)
+        values = nbinfo.validate(spec, parameters)
+        model = body.get("model") or (spec.default_model if action == "promote" else None)
+        if action == "promote" or model:
+            model = _model_name(model)
+        job = await asyncio.to_thread(
+            self.state.jobs.create,
+            notebook=notebook,
+            rel_path=relative_to_root(self.state.root_dir, notebook),
+            project_root=spec.project_root,
+            pipeline=spec.pipeline,
+            parameters=values,
+            model=model,
+            action=action,
+            user=self.user_name(),
+        )
+        self.reply(job, status=201)
+
+
+class JobHandler(BaseHandler):
+    """GET jobs/{id}: status, per-step progress, log tail, gates, links."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        job = await asyncio.to_thread(self.state.jobs.get, job_id)
+        self.reply(job)
+
+
+class CancelHandler(BaseHandler):
+    """POST jobs/{id}/cancel: kill the job's process tree; the job ends CANCELLED."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def post(self, job_id: str) -> None:
+        job = await asyncio.to_thread(self.state.jobs.cancel, job_id)
+        self.reply(job)
+
+
+class HistoryHandler(BaseHandler):
+    """GET models/{name}/history: the model's promotion journal and current champion."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        name = _model_name(name)
+        entries = await self.run_cli(["history", name, "--json"])
+        champion = await asyncio.to_thread(nbinfo.champion_of, self.state.project_root, name)
+        self.reply({"model": name, "champion": champion, "entries": entries})
+
+
+class RollbackHandler(BaseHandler):
+    """POST models/{name}/rollback {"reason", "version"?}: move champion back; journaled."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def post(self, name: str) -> None:
+        name = _model_name(name)
+        body = self.body()
+        reason = body.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise BadRequest("a rollback needs a reason (a non-empty string)")
+        if len(reason) > 1000:
+            raise BadRequest("the reason is longer than 1000 characters")
+        args = ["rollback", name, "--reason", reason.strip()]
+        version = body.get("version")
+        if version not in (None, ""):
+            if isinstance(version, bool) or not re.fullmatch(r"[0-9]{1,9}", str(version)):
+                raise BadRequest(
+                    f"version must be a model version number, got {str(version)[:20]!r}"
+                )
+            args += ["--to", str(version)]
+        args.append("--json")
+        data = await self.run_cli(args, user=self.user_name())
+        self.reply(data if isinstance(data, dict) else {"result": data})
+
+
+ROUTES: list[tuple[str, type[BaseHandler]]] = [
+    (r"notebook", NotebookHandler),
+    (r"jobs", JobsHandler),
+    (r"jobs/(?P<job_id>[^/]+)", JobHandler),
+    (r"jobs/(?P<job_id>[^/]+)/cancel", CancelHandler),
+    (r"models/(?P<name>[^/]+)/history", HistoryHandler),
+    (r"models/(?P<name>[^/]+)/rollback", RollbackHandler),
+]
+
+
+def setup_handlers(web_app: Any, state: ServerState) -> None:
+    """Register every route under `<base_url>nb-mlops/api/`."""
+    web_app.settings["nb_mlops"] = state
+    base = web_app.settings.get("base_url", "/")
+    web_app.add_handlers(
+        ".*$", [(url_path_join(base, API, pattern), handler) for pattern, handler in ROUTES]
+    )

@@ -1,0 +1,494 @@
+"""The jupyter_server extension: routes, auth (J1–J3), hostile paths (J4), errors (J5), jobs (J6).
+
+Given a real Jupyter server (pytest-jupyter) with the extension enabled on a temporary project,
+when the REST API is called, then it answers as RELIABILITY.md J1–J6 require.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tornado.web
+from jupyter_server.auth import Authorizer
+from tornado.httpclient import HTTPClientError
+
+from nb_mlops.server import handlers
+from tests.nbutil import new_notebook
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+# pytest-jupyter points HOME at a temp folder: keep using the machine's MLflow schema template.
+_CACHE = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+API = ("nb-mlops", "api")
+PYPROJECT = """[project]
+name = "demo"
+
+[tool.nb_mlops]
+model = "demo-model"
+
+[tool.nb_mlops.gates]
+metrics = { accuracy = ">= 0.5" }
+"""
+
+
+class DenyAll(Authorizer):
+    """An authorizer that says no to everything (J2)."""
+
+    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _machine_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", _CACHE)
+
+
+@pytest.fixture
+def jp_root_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "pyproject.toml").write_text(PYPROJECT)
+    new_notebook(
+        root / "nb" / "train.ipynb",
+        [
+            (
+                'alpha: float = 0.5\nn_iter: int = 3\nname = "x"\ntags: list[str] = []',
+                ["parameters"],
+            ),
+            "total = alpha * n_iter",
+        ],
+    )
+    (root / ".hidden").mkdir()
+    new_notebook(root / ".hidden" / "secret.ipynb", ["1"])
+    return root
+
+
+@pytest.fixture
+def jp_server_config() -> dict[str, Any]:
+    return {"ServerApp": {"jpserver_extensions": {"nb_mlops.server": True}}}
+
+
+def _files(root: Path) -> dict[str, float]:
+    store = root / ".nb_mlops"
+    if not store.exists():
+        return {}
+    return {str(p.relative_to(root)): p.stat().st_mtime for p in store.rglob("*")}
+
+
+async def _code(call: Any) -> int:
+    try:
+        response = await call
+    except HTTPClientError as exc:
+        return int(exc.code)
+    return int(response.code)
+
+
+async def _json_error(call: Any) -> tuple[int, dict[str, Any]]:
+    with pytest.raises(HTTPClientError) as info:
+        await call
+    assert info.value.response is not None
+    return int(info.value.code), json.loads(info.value.response.body)
+
+
+# --- J1: every route is authenticated and authorized ----------------------------------------------
+
+
+def _decorator_files(method: Any) -> set[str]:
+    """Source files of every wrapper layer around a handler method."""
+    files = set()
+    while method is not None:
+        code = getattr(method, "__code__", None)
+        if code is not None:
+            files.add(Path(code.co_filename).as_posix())
+        method = getattr(method, "__wrapped__", None)
+    return files
+
+
+def _all_rules(router: Any) -> list[tuple[str, Any]]:
+    """(URL pattern, handler class) of every rule, walking nested routers."""
+    found = []
+    for rule in getattr(router, "rules", []):
+        if hasattr(rule.target, "rules"):
+            found += _all_rules(rule.target)
+        else:
+            regex = getattr(rule.matcher, "regex", None)
+            found.append((regex.pattern if regex else "", rule.target))
+    return found
+
+
+def test_every_route_has_authenticated_and_authorized(jp_serverapp: Any) -> None:
+    """J1: list the routes the live server registered for nb_mlops; each verb is decorated."""
+    registered = {
+        target
+        for pattern, target in _all_rules(jp_serverapp.web_app.default_router)
+        if "nb-mlops" in pattern
+    }
+    assert registered == {handler for _, handler in handlers.ROUTES}
+    checked = 0
+    for handler in registered:
+        assert issubclass(handler, handlers.BaseHandler)
+        assert handler.auth_resource == "nb_mlops"
+        for verb in ("get", "post", "put", "patch", "delete"):
+            method = handler.__dict__.get(verb)
+            if method is None:
+                continue
+            files = _decorator_files(method)
+            assert any(f.endswith("tornado/web.py") for f in files), f"{handler.__name__}.{verb}"
+            assert any(f.endswith("jupyter_server/auth/decorator.py") for f in files), (
+                f"{handler.__name__}.{verb} lacks @authorized"
+            )
+            checked += 1
+    assert checked == 7
+    assert all(issubclass(h, tornado.web.RequestHandler) for h in registered)
+
+
+ROUTE_CALLS = [
+    ("GET", "notebook?path=nb/train.ipynb", None),
+    ("GET", "jobs", None),
+    ("POST", "jobs", {"path": "nb/train.ipynb", "action": "run"}),
+    ("GET", "jobs/20250101T000000-deadbeef", None),
+    ("POST", "jobs/20250101T000000-deadbeef/cancel", {}),
+    ("GET", "models/demo-model/history", None),
+    ("POST", "models/demo-model/rollback", {"reason": "bad"}),
+]
+
+
+@pytest.mark.parametrize("allow_unauthenticated", [False, True])
+async def test_no_token_is_403_everywhere(
+    jp_server_config: Any,
+    allow_unauthenticated: bool,
+    http_server_client: Any,
+    jp_serverapp: Any,
+    jp_base_url: str,
+    jp_root_dir: Path,
+) -> None:
+    """J1: without a token every route answers 403, whatever allow_unauthenticated_access says."""
+    jp_serverapp.allow_unauthenticated_access = allow_unauthenticated
+    jp_serverapp.web_app.settings["allow_unauthenticated_access"] = allow_unauthenticated
+    for method, path, body in ROUTE_CALLS:
+        code = await _code(
+            http_server_client.fetch(
+                f"{jp_base_url}nb-mlops/api/{path}",
+                method=method,
+                body=None if body is None else json.dumps(body),
+                raise_error=True,
+            )
+        )
+        assert code == 403, (method, path, code)
+    assert _files(jp_root_dir) == {}
+
+
+class TestDenyAll:
+    @pytest.fixture
+    def jp_server_config(self) -> dict[str, Any]:
+        return {
+            "ServerApp": {
+                "jpserver_extensions": {"nb_mlops.server": True},
+                "authorizer_class": DenyAll,
+            }
+        }
+
+    async def test_deny_all_authorizer_blocks_everything_and_writes_nothing(
+        self, jp_fetch: Any, jp_root_dir: Path
+    ) -> None:
+        """J2: with a deny-all Authorizer, promote and rollback are 403 and nothing is written."""
+        before = _files(jp_root_dir)
+        for method, path, body in ROUTE_CALLS:
+            route, _, query = path.partition("?")
+            params = dict([query.split("=", 1)]) if query else {}
+            code = await _code(
+                jp_fetch(
+                    *API,
+                    route,
+                    method=method,
+                    params=params,
+                    body=None if body is None else json.dumps(body),
+                )
+            )
+            assert code == 403, (method, path)
+        promote = {"path": "nb/train.ipynb", "action": "promote", "model": "m"}
+        assert await _code(jp_fetch(*API, "jobs", method="POST", body=json.dumps(promote))) == 403
+        assert _files(jp_root_dir) == before == {}
+
+
+# --- J3: XSRF, Origin, GET is read-only -------------------------------------------------------------
+
+
+async def test_cookie_post_without_xsrf_and_foreign_origin_are_rejected(
+    jp_fetch: Any, http_server_client: Any, jp_base_url: str, jp_serverapp: Any, jp_root_dir: Path
+) -> None:
+    """J3: a cookie-authenticated POST lacking the XSRF token, or from a foreign Origin, is refused."""
+    token = jp_serverapp.identity_provider.token
+    form = await http_server_client.fetch(f"{jp_base_url}login")
+    xsrf = [
+        c.split(";", 1)[0] for c in form.headers.get_list("Set-Cookie") if c.startswith("_xsrf")
+    ]
+    xsrf_value = xsrf[0].split("=", 1)[1]
+    login = await http_server_client.fetch(
+        f"{jp_base_url}login",
+        method="POST",
+        body=f"password={token}&_xsrf={xsrf_value}",
+        headers={"Cookie": xsrf[0]},
+        follow_redirects=False,
+        raise_error=False,
+    )
+    cookies = [c.split(";", 1)[0] for c in login.headers.get_list("Set-Cookie")]
+    cookie = "; ".join(c for c in cookies if not c.startswith("_xsrf"))
+    assert "username-" in cookie, cookies
+    # the cookie alone authenticates a GET ...
+    listed = await http_server_client.fetch(
+        f"{jp_base_url}nb-mlops/api/jobs", headers={"Cookie": cookie}
+    )
+    assert listed.code == 200
+    # ... but a POST with it and no _xsrf is refused
+    body = json.dumps({"path": "nb/train.ipynb", "action": "run"})
+    code = await _code(
+        http_server_client.fetch(
+            f"{jp_base_url}nb-mlops/api/jobs", method="POST", body=body, headers={"Cookie": cookie}
+        )
+    )
+    assert code == 403
+    # with the XSRF token it is accepted only from our own origin
+    headers = {"Cookie": f"{cookie}; {xsrf[0]}", "X-XSRFToken": xsrf_value}
+    code = await _code(
+        http_server_client.fetch(
+            f"{jp_base_url}nb-mlops/api/jobs",
+            method="POST",
+            body=body,
+            headers={**headers, "Origin": "http://evil.example"},
+        )
+    )
+    assert code in (403, 404)
+    # control: the same cookie with the XSRF token from our own origin gets past auth (400: body)
+    bad_body = json.dumps({"path": "nb/train.ipynb", "action": "nope"})
+    code = await _code(
+        http_server_client.fetch(
+            f"{jp_base_url}nb-mlops/api/jobs", method="POST", body=bad_body, headers=headers
+        )
+    )
+    assert code == 400
+    # a foreign Origin is refused even with a valid token
+    code = await _code(
+        jp_fetch(*API, "jobs", method="POST", body=body, headers={"Origin": "http://evil.example"})
+    )
+    assert code in (403, 404)
+    assert not (jp_root_dir / ".nb_mlops" / "jobs").exists() or not list(
+        (jp_root_dir / ".nb_mlops" / "jobs").glob("*.json")
+    )
+
+
+async def test_get_routes_change_nothing(jp_fetch: Any, jp_root_dir: Path) -> None:
+    """J3: GET never changes state (no store created, no job written)."""
+    for path in ("notebook", "jobs"):
+        params = {"path": "nb/train.ipynb"} if path == "notebook" else {}
+        response = await jp_fetch(*API, path, params=params)
+        assert response.code == 200
+    assert await _code(jp_fetch(*API, "models", "demo-model", "rollback")) == 405
+    assert _files(jp_root_dir) == {}
+
+
+# --- J4: hostile paths -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../outside.ipynb",
+        "nb/../../outside.ipynb",
+        "/etc/passwd",
+        "{sibling}/x.ipynb",
+        ".hidden/secret.ipynb",
+        "nb/%2e%2e/%2e%2e/outside.ipynb",
+        "%2e%2e/outside.ipynb",
+        "nb/link_out.ipynb",
+        "nb/missing.ipynb",
+        "nb/train.py",
+        "",
+    ],
+)
+async def test_hostile_notebook_paths_are_refused(
+    jp_fetch: Any, jp_root_dir: Path, path: str
+) -> None:
+    """J4: `..`, absolute, prefix-sibling, hidden, encoded dots, escaping symlinks → 403/404."""
+    outside = jp_root_dir.parent / "outside.ipynb"
+    new_notebook(outside, ["1"])
+    sibling = Path(str(jp_root_dir) + "x")
+    new_notebook(sibling / "x.ipynb", ["1"])
+    (jp_root_dir / "nb" / "link_out.ipynb").symlink_to(outside)
+    path = path.replace("{sibling}", str(sibling))
+    code, body = await _json_error(jp_fetch(*API, "notebook", params={"path": path}))
+    assert code in (403, 404), (path, code)
+    assert str(jp_root_dir.parent) not in body["message"]
+    body_post = json.dumps({"path": path, "action": "run"})
+    code, _ = await _json_error(jp_fetch(*API, "jobs", method="POST", body=body_post))
+    assert code in (403, 404)
+    assert _files(jp_root_dir) == {}
+
+
+# --- J5 and validation: one error mapping -------------------------------------------------------
+
+
+async def test_validation_errors_are_400_with_a_reason(jp_fetch: Any, jp_root_dir: Path) -> None:
+    """Parameters are validated against the notebook's schema; the reason comes back (400)."""
+    cases = [
+        ({"parameters": {"alpha": "high"}}, "alpha"),
+        ({"parameters": {"unknown": 1}}, "declared parameters"),
+        ({"parameters": {"n_iter": 1.5}}, "n_iter"),
+        ({"parameters": {"__import__('os')": 1}}, "identifier"),
+        ({"parameters": [1, 2]}, "parameters"),
+        ({"action": "destroy"}, "action"),
+        ({"model": "bad name/<x>", "action": "promote"}, "model name"),
+    ]
+    for extra, needle in cases:
+        body = {"path": "nb/train.ipynb", "action": "run", **extra}
+        code, data = await _json_error(jp_fetch(*API, "jobs", method="POST", body=json.dumps(body)))
+        assert code == 400, (extra, data)
+        assert needle in data["message"], (extra, data)
+        assert "Traceback" not in data["message"]
+    code, data = await _json_error(jp_fetch(*API, "jobs", method="POST", body="{not json"))
+    assert code == 400
+    code, data = await _json_error(jp_fetch(*API, "jobs", "nope"))
+    assert code == 404 and "nope" in data["message"]
+    code, data = await _json_error(
+        jp_fetch(*API, "models", "demo-model", "rollback", method="POST", body=json.dumps({}))
+    )
+    assert code == 400 and "reason" in data["message"]
+    assert _files(jp_root_dir) == {}
+
+
+def test_scrubber_hides_paths_tokens_and_uris(tmp_path: Path) -> None:
+    """J5: messages never carry paths outside the root, tokens or database URIs."""
+    from nb_mlops.server.errors import INTERNAL, Scrubber, status_and_message
+
+    scrub = Scrubber(tmp_path / "root", secrets=["s3cr3t-token-value"])
+    text = (
+        f"cannot open {tmp_path}/root/nb/x.ipynb or /etc/shadow with sqlite:////var/db/mlflow.db "
+        "token=abcdef1234567890 and s3cr3t-token-value"
+    )
+    out = scrub(text)
+    assert "nb/x.ipynb" in out and "/etc/shadow" not in out and str(tmp_path) not in out
+    assert "sqlite" not in out and "abcdef1234567890" not in out and "s3cr3t" not in out
+    assert status_and_message(RuntimeError(f"boom at {tmp_path}"), scrub) == (500, INTERNAL)
+
+
+async def test_notebook_description_lists_steps_schema_model_and_gates(jp_fetch: Any) -> None:
+    """GET notebook returns the typed schema with defaults, steps, target model and gates."""
+    response = await jp_fetch(*API, "notebook", params={"path": "nb/train.ipynb"})
+    info = json.loads(response.body)
+    assert info["path"] == "nb/train.ipynb"
+    assert info["model"] == "demo-model"
+    assert [s["name"] for s in info["steps"]] and info["pipeline"] == "train"
+    params = {p["name"]: p for p in info["parameters"]}
+    assert params["alpha"]["type"] == "float" and params["alpha"]["default"] == 0.5
+    assert params["n_iter"]["type"] == "int" and params["name"]["type"] == "str"
+    assert params["tags"]["type"] == "list"
+    assert info["gates"] == [{"gate": "metric:accuracy", "expected": ">= 0.5", "champion": None}]
+    assert info["champion"] is None and info["runs"] == []
+
+
+# --- jobs (J6) -------------------------------------------------------------------------------------
+
+
+async def test_post_job_stages_a_copy_and_is_queued(jp_fetch: Any, jp_root_dir: Path) -> None:
+    """J6: the job works on a staged copy taken at the click; it is QUEUED at once and listed."""
+    body = {"path": "nb/train.ipynb", "action": "run", "parameters": {"alpha": 0.25}}
+    response = await jp_fetch(*API, "jobs", method="POST", body=json.dumps(body))
+    job = json.loads(response.body)
+    assert response.code == 201 and job["status"] == "QUEUED"
+    assert job["parameters"] == {"alpha": 0.25} and job["pipeline"] == "train"
+    assert "pid" not in job and "project_root" not in job and "staged" not in job
+    staged = jp_root_dir / ".nb_mlops" / "jobs" / job["id"] / "train.ipynb"
+    original = (jp_root_dir / "nb" / "train.ipynb").read_bytes()
+    assert staged.read_bytes() == original
+    (jp_root_dir / "nb" / "train.ipynb").write_text("edited after the click")
+    assert staged.read_bytes() == original
+    listed = json.loads((await jp_fetch(*API, "jobs")).body)["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
+    # the job ends by itself (the pipeline CLI decides how); it never stays QUEUED/RUNNING
+    final = await _wait_final(jp_fetch, job["id"])
+    assert final["status"] in ("SUCCEEDED", "FAILED"), final
+    assert isinstance(final["log_tail"], list)
+
+
+async def _wait_final(jp_fetch: Any, job_id: str, timeout: float = 180) -> dict[str, Any]:
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = json.loads((await jp_fetch(*API, "jobs", job_id)).body)
+        if job["status"] not in ("QUEUED", "RUNNING"):
+            return job
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
+
+
+class TestRestart:
+    @pytest.fixture
+    def stale_job(self, jp_root_dir: Path) -> str:
+        """A job left RUNNING by a server that died: its process is gone."""
+        import subprocess
+
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        proc.wait()
+        jobs = jp_root_dir / ".nb_mlops" / "jobs"
+        jobs.mkdir(parents=True)
+        job_id = "20250101T000000-0badc0de"
+        record = {"id": job_id, "status": "RUNNING", "pid": proc.pid, "action": "run", "path": "x"}
+        (jobs / f"{job_id}.json").write_text(json.dumps(record))
+        return job_id
+
+    async def test_job_whose_process_died_shows_failed_after_restart(
+        self, stale_job: str, jp_fetch: Any
+    ) -> None:
+        """After a restart, jobs are listed and a dead one is FAILED, never RUNNING for ever."""
+        listed = json.loads((await jp_fetch(*API, "jobs")).body)["jobs"]
+        assert [(j["id"], j["status"]) for j in listed] == [(stale_job, "FAILED")]
+        job = json.loads((await jp_fetch(*API, "jobs", stale_job)).body)
+        assert job["status"] == "FAILED" and "ended" in job["error"]
+
+
+def test_cancel_kills_the_whole_process_tree(tmp_path: Path) -> None:
+    """Cancel kills the worker, its command and a grandchild in a session of its own (a kernel)."""
+    import psutil
+
+    from nb_mlops.server.jobs import JobService
+
+    pidfile = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(300)\n"
+    )
+    nb = new_notebook(tmp_path / "project" / "long.ipynb", ["1"])
+    service = JobService(
+        tmp_path / "project" / ".nb_mlops" / "jobs", cli=[sys.executable, "-c", script]
+    )
+    job = service.create(
+        notebook=nb,
+        rel_path="long.ipynb",
+        project_root=tmp_path / "project",
+        pipeline="long",
+        parameters={},
+        model=None,
+        action="run",
+        user="tester",
+    )
+    deadline = time.monotonic() + 60
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.monotonic() < deadline, service.get(job["id"])
+        time.sleep(0.1)
+    grandchild = int(pidfile.read_text())
+    assert service.get(job["id"])["status"] == "RUNNING"
+    cancelled = service.cancel(job["id"])
+    assert cancelled["status"] == "CANCELLED"
+    assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == "zombie"
+    time.sleep(0.5)
+    assert service.get(job["id"])["status"] == "CANCELLED"
+    assert service.cancel(job["id"])["status"] == "CANCELLED"  # idempotent
