@@ -1,0 +1,213 @@
+"""`nb_mlops.track` / `log` / `flush` in this process, the lineage contract, and the hidden-state
+report, each checked against a real SQLite store."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from nbutil import new_notebook
+
+import nb_mlops
+from nb_mlops.core import session, tracking
+from nb_mlops.core.capture import notebook as nbcap
+from nb_mlops.core.config import load_config
+from nb_mlops.core.errors import NoActiveRun, TrackingError
+from nb_mlops.core.store import client as store_client
+from nb_mlops.core.store import experiment_id
+
+
+@pytest.fixture(autouse=True)
+def _fresh_session() -> object:
+    session.clear()
+    tracking.set_experiment(None)
+    yield
+    tracking.flush()
+    session.clear()
+
+
+def _client(root: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{root / '.nb_mlops' / 'mlflow.db'}")
+
+
+def test_log_outside_a_tracked_run_says_to_use_track(project: Path) -> None:
+    with pytest.raises(NoActiveRun, match="%%track"):
+        nb_mlops.log(accuracy=1.0)
+
+
+def test_track_persists_metrics_steps_and_status(project: Path) -> None:
+    # Given a tracked block logging a curve, special floats and an explicit step
+    with nb_mlops.track(name="curve", tags={"k": "v"}) as run:
+        for i in range(2_000):
+            nb_mlops.log(loss=1 / (i + 1))
+        nb_mlops.log(step=7, acc=0.5, nan=math.nan, inf=math.inf)
+        with pytest.raises(TrackingError, match="'bad'"):
+            nb_mlops.log(bad="x")
+    tracking.flush()
+    # Then every point is there, in order, and the run is FINISHED in the root's experiment
+    c = _client(project)
+    got = c.get_run(run.run_id)
+    assert got.info.status == "FINISHED" and got.info.run_name == "curve"
+    assert c.get_experiment(got.info.experiment_id).name == project.name
+    history = c.get_metric_history(run.run_id, "loss")
+    assert [m.step for m in history] == list(range(2_000))
+    assert got.data.metrics["loss"] == 1 / 2000
+    assert got.data.metrics["acc"] == 0.5 and math.isnan(got.data.metrics["nan"])
+    assert got.data.metrics["inf"] > 1e308
+    assert got.data.tags["k"] == "v" and got.data.tags["mlflow.source.type"] == "NOTEBOOK"
+    assert tracking.last_run_id() == run.run_id and tracking.active_run_id() is None
+
+
+def test_raise_marks_failed_and_interrupt_marks_killed(project: Path) -> None:
+    with pytest.raises(ZeroDivisionError), nb_mlops.track(name="bad") as bad:
+        1 / 0  # noqa: B018
+    with pytest.raises(KeyboardInterrupt), nb_mlops.track(name="stopped") as stopped:
+        raise KeyboardInterrupt
+    tracking.flush()
+    c = _client(project)
+    assert c.get_run(bad.run_id).info.status == "FAILED"
+    assert (
+        c.get_run(bad.run_id).data.tags["nb_mlops.error"] == "ZeroDivisionError: division by zero"
+    )
+    assert c.get_run(stopped.run_id).info.status == "KILLED"
+    import mlflow
+
+    assert mlflow.active_run() is None
+
+
+def test_nested_track_and_experiment_override(project: Path) -> None:
+    tracking.set_experiment("exp-a")
+    assert tracking.current_experiment_name() == "exp-a"
+    with nb_mlops.track(name="outer") as outer, nb_mlops.track(name="inner") as inner:
+        nb_mlops.log(x=1)
+    tracking.flush()
+    c = _client(project)
+    assert c.get_run(inner.run_id).data.tags["mlflow.parentRunId"] == outer.run_id
+    assert c.get_run(inner.run_id).data.metrics == {"x": 1.0}
+    assert c.get_run(outer.run_id).info.experiment_id == c.get_run(inner.run_id).info.experiment_id
+    assert c.get_experiment_by_name("exp-a").experiment_id == outer.experiment_id
+
+
+def test_pipeline_step_logs_to_the_step_run_and_nests_tracked_cells(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a step run created by the runner (RUNNING) and the runner's environment
+    cfg = load_config()
+    c = store_client(cfg)
+    step = c.create_run(experiment_id(cfg, "pipe"), run_name="step-train")
+    for name, value in {
+        "NB_MLOPS_ROOT": str(project),
+        "NB_MLOPS_RUN_ID": step.info.run_id,
+        "NB_MLOPS_MODE": "pipeline",
+        "NB_MLOPS_EXPERIMENT": "pipe",
+        "NB_MLOPS_PIPELINE": "churn",
+        "NB_MLOPS_STEP": "train",
+        "NB_MLOPS_NOTEBOOK": str(project / "churn.ipynb"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    # When the step logs outside and inside a tracked cell
+    nb_mlops.log(rows=10)
+    with nb_mlops.track(name="fit") as nested:
+        nb_mlops.log(acc=0.9)
+    tracking.flush()
+    # Then the step run has its metric and the tracked cell is nested under it
+    assert c.get_run(step.info.run_id).data.metrics == {"rows": 10.0}
+    got = c.get_run(nested.run_id)
+    assert got.data.tags["mlflow.parentRunId"] == step.info.run_id
+    assert got.data.tags["nb_mlops.mode"] == "pipeline"
+    assert (
+        got.data.tags["nb_mlops.pipeline"] == "churn" and got.data.tags["nb_mlops.step"] == "train"
+    )
+    assert got.data.tags["mlflow.source.name"] == str(project / "churn.ipynb")
+    assert c.get_experiment(got.info.experiment_id).name == "pipe"
+    c.set_terminated(step.info.run_id)
+
+
+def test_data_uses_become_dataset_inputs_and_tags(project: Path) -> None:
+    before = session.DataUse(
+        "train",
+        3,
+        "a" * 64,
+        context="train",
+        source="nbmlops://train@v3",
+        rows=100,
+        schema={"x": "float64"},
+    )
+    session.note_data_use(before)
+    with nb_mlops.track(name="lineage") as run:
+        session.note_data_use(
+            session.DataUse("eval", 1, "b" * 64, context="eval", source="nbmlops://eval@v1")
+        )
+    session.note_data_use(session.DataUse("late", 1, "c" * 64))  # after the run: not linked
+    tracking.flush()
+    got = _client(project).get_run(run.run_id)
+    assert got.data.tags["nb_mlops.data.train"] == f"v3:{'a' * 64}"
+    assert got.data.tags["nb_mlops.data.eval"] == f"v1:{'b' * 64}"
+    assert "nb_mlops.data.late" not in got.data.tags
+    inputs = {i.dataset.name: i for i in got.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "eval"}
+    assert "nbmlops://train@v3" in inputs["train"].dataset.source
+    assert {t.key: t.value for t in inputs["eval"].tags} == {"mlflow.data.context": "eval"}
+
+
+def test_failed_writes_are_reported_by_flush(project: Path) -> None:
+    # a metric logged to a run that does not exist cannot be saved: flush() says so
+    with nb_mlops.track(name="ok") as run:
+        pass
+    tracking.flush()
+    run.run_id = "0" * 32  # the writer sees an unknown run id
+    run.log(x=1.0)
+    from nb_mlops.core.errors import StoreError
+
+    with pytest.raises(StoreError, match="could not save"):
+        tracking.flush()
+
+
+# --- hidden state (pure functions over a saved notebook and the kernel's input history) -------
+
+
+def _nb(tmp_path: Path, cells: list[str]) -> nbcap.NotebookFile:
+    path = new_notebook(tmp_path / "h.ipynb", cells)
+    nb = nbcap.read_notebook(path)
+    assert nb is not None
+    return nb
+
+
+def test_hidden_state_clean_when_cells_ran_in_order(tmp_path: Path) -> None:
+    nb = _nb(tmp_path, ["a = 1", "b = a + 1", "%%track\nc = b"])
+    report = nbcap.hidden_state(nb, ["", "a = 1", "b = a + 1", "%%track\nc = b"], "%%track\nc = b")
+    assert report["warnings"] == [] and report["tracked_cell"] == 2
+
+
+def test_hidden_state_reports_out_of_order_never_run_edited_and_stray(tmp_path: Path) -> None:
+    nb = _nb(tmp_path, ["a = 1", "b = a + 1", "z = 0", "q = 2", "%%track\nc = b"])
+    # cell 1 ran before cell 0 was re-run; cell 2 never ran; an input not in the notebook ran
+    history = ["", "a = 1", "b = a + 1", "a = 1", "x = 99", "%%track\nc = b"]
+    report = nbcap.hidden_state(nb, history, "%%track\nc = b")
+    text = " | ".join(report["warnings"])
+    assert "cell 1 last ran as In[2], before cell 0" in text
+    assert "cell 2 (above the tracked cell) never ran" in text
+    assert "1 input(s) ran that are not in the saved notebook (In[4])" in text
+    assert report["not_in_notebook"] == 1
+
+
+def test_hidden_state_reports_unsaved_tracked_cell(tmp_path: Path) -> None:
+    nb = _nb(tmp_path, ["a = 1", "%%track\nc = a"])
+    report = nbcap.hidden_state(nb, ["", "a = 1", "%%track\nc = a + 1"], "%%track\nc = a + 1")
+    assert report["unsaved"] and "not in the saved notebook" in report["warnings"][0]
+
+
+def test_parameter_values_injected_cell_wins_and_namespace_values_are_used(tmp_path: Path) -> None:
+    path = new_notebook(
+        tmp_path / "p.ipynb",
+        [
+            ("lr = 0.1\nepochs: int = 3\nname = 'x'", ["parameters"]),
+            ("lr = 0.5\nPAPERMILL_INPUT_PATH = 'p.ipynb'", ["injected-parameters"]),
+        ],
+    )
+    nb = nbcap.read_notebook(path)
+    assert nb is not None
+    assert nbcap.parameter_values(nb, None) == {"lr": 0.5, "epochs": 3, "name": "x"}
+    assert nbcap.parameter_values(nb, {"epochs": 9})["epochs"] == 9
