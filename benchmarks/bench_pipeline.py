@@ -1,0 +1,145 @@
+"""Pipeline benchmark: ours against plain papermill of the same notebook, measured in the same run.
+
+Cases (BENCHMARKS.md): a 4-step linear pipeline of trivial steps vs papermill of the whole notebook
+(≤ 1.3×); an unchanged re-run, all cached (≤ 0.3 s, no kernel started); two independent CPU-bound
+branches with 2 parallel steps vs 1 (≥ 1.7×); building a 200-cell notebook (≤ 1 s).
+Run: `.venv/bin/python benchmarks/bench_pipeline.py`; prints case, ours, peer, ratio, target, PASS/MISS.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.nbutil import new_notebook  # noqa: E402
+
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+
+
+def _median(fn, repeat: int = REPEAT) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> int:
+    import papermill
+
+    from nb_mlops.core.config import load_config
+    from nb_mlops.core.store import client
+    from nb_mlops.pipeline import build_pipeline, run_pipeline
+
+    root = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
+    (root / "pyproject.toml").write_text("[tool.nb_mlops]\n")
+    os.chdir(root)
+    client(load_config())  # the store exists, as after any first use
+    rows = []
+
+    # 1. four trivial linear steps vs papermill of the whole notebook
+    linear = new_notebook(
+        root / "linear.ipynb",
+        [
+            ("n: int = 3", ["parameters"]),
+            ("a = n + 1", ["step:s1"]),
+            ("b = a * 2", ["step:s2"]),
+            ("c = b - 1", ["step:s3"]),
+            ("d = c * c", ["step:s4"]),
+        ],
+    )
+    build_pipeline(linear)
+    run_pipeline("linear", cache=False)  # warm imports on both sides
+    peer = _median(
+        lambda: papermill.execute_notebook(
+            str(linear), str(root / "out.ipynb"), kernel_name="python3", progress_bar=False
+        )
+    )
+    ours = _median(lambda: run_pipeline("linear", cache=False))
+    rows.append(
+        (
+            "4-step linear pipeline (trivial steps)",
+            ours,
+            peer,
+            ours / peer,
+            "≤ 1.3×",
+            ours / peer <= 1.3,
+        )
+    )
+
+    # 2. unchanged re-run, all cached
+    run_pipeline("linear")
+    cached = _median(lambda: run_pipeline("linear"))
+    again = run_pipeline("linear")
+    no_kernel = (
+        all(s.cached for s in again.steps.values()) and not (again.run_dir / "kernels.log").exists()
+    )
+    rows.append(
+        (
+            f"re-run, all cached (no kernel started: {no_kernel})",
+            cached,
+            peer,
+            cached / peer,
+            "≤ 0.3 s",
+            cached <= 0.3 and no_kernel,
+        )
+    )
+
+    # 3. two independent CPU-bound branches: 2 at once vs one after the other
+    burn = "total = 0\nfor i in range(18_000_000):\n    total += i % 7"
+    branches = new_notebook(
+        root / "branches.ipynb",
+        [
+            (burn.replace("total", "left"), ["step:left"]),
+            (burn.replace("total", "right"), ["step:right"]),
+        ],
+    )
+    build_pipeline(branches)
+    sequential = _median(lambda: run_pipeline("branches", cache=False, max_parallel=1), 2)
+    parallel = _median(lambda: run_pipeline("branches", cache=False, max_parallel=2), 2)
+    rows.append(
+        (
+            "two CPU-bound branches (parallel vs sequential)",
+            parallel,
+            sequential,
+            sequential / parallel,
+            "≥ 1.7× faster",
+            sequential / parallel >= 1.7,
+        )
+    )
+
+    # 4. building a 200-cell notebook
+    cells = [("p: int = 1", ["parameters"])]
+    for i in range(199):
+        tags = [f"step:s{i // 20}"] if i % 20 == 0 else []
+        cells.append(
+            (
+                f"v{i} = {'v' + str(i - 1) if i else 'p'} + 1\nimport math\nw{i} = math.sqrt(v{i})",
+                tags,
+            )
+        )
+    big = new_notebook(root / "big.ipynb", cells)
+    build = _median(lambda: build_pipeline(big))
+    rows.append(
+        ("build a 200-cell notebook", build, float("nan"), float("nan"), "≤ 1 s", build <= 1.0)
+    )
+
+    print(f"{'case':<52} {'ours':>8} {'peer':>8} {'ratio':>7}  {'target':<14} result")
+    for case, ours_s, peer_s, ratio, target, ok in rows:
+        peer_txt = "-" if peer_s != peer_s else f"{peer_s:.3f}s"
+        ratio_txt = "-" if ratio != ratio else f"{ratio:.2f}"
+        print(
+            f"{case:<52} {ours_s:>7.3f}s {peer_txt:>8} {ratio_txt:>7}  {target:<14} {'PASS' if ok else 'MISS'}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

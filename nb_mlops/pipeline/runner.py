@@ -1,0 +1,600 @@
+"""Run a built pipeline: validate parameters, walk the DAG (`graphlib`) running ready steps in
+parallel through an executor, reuse cached steps, record everything in MLflow (a parent run, one
+child run per step), keep a status file up to date, and support `resume`.
+
+All MLflow calls happen on the calling thread; executors only report events through a queue.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import graphlib
+import hashlib
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nb_mlops.core.config import Config, load_config
+from nb_mlops.core.errors import PipelineError
+from nb_mlops.core.store import client as mlflow_client
+from nb_mlops.core.store import experiment_id
+from nb_mlops.pipeline import cache as step_cache
+from nb_mlops.pipeline.execute import StepResult, StepTask
+from nb_mlops.pipeline.executors import check_spec, get_executor
+from nb_mlops.pipeline.kernel import DONE_FILE
+from nb_mlops.pipeline.params import validate
+from nb_mlops.pipeline.spec import Pipeline, load_pipeline, pipeline_hash
+
+__all__ = ["PipelineRun", "StepState", "find_run_dir", "run_pipeline"]
+
+STATE_FILE = "state.json"
+_PARAM_LIMIT = 6000  # MLflow's param value limit
+
+
+@dataclass
+class StepState:
+    """A step's progress in one run."""
+
+    name: str
+    status: str = "QUEUED"
+    duration: float | None = None
+    cached: bool = False
+    error: str | None = None
+    cell: str | None = None
+    run_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "duration": None if self.duration is None else round(self.duration, 3),
+            "cell": self.cell,
+            "cached": self.cached,
+            "error": self.error,
+            "run_id": self.run_id,
+        }
+
+
+@dataclass
+class PipelineRun:
+    """The result of `run_pipeline` (and, via `as_dict`, of `nb-mlops pipeline run --json`)."""
+
+    run_id: str
+    pipeline: str
+    status: str
+    run_dir: Path
+    params: dict[str, Any]
+    started: str
+    steps: dict[str, StepState] = field(default_factory=dict)
+    duration: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    reproduced: bool | None = None
+    experiment_id: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "SUCCEEDED"
+
+    @property
+    def error(self) -> str | None:
+        """The first step error, if any."""
+        return next((s.error for s in self.steps.values() if s.error), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "pipeline": self.pipeline,
+            "status": self.status,
+            "started": self.started,
+            "duration": None if self.duration is None else round(self.duration, 3),
+            "run_dir": str(self.run_dir),
+            "params": self.params,
+            "steps": {name: s.as_dict() for name, s in self.steps.items()},
+            "metrics": self.metrics,
+            "reproduced": self.reproduced,
+        }
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic: readers (the server polling a status file) never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def find_run_dir(cfg: Config, run_id: str) -> Path:
+    """The folder of pipeline run `run_id` under `.nb_mlops/runs/`.
+
+    Raises:
+        PipelineError: no such run folder.
+    """
+    if run_id and all(ch.isalnum() or ch in "-_" for ch in run_id):
+        for folder in cfg.runs_dir.glob(f"*/{run_id}"):
+            if (folder / STATE_FILE).is_file():
+                return Path(folder)
+    raise PipelineError(f"no pipeline run {run_id!r} under {cfg.runs_dir}; check the run id")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)  # value files are never edited: sharing the inode is safe
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _param_str(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= _PARAM_LIMIT else text[: _PARAM_LIMIT - 3] + "..."
+
+
+class _Run:
+    """One pipeline run in progress (the state `run_pipeline` drives)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        spec: Pipeline,
+        params: dict[str, Any],
+        *,
+        mode: str,
+        tags: Mapping[str, str] | None,
+        status_file: Path | None,
+        progress: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        from mlflow.entities import Param, RunTag
+
+        self.cfg, self.spec, self.params = cfg, spec, params
+        self.mode = mode
+        self.client = mlflow_client(cfg)
+        self.experiment = cfg.experiment or spec.notebook_path.stem
+        self.exp_id = experiment_id(cfg, self.experiment)
+        self.source_name = spec.source_name(cfg)
+        self.base_tags = {
+            "nb_mlops.mode": mode,
+            "nb_mlops.pipeline": spec.name,
+            "mlflow.source.type": "NOTEBOOK",
+            "mlflow.source.name": self.source_name,
+            "nb_mlops.notebook_sha256": spec.notebook_sha256,
+        }
+        parent = self.client.create_run(
+            self.exp_id, run_name=spec.name, tags={**self.base_tags, **dict(tags or {})}
+        )
+        self.run_id: str = str(parent.info.run_id)
+        self.param_objs = [Param(k, _param_str(v)) for k, v in params.items()]
+        self.client.log_batch(self.run_id, params=self.param_objs)
+        self._RunTag = RunTag
+        self.run_dir: Path = cfg.runs_dir / spec.name / self.run_id
+        (self.run_dir / "values").mkdir(parents=True, exist_ok=True)
+        self.started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        self.t0 = time.monotonic()
+        self.states = {name: StepState(name) for name in spec.steps}
+        self.markers: dict[str, dict[str, Any]] = {}
+        self.step_metrics: dict[str, dict[str, float]] = {}
+        self.step_data_tags: dict[str, dict[str, str]] = {}
+        self.status = "RUNNING"
+        self.status_file = status_file
+        self.progress = progress
+        self.code_sha = {
+            name: hashlib.sha256(spec.step_path(name).read_bytes()).hexdigest()
+            for name in spec.steps
+        }
+
+    # --- status ------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "pipeline": self.spec.name,
+            "status": self.status,
+            "started": self.started,
+            "steps": {name: s.as_dict() for name, s in self.states.items()},
+        }
+
+    def publish(self) -> None:
+        snap = self.snapshot()
+        if self.status_file is not None:
+            _write_json(self.status_file, snap)
+        if self.progress is not None:
+            try:
+                self.progress(snap)
+            except Exception:  # a broken progress display must not break the run
+                self.progress = None
+
+    # --- steps -------------------------------------------------------------------------------
+
+    def values_dir(self, step: str) -> Path:
+        return self.run_dir / "values" / step
+
+    def input_digests(self, step: str) -> dict[str, str]:
+        inputs = self.spec.steps[step].inputs
+        return {
+            name: self.markers[producer]["outputs"][name]["digest"]
+            for name, producer in inputs.items()
+        }
+
+    def key(self, step: str) -> str:
+        return step_cache.cache_key(
+            self.code_sha[step], self.params, self.input_digests(step), step_cache.env_fingerprint()
+        )
+
+    def create_step_run(self, step: str, extra: dict[str, str] | None = None) -> str:
+        tags = {
+            **self.base_tags,
+            "mlflow.parentRunId": self.run_id,
+            "nb_mlops.step": step,
+            **(extra or {}),
+        }
+        run = self.client.create_run(self.exp_id, run_name=step, tags=tags)
+        self.client.log_batch(run.info.run_id, params=self.param_objs)
+        return str(run.info.run_id)
+
+    def reuse(self, step: str, entry: dict[str, Any], how: str) -> None:
+        """A cached (or resumed) step: link its values in, record a finished child run."""
+        from mlflow.entities import Metric
+
+        src = Path(entry["values_dir"])
+        marker = entry["marker"]
+        dst = self.values_dir(step)
+        for out in marker.get("outputs", {}).values():
+            _link_or_copy(src / out["file"], dst / out["file"])
+        _write_json(dst / DONE_FILE, marker)
+        notebook = Path(entry.get("output_notebook", ""))
+        state = self.states[step]
+        state.run_id = self.create_step_run(
+            step, {"nb_mlops.cached": "true", "nb_mlops.cached_from": entry.get("step_run_id", "")}
+        )
+        metrics = dict(entry.get("metrics", {}))
+        now = _now_ms()
+        self.client.log_batch(
+            state.run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in metrics.items()]
+            + [Metric("duration_s", 0.0, now, 0)],
+        )
+        if notebook.is_file():
+            _link_or_copy(notebook, self.run_dir / f"{step}.ipynb")
+        self.client.set_terminated(state.run_id, "FINISHED")
+        self.markers[step] = marker
+        self.step_metrics[step] = metrics
+        self.step_data_tags[step] = dict(entry.get("data_tags", {}))
+        state.status, state.cached, state.duration = "SUCCEEDED", True, 0.0
+        state.cell = how
+
+    def task(self, step: str, timeout: float | None, cell_timeout: float | None) -> StepTask:
+        state = self.states[step]
+        spec = self.spec.steps[step]
+        inputs = {
+            name: str(self.values_dir(producer) / self.markers[producer]["outputs"][name]["file"])
+            for name, producer in spec.inputs.items()
+        }
+        env = {"NB_MLOPS_RUN_ID": state.run_id or "", "NB_MLOPS_STEP": step}
+        memory = self.cfg.settings.get("step_memory_limit_mb")
+        context = {
+            "params": self.params,
+            "inputs": inputs,
+            "outputs_dir": str(self.values_dir(step)),
+            "env": env,
+            "memory_limit_mb": memory,
+        }
+        return StepTask(
+            pipeline=self.spec.name,
+            step=step,
+            notebook=str(self.spec.step_path(step)),
+            output=str(self.run_dir / f"{step}.ipynb"),
+            values_dir=str(self.values_dir(step)),
+            context=context,
+            env={**self.kernel_env(), **env},
+            cwd=self.cwd(),
+            timeout=timeout,
+            cell_timeout=cell_timeout,
+        )
+
+    def kernel_env(self) -> dict[str, str]:
+        return {
+            "NB_MLOPS_ROOT": str(self.cfg.root),
+            "NB_MLOPS_PARENT_RUN_ID": self.run_id,
+            "NB_MLOPS_MODE": self.mode,
+            "NB_MLOPS_NOTEBOOK": self.source_name,
+            "NB_MLOPS_PIPELINE": self.spec.name,
+            "NB_MLOPS_EXPERIMENT": self.experiment,
+        }
+
+    def cwd(self) -> str:
+        # relative paths in the notebook mean what they meant interactively
+        folder = self.spec.notebook_path.parent
+        return str(folder if folder.is_dir() else self.spec.dir)
+
+    def collect(self, step: str) -> None:
+        """Metrics (last values) and data tags of a finished step run and of its nested runs."""
+        state = self.states[step]
+        assert state.run_id is not None
+        run = self.client.get_run(state.run_id)
+        metrics = {k: v for k, v in run.data.metrics.items() if k != "duration_s"}
+        tags = {k: v for k, v in run.data.tags.items() if k.startswith("nb_mlops.data.")}
+        nested = self.client.search_runs(
+            [self.exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{state.run_id}'"
+        )
+        for child in sorted(nested, key=lambda r: r.info.start_time or 0):
+            metrics.update(child.data.metrics)
+            tags.update(
+                {k: v for k, v in child.data.tags.items() if k.startswith("nb_mlops.data.")}
+            )
+        self.step_metrics[step] = metrics
+        self.step_data_tags[step] = tags
+
+    def finish_step(self, result: StepResult) -> None:
+        from mlflow.entities import Metric
+
+        state = self.states[result.step]
+        assert state.run_id is not None
+        state.duration = result.duration
+        state.error = result.error
+        state.status = result.status
+        state.cell = result.cell if result.status == "FAILED" else None
+        notebook = self.run_dir / f"{result.step}.ipynb"
+        self.client.log_batch(
+            state.run_id,
+            metrics=[Metric("duration_s", result.duration, _now_ms(), 0)],
+            tags=[self._RunTag("nb_mlops.status", result.status)]
+            + ([self._RunTag("nb_mlops.error", result.error[:5000])] if result.error else []),
+        )
+        if notebook.is_file():
+            self.client.log_artifact(state.run_id, str(notebook))
+        self.client.set_terminated(
+            state.run_id, "FINISHED" if result.status == "SUCCEEDED" else "FAILED"
+        )
+        if result.status == "SUCCEEDED":
+            self.markers[result.step] = result.marker
+            self.collect(result.step)
+
+    # --- the end -----------------------------------------------------------------------------
+
+    def finish(self) -> PipelineRun:
+        from mlflow.entities import Metric
+
+        from nb_mlops.pipeline.repro import check_reproduction
+
+        failed = any(s.status != "SUCCEEDED" for s in self.states.values())
+        self.status = "FAILED" if failed else "SUCCEEDED"
+        metrics: dict[str, float] = {}
+        data_tags: dict[str, str] = {}
+        for step in self.spec.steps:
+            metrics.update(self.step_metrics.get(step, {}))
+            metrics.update(self.markers.get(step, {}).get("metrics", {}))
+            data_tags.update(self.step_data_tags.get(step, {}))
+        now = _now_ms()
+        duration = time.monotonic() - self.t0
+        files = [p for p in self.spec.files() if p.is_file()]
+        phash = pipeline_hash(files, self.spec.dir)
+        tags = {**data_tags, "nb_mlops.status": self.status, "nb_mlops.pipeline_hash": phash}
+        reproduced = None
+        if not failed:
+            reproduced = check_reproduction(self, metrics)
+            if reproduced is not None:
+                tags["nb_mlops.reproduced"] = "true" if reproduced else "false"
+        self.client.log_batch(
+            self.run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in metrics.items()]
+            + [Metric("duration_s", duration, now, 0)],
+            tags=[self._RunTag(k, v) for k, v in tags.items()],
+        )
+        for path in files:
+            rel = path.relative_to(self.spec.dir).parent.as_posix()
+            self.client.log_artifact(
+                self.run_id, str(path), "pipeline" if rel == "." else f"pipeline/{rel}"
+            )
+        self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+        result = PipelineRun(
+            run_id=self.run_id,
+            pipeline=self.spec.name,
+            status=self.status,
+            run_dir=self.run_dir,
+            params=self.params,
+            started=self.started,
+            steps=self.states,
+            duration=duration,
+            metrics=metrics,
+            reproduced=reproduced,
+            experiment_id=self.exp_id,
+        )
+        state = result.as_dict()
+        state["markers"] = self.markers
+        state["step_metrics"] = self.step_metrics
+        state["step_data_tags"] = self.step_data_tags
+        _write_json(self.run_dir / STATE_FILE, state)
+        self.publish()
+        return result
+
+
+def _prior_state(cfg: Config, resume: str) -> dict[str, Any]:
+    folder = find_run_dir(cfg, resume)
+    state: dict[str, Any] = json.loads((folder / STATE_FILE).read_text())
+    state["_dir"] = str(folder)
+    return state
+
+
+def run_pipeline(
+    name_or_dir: str | os.PathLike[str],
+    params: Mapping[str, Any] | None = None,
+    *,
+    executor: str = "local",
+    max_parallel: int | None = None,
+    cache: bool = True,
+    resume: str | None = None,
+    mode: str = "pipeline",
+    tags: Mapping[str, str] | None = None,
+    status_file: str | os.PathLike[str] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    timeout: float | None = None,
+    cell_timeout: float | None = None,
+    from_strings: bool = False,
+    cfg: Config | None = None,
+) -> PipelineRun:
+    """Run a built pipeline and record it in MLflow.
+
+    Args:
+        name_or_dir: pipeline name (`pipelines/NAME` under the root) or its folder.
+        params: parameter values; validated against the schema before anything runs.
+        executor: `local` or `dask://HOST:PORT` (or a plugin's scheme).
+        max_parallel: steps at once (default: the number of CPUs).
+        cache: reuse steps whose code, parameters, inputs and environment are unchanged.
+        resume: a pipeline run id: re-run only its failed and not-run steps (others are reused).
+        mode: `pipeline` or `production` (tag `nb_mlops.mode`).
+        tags: extra tags for the parent run.
+        status_file: a JSON file kept up to date while the run goes (atomic writes).
+        progress: called with the same JSON-like snapshot at each change.
+        timeout: wall-clock seconds per step before the watchdog kills its kernel (config
+            `step_timeout`, default none).
+        cell_timeout: seconds per cell (config `cell_timeout`, default none).
+        from_strings: `params` values that are strings are CLI text, coerced losslessly.
+        cfg: the project configuration (default: found from the cwd).
+
+    Returns:
+        The `PipelineRun` (status SUCCEEDED or FAILED; a failure does not raise).
+
+    Raises:
+        ParameterError: bad parameter names or values (nothing has run).
+        PipelineError: no such pipeline or run to resume, or an unknown executor.
+
+    Example:
+        >>> run = run_pipeline("quickstart", {"C": 0.5})      # doctest: +SKIP
+        >>> run.status, run.steps["train"].cached             # doctest: +SKIP
+        ('SUCCEEDED', False)
+    """
+    cfg = cfg or load_config()
+    spec = load_pipeline(name_or_dir, cfg)
+    prior = _prior_state(cfg, resume) if resume else None
+    if prior is not None and prior.get("pipeline") != spec.name:
+        raise PipelineError(
+            f"run {resume} belongs to pipeline {prior.get('pipeline')!r}, not {spec.name!r}"
+        )
+    if prior is not None and params is None:
+        values = validate(spec.parameters, prior.get("params", {}))
+    else:
+        values = validate(spec.parameters, params, from_strings=from_strings)
+    check_spec(executor)
+    timeout = timeout if timeout is not None else cfg.settings.get("step_timeout")
+    cell_timeout = cell_timeout if cell_timeout is not None else cfg.settings.get("cell_timeout")
+    extra_tags = dict(tags or {})
+    if resume:
+        extra_tags["nb_mlops.resumed_from"] = resume
+    run = _Run(
+        cfg,
+        spec,
+        values,
+        mode=mode,
+        tags=extra_tags,
+        status_file=Path(status_file) if status_file else None,
+        progress=progress,
+    )
+    run.publish()
+    graph = {name: set(s.after) for name, s in spec.steps.items()}
+    sorter = graphlib.TopologicalSorter(graph)
+    sorter.prepare()
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+    pool = None
+    running = 0
+    try:
+        while sorter.is_active():
+            ready = sorted(sorter.get_ready(), key=list(spec.steps).index)
+            for step in ready:
+                entry = None
+                if prior is not None and prior["steps"].get(step, {}).get("status") == "SUCCEEDED":
+                    old_dir = Path(prior["_dir"]) / "values" / step
+                    marker = prior.get("markers", {}).get(step)
+                    if marker and step_cache.verify_outputs(old_dir, marker):
+                        entry = {
+                            "values_dir": str(old_dir),
+                            "marker": marker,
+                            "metrics": prior.get("step_metrics", {}).get(step, {}),
+                            "data_tags": prior.get("step_data_tags", {}).get(step, {}),
+                            "step_run_id": prior["steps"][step].get("run_id"),
+                            "output_notebook": str(Path(prior["_dir"]) / f"{step}.ipynb"),
+                        }
+                if entry is None and cache:
+                    entry = step_cache.lookup(cfg, run.key(step))
+                if entry is not None:
+                    run.reuse(step, entry, "resumed" if prior is not None else "cached")
+                    sorter.done(step)
+                    run.publish()
+                    continue
+                if pool is None:
+                    pool = get_executor(
+                        executor,
+                        max_parallel=max_parallel or os.cpu_count() or 2,
+                        env=run.kernel_env(),
+                        cwd=run.cwd(),
+                        log=str(run.run_dir / "kernels.log"),
+                    )
+                state = run.states[step]
+                state.run_id = run.create_step_run(step)
+                state.status = "RUNNING"
+                running += 1
+                pool.submit(
+                    run.task(step, timeout, cell_timeout),
+                    lambda s, i, d: events.put(("cell", (s, d))),
+                    lambda result: events.put(("done", result)),
+                )
+                # pre-start kernels for what may come next, while this step runs
+                pool.warm(sum(1 for s in run.states.values() if s.status == "QUEUED"))
+                run.publish()
+            if ready and all(run.states[s].status == "SUCCEEDED" for s in ready):
+                continue  # all reused: they may have made other steps ready
+            if running == 0:
+                break  # nothing runs and nothing is ready: a failure blocks the rest
+            kind, payload = events.get()
+            if kind == "cell":
+                step, where = payload
+                if run.states[step].status == "RUNNING":
+                    run.states[step].cell = where
+                    run.publish()
+                continue
+            running -= 1
+            run.finish_step(payload)
+            if payload.status == "SUCCEEDED":
+                entry = {
+                    "values_dir": str(run.values_dir(payload.step)),
+                    "marker": payload.marker,
+                    "metrics": run.step_metrics.get(payload.step, {}),
+                    "data_tags": run.step_data_tags.get(payload.step, {}),
+                    "step_run_id": run.states[payload.step].run_id,
+                    "output_notebook": str(run.run_dir / f"{payload.step}.ipynb"),
+                }
+                step_cache.remember(cfg, run.key(payload.step), entry)
+                sorter.done(payload.step)
+            run.publish()
+    except BaseException:
+        run.status = "FAILED"
+        for state in run.states.values():
+            if state.status in ("QUEUED", "RUNNING"):
+                state.status = "CANCELLED"
+        if pool is not None:
+            pool.close()
+            pool = None
+        for state in run.states.values():
+            if state.run_id and state.status == "CANCELLED":
+                run.client.set_terminated(state.run_id, "KILLED")
+        run.client.set_tag(run.run_id, "nb_mlops.status", "FAILED")
+        run.client.set_terminated(run.run_id, "KILLED")
+        run.publish()
+        raise
+    finally:
+        if pool is not None:
+            pool.close()
+    for state in run.states.values():
+        if state.status == "QUEUED":
+            state.status = "CANCELLED"
+            state.error = "not run: an upstream step failed"
+    return run.finish()
