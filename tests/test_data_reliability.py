@@ -124,7 +124,7 @@ def test_d3_flipped_byte_is_refused_by_restore_and_reported_by_verify(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     df = pd.DataFrame({"x": np.arange(1000.0)})
-    snap = snapshot(df, "flip")
+    snap = snapshot(df, "flip").wait()  # the store is read directly below
     store = open_store(load_config(project))
     oid = next(o for o, _ in manifest_objects(store.manifest("flip")))
     path = store.objects.path(oid)
@@ -224,7 +224,7 @@ def test_d5_a_lock_left_by_a_killed_process_is_taken_over(project: Path) -> None
 def test_d6_workspace_edits_never_reach_the_store(project: Path) -> None:
     src = project / "data.csv"
     src.write_text("a,b\n1,2\n")
-    snap = snapshot(src, "csv")
+    snap = snapshot(src, "csv").wait()  # the store is read directly below
     store = open_store(load_config(project))
     obj = store.objects.path(snap.digest)
     assert obj.stat().st_nlink == 1 and obj.stat().st_ino != src.stat().st_ino
@@ -289,3 +289,44 @@ def test_d7_hostile_paths(project: Path, tmp_path: Path) -> None:
     for evil in ("../x", "/etc/passwd", "a/../../x", ""):
         with pytest.raises(DataError, match="refusing to restore"):
             safe_join(project / "copy3", evil)
+
+
+def test_background_write_failure_is_reported_and_records_nothing(project: Path) -> None:
+    """D2 for a DataFrame, whose bytes are written after `snapshot` returns: `wait()` (and the
+    next data call) report the failure; no manifest, reservation or partial object is left."""
+    script = textwrap.dedent(
+        """
+        import resource, signal
+        import numpy as np, pandas as pd
+        from nb_mlops.core.data import frames, snapshot, snapshots
+        from nb_mlops.core.errors import DataError
+        frames._TARGET_CHUNK_BYTES = 64 << 20           # chunks of several MiB
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        df = pd.DataFrame({"x": np.random.default_rng(0).standard_normal(1_000_000)})
+        snap = snapshot(df, "big")
+        print("TAKEN", snap.ref, flush=True)
+        try:
+            snap.wait()
+        except DataError as exc:
+            print("ERROR", exc)
+        print("LISTED", len(snapshots()))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NB_MLOPS_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=project,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=120,
+    )
+    lines = done.stdout.splitlines()
+    assert lines[0] == "TAKEN big@v1", done.stderr
+    assert lines[1].startswith("ERROR big@v1 was not stored: no space left while writing"), lines
+    assert lines[2] == "LISTED 0"
+    _assert_store_consistent(project)
+    store = open_store(load_config(project))
+    assert store.names() == [] and not list(store.refs.glob("*/*.pending"))
+    assert not list(store.objects.tmp.glob("*.tmp"))

@@ -199,3 +199,17 @@ def test_unknown_names_and_versions(project: Path) -> None:
         restore("one@v4")
     with pytest.raises(DataError, match="names version 1 but version=2"):
         restore("one@v1", 2)
+
+
+def test_source_edits_after_a_snapshot_never_reach_the_pending_write(project: Path) -> None:
+    """`snapshot` returns before the bytes are durable: what it captured is what is stored, even
+    if the caller overwrites the memory Arrow shared with numpy; restore waits for the write."""
+    arr = np.arange(300_000, dtype=np.float64)
+    expected = arr.copy()
+    snap = snapshot(arr, "live")
+    arr[:] = -1.0  # the array Arrow wrapped without a copy
+    back = restore(snap.ref)  # waits for the pending write
+    assert snap.durable and snap.bytes_added > 0
+    np.testing.assert_array_equal(back, expected)
+    again = snapshot(expected, "live")
+    assert not again.new and again.version == 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
 import click
@@ -15,8 +15,13 @@ def _size(n: int | None) -> str:
     return format_size(n)
 
 
+_PRIVATE = {"job", "stored_bytes_added", "stored_size"}
+
+
 def _snap_dict(snap: Any) -> dict[str, Any]:
-    out = asdict(snap)
+    out = {f.name: getattr(snap, f.name) for f in fields(snap) if f.name not in _PRIVATE}
+    out["bytes_added"] = snap.bytes_added
+    out["size"] = snap.size
     out["ref"] = snap.ref
     out["source"] = snap.source
     return out
@@ -36,7 +41,7 @@ def snapshot_cmd(path: str, name: str | None, context: str | None, message: str 
     """Store a version of the file or folder PATH (unchanged content: the existing version)."""
     from nb_mlops.core.data import snapshot
 
-    snap = snapshot(path, name, context=context, message=message)
+    snap = snapshot(path, name, context=context, message=message, wait=True)
     state = f"+{_size(snap.bytes_added)}" if snap.new else "unchanged"
     click.echo(f"{snap.ref}  {state}  digest {snap.digest}")
 

@@ -82,7 +82,12 @@ class DataMagics(Magics):
         except NbMlopsError as exc:
             raise _usage(exc) from exc
         rows = f"rows={snap.rows:,}  " if snap.rows is not None else ""
-        state = f"+{format_size(snap.bytes_added)}" if snap.new else "unchanged"
+        if not snap.new:
+            state = "unchanged"
+        elif snap.durable:
+            state = f"+{format_size(snap.bytes_added)}"
+        else:  # reading bytes_added would wait for the background write
+            state = "new (writing in the background)"
         print(f"{snap.ref}  {rows}{state}  digest {snap.digest[:12]}")
 
     @magic_arguments()

@@ -2,6 +2,9 @@
 
 Every face (magics, CLI, widgets) calls these. A snapshot taken or restored is noted in
 `nb_mlops.core.session`, which tracking turns into MLflow dataset inputs of the session's runs.
+`snapshot` returns once the version is fingerprinted and its new bytes captured; the durable write
+finishes in the background (`Snapshot.wait()`, `Snapshot.durable`; see `pending`), and every other
+call here waits for it first.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from nb_mlops.core.config import Config, load_config
+from nb_mlops.core.data import pending
 from nb_mlops.core.data.names import check_name, format_ref, parse_ref, suggest_name
 from nb_mlops.core.data.refs import DataStore, open_store
 from nb_mlops.core.errors import DataError, IntegrityError, SnapshotNotFound
@@ -35,8 +39,9 @@ class Snapshot:
         digest: blake3 content hash of the version.
         kind: "frame", "array", "file" or "dir".
         rows: row count of a frame, else None.
-        bytes_added: bytes this snapshot added to the store (0 when the content was stored already).
-        size: bytes the version occupies in the store (shared objects counted in full).
+        bytes_added: bytes this snapshot added to the store (0 when the content was stored
+            already); reading it waits until the version is durable.
+        size: bytes the version occupies in the store (shared objects counted in full); waits too.
         profile: schema and summary statistics (frames and arrays).
         schema: column → dtype (frames), {"values": dtype} (arrays), {} (files).
         path: the workspace path of a file or folder snapshot, else None.
@@ -51,8 +56,8 @@ class Snapshot:
     digest: str
     kind: str
     rows: int | None
-    bytes_added: int
-    size: int
+    stored_bytes_added: int = field(repr=False, default=0)
+    stored_size: int = field(repr=False, default=0)
     profile: dict[str, Any] = field(repr=False, default_factory=dict)
     schema: dict[str, str] = field(repr=False, default_factory=dict)
     path: str | None = None
@@ -60,6 +65,35 @@ class Snapshot:
     message: str | None = None
     context: str | None = None
     new: bool = True
+    job: pending.PendingWrite | None = field(repr=False, compare=False, default=None)
+
+    @property
+    def durable(self) -> bool:
+        """True once the version's bytes and manifest are on disk (always, for listed versions)."""
+        return self.job is None or (self.job.done() and not self.job.failed())
+
+    def wait(self) -> Snapshot:
+        """Block until the version is durable; DataError when its background write failed."""
+        if self.job is not None:
+            self.job.wait()
+        return self
+
+    def _stored(self) -> dict[str, Any] | None:
+        return self.job.wait() if self.job is not None else None
+
+    @property
+    def bytes_added(self) -> int:
+        """Bytes this snapshot added to the store (waits for a pending write)."""
+        stored = self._stored()
+        if stored is None:
+            return self.stored_bytes_added
+        return int(stored.get("bytes_added", 0)) if self.new else 0
+
+    @property
+    def size(self) -> int:
+        """Bytes the version occupies in the store (waits for a pending write)."""
+        stored = self._stored()
+        return self.stored_size if stored is None else int(stored.get("size", 0))
 
     @property
     def ref(self) -> str:
@@ -85,8 +119,8 @@ class Snapshot:
             digest=m["digest"],
             kind=m["kind"],
             rows=m.get("rows"),
-            bytes_added=int(m.get("bytes_added", 0)) if new else 0,
-            size=int(m.get("size", 0)),
+            stored_bytes_added=int(m.get("bytes_added", 0)) if new else 0,
+            stored_size=int(m.get("size", 0)),
             profile=m.get("profile", {}),
             schema=m.get("schema", {}),
             path=m.get("path") if m["kind"] in ("file", "dir") else None,
@@ -125,17 +159,21 @@ def snapshot(
     context: str | None = None,
     message: str | None = None,
     *,
+    wait: bool = False,
     cfg: Config | None = None,
 ) -> Snapshot:
     """Store a version of a DataFrame, a numpy array, a file or a folder.
 
-    Unchanged content returns the latest version (`new=False`, no bytes added).
+    Unchanged content returns the latest version (`new=False`, no bytes added). The call returns
+    once the content is fingerprinted and captured; new bytes become durable in the background
+    (`snap.wait()`; restore, verify, gc and process exit wait for them).
 
     Args:
         obj_or_path: a pandas DataFrame, a numpy ndarray, or a path (str / PathLike).
         name: the snapshot name (default for paths: the file or folder name).
         context: "train", "eval" or "test" (recorded on the MLflow dataset input).
         message: a free-text note kept with the version.
+        wait: return only once the version is durable.
         cfg: the project configuration (default: found from the current folder).
 
     Returns:
@@ -147,6 +185,7 @@ def snapshot(
         'train@v1'
     """
     _check_context(context)
+    pending.raise_failures()
     is_path = isinstance(obj_or_path, str | os.PathLike)
     if name is None:
         if not is_path:
@@ -154,40 +193,145 @@ def snapshot(
         name = suggest_name(Path(os.path.abspath(obj_or_path)).name)
     check_name(name)
     store = open_store(cfg)
-    with store.gc_guard():
-        if is_path:
-            fields = _snapshot_path(store, Path(os.fspath(obj_or_path)))
-        else:
-            from nb_mlops.core.data.frames import prepare, prepared_digest, snapshot_table
-
-            prep = prepare(obj_or_path)
-            digest = prepared_digest(prep)
-            latest = store.latest(name)
-            current = store.manifest(name, latest) if latest else None
-            if current is not None and current["digest"] == digest:
-                snap = Snapshot.from_manifest(current, new=False)
-                _note(snap, context)
-                return snap
-            fields = snapshot_table(store, prep, name, digest)
-        manifest = {
-            **fields,
-            "created": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "message": message,
-            "context": context,
-        }
-        stored, created = store.add_version(name, manifest)
-    snap = Snapshot.from_manifest(stored, new=created)
+    hold = store.gc_hold()  # handed to the background write, which releases it
+    try:
+        snap = _take(store, hold, obj_or_path, name, is_path, context, message)
+    except BaseException:
+        os.close(hold)
+        raise
+    if snap.job is None or not snap.new:
+        os.close(hold)
+    if wait:
+        snap.wait()
     _note(snap, context)
     return snap
 
 
-def _snapshot_path(store: DataStore, path: Path) -> dict[str, Any]:
+def _take(
+    store: DataStore,
+    hold: int,
+    obj: Any,
+    name: str,
+    is_path: bool,
+    context: str | None,
+    message: str | None,
+) -> Snapshot:
+    """Fingerprint `obj`, reserve its version and queue the durable write (see `pending`)."""
+    staged: Path | None = None
+    prep = None
+    if is_path:
+        fields, staged = _snapshot_path(store, Path(os.fspath(obj)))
+        digest = fields["digest"]
+    else:
+        from nb_mlops.core.data.frames import prepare, prepared_digest
+
+        prep = prepare(obj)
+        digest = prepared_digest(prep)
+    on_disk = store.latest(name)
+    job = pending.latest_pending(name)
+    if job is not None and on_disk is not None and job.version <= on_disk:
+        job = None
+    if job is not None and job.digest == digest:
+        _discard(staged)
+        return _pending_snapshot(job, new=False)
+    reserved = store.reserve_version(name, digest, dedup=job is None)
+    if isinstance(reserved, dict):
+        _discard(staged)
+        return Snapshot.from_manifest(reserved, new=False)
+    version, ref = reserved, format_ref(name, reserved)
+    try:
+        if prep is not None:
+            from nb_mlops.core.data.frames import plan_table, write_plan
+
+            previous = store.manifest(name, on_disk) if on_disk else None
+            chunking = (job.meta if job is not None else previous or {}).get("chunking")
+            if previous is not None and previous.get("kind") != prep.kind:
+                chunking = None
+            plan = plan_table(store, prep, digest, chunking)
+            fields = plan.fields
+
+            def complete() -> dict[str, Any]:
+                latest = store.latest(name)
+                return write_plan(
+                    store, plan, ref, store.manifest(name, latest) if latest else None
+                )
+
+            objects: set[str] = set()
+            chunks = plan.chunk_digests
+        elif staged is not None or fields["kind"] == "file":
+            objects, chunks = ({digest} if staged else set()), set()
+
+            def complete() -> dict[str, Any]:
+                added = store.objects.finish(staged, digest, f"a copy of {fields['abspath']}")
+                return {**fields, "bytes_added": added}
+
+        else:  # a folder: its objects are durable already
+            manifest = store.commit_version(name, version, _meta(fields, context, message))
+            return Snapshot.from_manifest(manifest, new=True)
+    except BaseException:
+        _discard(staged)
+        store.release_version(name, version)
+        raise
+    meta = _meta(fields, context, message)
+    job = pending.PendingWrite(name, version, digest, objects, chunks, meta)
+
+    def work() -> dict[str, Any]:
+        try:
+            done = {**complete(), **_meta({}, context, message, meta["created"])}
+            return store.commit_version(name, version, done)
+        except BaseException:
+            _discard(staged)
+            store.release_version(name, version)
+            raise
+        finally:
+            os.close(hold)
+
+    pending.submit(job, work)
+    return _pending_snapshot(job, new=True)
+
+
+def _pending_snapshot(job: pending.PendingWrite, new: bool) -> Snapshot:
+    meta = job.meta
+    return Snapshot(
+        name=job.name,
+        version=job.version,
+        digest=job.digest,
+        kind=meta["kind"],
+        rows=meta.get("rows"),
+        profile=meta.get("profile", {}),
+        schema=meta.get("schema", {}),
+        path=meta.get("path") if meta["kind"] in ("file", "dir") else None,
+        created=meta["created"],
+        message=meta.get("message"),
+        context=meta.get("context"),
+        new=new,
+        job=job,
+    )
+
+
+def _meta(
+    fields: dict[str, Any], context: str | None, message: str | None, created: str | None = None
+) -> dict[str, Any]:
+    return {
+        **fields,
+        "created": created or datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "message": message,
+        "context": context,
+    }
+
+
+def _discard(staged: Path | None) -> None:
+    if staged is not None:
+        staged.unlink(missing_ok=True)
+
+
+def _snapshot_path(store: DataStore, path: Path) -> tuple[dict[str, Any], Path | None]:
     from nb_mlops.core.data.files import snapshot_file, snapshot_folder
 
     if not os.path.lexists(path):
         raise DataError(f"{path} does not exist: pass an existing file or folder, or a variable")
     if path.is_dir():
-        return snapshot_folder(store, path)
+        return snapshot_folder(store, path), None
     if path.is_file():
         return snapshot_file(store, path)
     raise DataError(f"{path} is not a regular file or folder (a broken link, a fifo or a device)")
@@ -237,6 +381,7 @@ def restore(
     else:
         base, version = parse_ref(name, version)
     cfg = cfg or load_config()
+    pending.wait_all()
     store = open_store(cfg)
     expected = None
     if run_id is not None:
@@ -284,6 +429,7 @@ def _restore_target(cfg: Config, manifest: dict[str, Any], to: Any) -> Path:
 
 def snapshots(name: str | None = None, *, cfg: Config | None = None) -> list[Snapshot]:
     """Every stored version (of `name`, or of every name), oldest first within a name."""
+    pending.wait_all()
     store = open_store(cfg)
     if name is not None:
         base, version = parse_ref(name)
@@ -311,6 +457,7 @@ def diff(
     """
     from nb_mlops.core.data.compare import diff_manifests
 
+    pending.wait_all()
     store = open_store(cfg)
     ma = _resolve(store, a)
     mb = _resolve(store, b) if b is not None else store.manifest(ma["name"])
@@ -326,6 +473,7 @@ def verify(
     """
     from nb_mlops.core.data.integrity import verify_store
 
+    pending.wait_all()
     return verify_store(open_store(cfg), name, everything)
 
 
@@ -333,4 +481,5 @@ def gc(dry_run: bool = False, *, cfg: Config | None = None) -> dict[str, int]:
     """Remove objects that no snapshot references; return counts of removed/kept and bytes freed."""
     from nb_mlops.core.data.integrity import gc_store
 
+    pending.wait_all()
     return gc_store(open_store(cfg), dry_run)

@@ -44,8 +44,11 @@ def display_path(store: DataStore, path: Path) -> str:
         return str(path)
 
 
-def snapshot_file(store: DataStore, src: Path) -> dict[str, Any]:
-    """Store one file; return the manifest fields (kind, digest, object, size, bytes_added)."""
+def snapshot_file(store: DataStore, src: Path) -> tuple[dict[str, Any], Path | None]:
+    """Copy and hash one file; return the manifest fields (kind, digest, object, size) and the
+    staged temp copy that `ObjectStore.finish` makes durable (None when stored already)."""
+    from nb_mlops.core.data import pending
+
     src = Path(os.path.abspath(src))
     try:
         st = src.stat()
@@ -54,24 +57,30 @@ def snapshot_file(store: DataStore, src: Path) -> dict[str, Any]:
     key = f"file:{src}"
     cached = store.stat_cache(key)
     oid = cached.get("object")
-    if oid and cached.get("stat") == _stat_key(st) and store.objects.exists(oid):
-        size, added = st.st_size, 0
+    staged = None
+    if (
+        oid
+        and cached.get("stat") == _stat_key(st)
+        and (store.objects.exists(oid) or pending.will_exist(oid=oid))
+    ):
+        size = st.st_size
     else:
         started = time.time_ns()
         same_size = bool(cached) and cached.get("stat", [None])[0] == st.st_size
-        oid, size, added = store.objects.put_file(src, hash_first=same_size)
+        oid, size, staged = store.objects.stage_file(src, hash_first=same_size)
         if _trusted(st, started):
             store.put_stat_cache(key, {"stat": _stat_key(st), "object": oid})
-    return {
+    fields = {
         "kind": "file",
         "digest": oid,
         "object": oid,
         "size": size,
-        "bytes_added": added,
+        "bytes_added": 0,
         "path": display_path(store, src),
         "abspath": str(src),
         "mode": stat.S_IMODE(st.st_mode),
     }
+    return fields, staged
 
 
 def _inside(path: str, root: str) -> bool:

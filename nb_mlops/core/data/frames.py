@@ -4,10 +4,11 @@ A frame becomes an Arrow table (pandas metadata kept aside, categorical columns 
 a stored dictionary). Its digest is blake3 over each column's Arrow buffers, normalised so the same
 values give the same digest whatever the chunk layout. Rows get a cheap vectorised 64-bit hash
 (numpy over the buffers); a row whose hash has its low bits zero ends a chunk (min/max sizes
-bounded), so an append or a local edit changes only the chunks around it. Each chunk is stored once,
-as Parquet, indexed by its logical digest. A changed chunk that pairs with one of the previous version
-(same boundary row, same length) is stored as a patch of the rows that differ, so edits scattered
-over every chunk still cost only the edited rows.
+bounded), so an append or a local edit changes only the chunks around it. `plan_table` (blocking)
+digests the chunks and copies out the rows of those not stored yet; `write_plan` (background)
+encodes each once, as Parquet, indexed by its logical digest. A changed chunk that pairs with one
+of the previous version (same boundary row, same length) is stored as a patch of the rows that
+differ, so edits scattered over every chunk still cost only the edited rows.
 """
 
 from __future__ import annotations
@@ -28,12 +29,22 @@ import pyarrow.parquet as pq
 from nb_mlops.core.data.refs import DataStore
 from nb_mlops.core.errors import DataError
 
-__all__ = ["Prepared", "prepare", "snapshot_table", "load_table", "to_python", "row_hashes"]
+__all__ = [
+    "Plan",
+    "Prepared",
+    "load_table",
+    "plan_table",
+    "prepare",
+    "row_hashes",
+    "to_python",
+    "write_plan",
+]
 
 ROW_COL = "__nb_mlops_row__"
 _TARGET_CHUNK_BYTES = 8 << 20
 _PARQUET = {"compression": "snappy", "use_dictionary": False, "write_statistics": False}
 _WORKERS = 4
+_THREADED_HASH_BYTES = 16 << 20
 _K = np.array(
     [
         0x9E3779B97F4A7C15,
@@ -154,7 +165,10 @@ def _split_dictionaries(
 # --- canonical digests ---------------------------------------------------------------------------
 
 
-def _hasher() -> Any:
+def _hasher(nbytes: int = 1 << 30) -> Any:
+    # blake3's own threads pay off on large inputs only; chunk digests run in a pool already
+    if nbytes < _THREADED_HASH_BYTES:
+        return blake3.blake3()
     return blake3.blake3(max_threads=blake3.blake3.AUTO)
 
 
@@ -210,11 +224,12 @@ def _is_binary_like(t: pa.DataType) -> bool:
 def column_digest(col: pa.ChunkedArray) -> bytes:
     """blake3 of a column's values, independent of how the column is split into chunks."""
     t = col.type
-    out = _hasher()
+    nbytes = col.nbytes
+    out = _hasher(nbytes)
     out.update(f"{t}|{len(col)}|".encode())
     pieces = [p for p in col.chunks if len(p)]
     if col.null_count:
-        validity = _hasher()
+        validity = _hasher(nbytes)
         for piece in pieces:
             validity.update(_valid(piece).view(np.uint8))
         out.update(validity.digest())
@@ -226,7 +241,7 @@ def column_digest(col: pa.ChunkedArray) -> bytes:
         for piece in pieces:
             out.update(pc.fill_null(piece, False).to_numpy(zero_copy_only=False).view(np.uint8))
     elif _is_binary_like(t):
-        lengths, data = _hasher(), _hasher()
+        lengths, data = _hasher(nbytes), _hasher(nbytes)
         for piece in pieces:
             offsets = _offsets(piece)
             lengths.update(np.diff(offsets).astype(np.int64).view(np.uint8))
@@ -314,12 +329,13 @@ def _string_u64(piece: pa.Array) -> np.ndarray:
 
 
 def boundary_columns(table: pa.Table) -> list[str]:
-    """The columns whose row values place chunk boundaries: fixed-width ones first (cheapest to
-    hash), strings only when there are fewer than two of those. Any choice is correct; this one
-    keeps the fingerprint of a 10M-row frame well under a second."""
+    """The columns whose row values place chunk boundaries: up to three fixed-width ones (cheapest
+    to hash), strings only when there are fewer than two of those. Any choice is correct (the choice
+    is kept in the manifest and reused by later versions); this one keeps the fingerprint of a
+    10M-row frame well under a second."""
     fixed = [f.name for f in table.schema if _byte_width(f.type) in (1, 2, 4, 8)]
     strings = [f.name for f in table.schema if _is_binary_like(f.type)]
-    chosen = fixed[:8]
+    chosen = fixed[:3]
     if len(chosen) < 2:
         chosen += strings[: 2 - len(chosen)]
     return chosen or table.column_names[:1]
@@ -348,9 +364,12 @@ def row_hashes(table: pa.Table, columns: list[str] | None = None) -> np.ndarray:
 
 
 def choose_avg_rows(table: pa.Table) -> int:
-    """Average rows per chunk: a power of two near 8 MiB of Arrow data per chunk."""
+    """Average rows per chunk: a power of two near 1/256 of the table, between 1/8 of
+    `_TARGET_CHUNK_BYTES` and all of it (1–8 MiB): an append rewrites one tail chunk, so chunks
+    small against the table keep its cost small, and not too small to stay cheap to store."""
     per_row = max(1.0, table.nbytes / max(1, table.num_rows))
-    rows = _TARGET_CHUNK_BYTES / per_row
+    chunk_bytes = min(_TARGET_CHUNK_BYTES, max(_TARGET_CHUNK_BYTES / 8, table.nbytes / 256))
+    rows = chunk_bytes / per_row
     return int(min(1 << 20, max(1 << 10, 1 << int(round(np.log2(rows))))))
 
 
@@ -430,14 +449,17 @@ class _Writer:
                 self.pairs.setdefault((chunk["key"], chunk["rows"]), chunk)
             self.previous_ref = f"{previous['name']}@v{previous['version']}"
 
-    def store_chunk(self, table: pa.Table, start: int, stop: int, key: str) -> dict[str, Any]:
-        part = table.slice(start, stop - start)
-        digest = table_digest(part)
+    def store_chunk(self, digest: str, part: pa.Table | None, key: str) -> dict[str, Any]:
         entry = self.store.chunk_entry(digest)
         if entry is None:
+            if part is None:
+                raise DataError(
+                    f"chunk {digest} of {self.ref} was expected from an earlier snapshot that was "
+                    "not stored; take the snapshot again"
+                )
             entry = self._patch(part, key) or self._full(part)
             self.store.put_chunk_entry(digest, entry)
-        return {"d": digest, "rows": stop - start, "key": key, **entry}
+        return entry
 
     def _full(self, part: pa.Table) -> dict[str, Any]:
         oid, added = self.store.objects.put_bytes(_parquet(part), what=f"a chunk of {self.ref}")
@@ -467,59 +489,120 @@ class _Writer:
         return {"base_object": base_object, "patch": oid}
 
 
-def snapshot_table(store: DataStore, prep: Prepared, name: str, digest: str) -> dict[str, Any]:
-    """Store the chunks of `prep`; return the manifest fields of the new version."""
+def _detach(part: pa.Table) -> pa.Table:
+    """A copy of the fixed-width columns of `part` (Arrow shares them with the caller's numpy
+    memory, which the caller may change while the chunk waits to be written); other columns are
+    Arrow-owned and immutable already."""
+    columns = []
+    for col in part.columns:
+        if _byte_width(col.type) is not None:
+            empty = pa.array([], col.type)
+            col = pa.chunked_array([pa.concat_arrays([p, empty]) for p in col.chunks], col.type)
+        columns.append(col)
+    return pa.Table.from_arrays(columns, names=part.column_names)
+
+
+@dataclass
+class Plan:
+    """What a frame snapshot still has to store, fixed while the caller waits.
+
+    Attributes:
+        fields: manifest fields known from the fingerprint (digest, schema, chunking, profile...).
+        chunks: (logical digest, rows, boundary key, detached rows or None when already stored).
+        dictionaries: categorical column → (values, ordered).
+    """
+
+    fields: dict[str, Any]
+    chunks: list[tuple[str, int, str, pa.Table | None]]
+    dictionaries: dict[str, tuple[pa.Array, bool]]
+
+    @property
+    def chunk_digests(self) -> set[str]:
+        return {d for d, _, _, part in self.chunks if part is not None}
+
+
+def plan_table(
+    store: DataStore,
+    prep: Prepared,
+    digest: str,
+    chunking: dict[str, Any] | None,
+) -> Plan:
+    """Fingerprint the chunks of `prep` and capture the rows not stored yet (the blocking part).
+
+    Args:
+        chunking: the previous version's chunk parameters (reused so unchanged rows chunk alike).
+    """
     from nb_mlops.core.data.profile import profile_table
 
-    latest = store.latest(name)
-    previous = store.manifest(name, latest) if latest else None
-    if previous is not None and previous.get("kind") != prep.kind:
-        previous = None
     table = prep.table
-    avg = int(previous["chunking"]["avg"]) if previous else choose_avg_rows(table)
-    keyed = previous["chunking"].get("columns") if previous else None
+    avg = int(chunking["avg"]) if chunking else choose_avg_rows(table)
+    keyed = chunking.get("columns") if chunking else None
     if not keyed or not set(keyed) <= set(table.column_names):
         keyed = boundary_columns(table)
-    hashes = row_hashes(table, keyed)
-    bounds = chunk_bounds(hashes, avg) if table.num_rows else []
-    writer = _Writer(store, f"{name} (new version)", previous)
     with ThreadPoolExecutor(_WORKERS) as pool:
-        chunks = list(
-            pool.map(
-                lambda b: writer.store_chunk(table, b[0], b[1], f"{int(hashes[b[1] - 1]):016x}"),
-                bounds,
-            )
-        )
         profile_job = pool.submit(profile_table, prep.source_table or table)
-        dictionaries = {}
-        for col, (values, ordered) in prep.dictionaries.items():
-            oid, added = store.objects.put_bytes(_ipc(values), what=f"the categories of {col}")
-            writer.added += added
-            dictionaries[col] = {"object": oid, "ordered": ordered}
+        hashes = row_hashes(table, keyed)
+        bounds = chunk_bounds(hashes, avg) if table.num_rows else [(0, 0)]
+
+        def fingerprint(bound: tuple[int, int]) -> tuple[str, int, str, pa.Table | None]:
+            start, stop = bound
+            part = table.slice(start, stop - start)
+            chunk = table_digest(part)
+            key = f"{int(hashes[stop - 1]):016x}" if stop else ""
+            stored = store.chunk_entry(chunk) is not None
+            # pending chunks are captured too: if that earlier write fails, this one still can
+            return chunk, stop - start, key, None if stored else _detach(part)
+
+        chunks = list(pool.map(fingerprint, bounds))
         profile = profile_job.result()
-    if not table.num_rows:
-        # keep an empty frame's column types: one empty chunk
-        empty = writer._full(table)
-        chunks = [{"d": table_digest(table), "rows": 0, "key": "", **empty}]
-    size = 0
-    for chunk in chunks:
-        for key in ("object", "base_object", "patch"):
-            if chunk.get(key):
-                size += store.objects.size(str(chunk[key]))
-    return {
+    fields = {
         "kind": prep.kind,
         "digest": digest,
         "rows": table.num_rows if prep.kind == "frame" else None,
         "columns": list(prep.column_dtypes),
         "schema": prep.column_dtypes,
         "arrow_schema": base64.b64encode(prep.schema.serialize().to_pybytes()).decode(),
-        "dictionaries": dictionaries,
         "extra": prep.extra,
         "chunking": {"avg": avg, "columns": keyed},
+        "profile": profile,
+    }
+    return Plan(fields, chunks, dict(prep.dictionaries))
+
+
+def write_plan(
+    store: DataStore, plan: Plan, ref: str, previous: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Store what `plan` captured (durably) and return the complete manifest fields.
+
+    Args:
+        ref: `NAME@vN` of the version, for messages.
+        previous: the latest stored manifest of the name (its chunks may serve as patch bases).
+    """
+    if previous is not None and previous.get("kind") != plan.fields["kind"]:
+        previous = None
+    writer = _Writer(store, ref, previous)
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        entries = list(pool.map(lambda c: writer.store_chunk(c[0], c[3], c[2]), plan.chunks))
+    chunks = [
+        {"d": d, "rows": rows, "key": key, **entry}
+        for (d, rows, key, _), entry in zip(plan.chunks, entries, strict=True)
+    ]
+    dictionaries = {}
+    for col, (values, ordered) in plan.dictionaries.items():
+        oid, added = store.objects.put_bytes(_ipc(values), what=f"the categories of {col}")
+        writer.added += added
+        dictionaries[col] = {"object": oid, "ordered": ordered}
+    size = 0
+    for chunk in chunks:
+        for key in ("object", "base_object", "patch"):
+            if chunk.get(key):
+                size += store.objects.size(str(chunk[key]))
+    return {
+        **plan.fields,
+        "dictionaries": dictionaries,
         "chunks": chunks,
         "size": size,
         "bytes_added": writer.added,
-        "profile": profile,
     }
 
 

@@ -2,7 +2,8 @@
 
 An object is named by the blake3 of its bytes and fanned out by its first two hex digits. Writes go
 to a temp file in `data/tmp/`, are fsynced, made read-only and renamed into place, so a crash never
-leaves partial bytes under a hash name (RELIABILITY D1). Every read re-hashes and refuses bytes that
+leaves partial bytes under a hash name (RELIABILITY D1). A file can be staged (copied and hashed)
+now and finished (fsync + rename) later, from the background writer. Every read re-hashes and refuses bytes that
 do not match, naming the object and the snapshot that needed it (D3).
 """
 
@@ -14,7 +15,6 @@ import mmap
 import os
 import shutil
 import stat
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,53 +143,69 @@ class ObjectStore:
             raise
 
     def put_file(self, src: Path, *, hash_first: bool = False) -> tuple[str, int, int]:
-        """Store a copy of file `src`; return (object id, size, bytes added).
+        """Store a copy of file `src`; return (object id, size, bytes added)."""
+        oid, size, staged = self.stage_file(src, hash_first=hash_first)
+        return oid, size, self.finish(staged, oid, f"a copy of {src}")
 
-        The copy (`copy_file_range`, so a reflink where the filesystem has them) runs in a thread
-        while this thread hashes the source; a stat before and after proves the source did not
-        change meanwhile. With `hash_first` (the caller expects the content to be stored
-        already), the hash runs first and the copy only if the object is new.
+    def stage_file(self, src: Path, *, hash_first: bool = True) -> tuple[str, int, Path | None]:
+        """Hash file `src` and copy it to a temp file; return (object id, size, temp file or None
+        when the object is stored already). `finish` makes the temp file durable under its name.
+        (`hash_first` is accepted for compatibility: the hash always comes first.)
+
+        The file is hashed first (mmap, blake3's threads) and copied only when the object is new
+        (`shutil.copyfile`: in-kernel `sendfile`); on these 2-core machines that order measured
+        faster than hashing and copying in two threads at once. A stat before and after proves
+        the source did not change meanwhile.
         """
         before = src.stat()
         if before.st_size < _SMALL:
             data = src.read_bytes()
-            oid, added = self.put_bytes(data, what=f"a copy of {src}")
-            return oid, len(data), added
-        if hash_first:
-            oid = hash_file(src)
-            if self.exists(oid) and _same_stat(before, src.stat()):
-                return oid, before.st_size, 0
+            oid = hash_bytes(data)
+            if self.exists(oid):
+                return oid, len(data), None
+            return oid, len(data), self._write_temp(data, f"a copy of {src}")
+        oid = hash_file(src)
+        if self.exists(oid) and _same_stat(before, src.stat()):
+            return oid, before.st_size, None
         tmp = self._temp()
-        failure: list[BaseException] = []
-
-        def copy() -> None:
-            try:
-                shutil.copyfile(src, tmp)
-            except BaseException as exc:  # handed to the caller below
-                failure.append(exc)
-
-        worker = threading.Thread(target=copy, name="nb_mlops-copy", daemon=True)
         try:
-            worker.start()
-            oid = hash_file(src)
-            worker.join()
-            if failure:
-                raise failure[0]
+            shutil.copyfile(src, tmp)
             if not _same_stat(before, src.stat()):
                 raise DataError(f"{src} changed while it was being snapshotted; snapshot it again")
-            if self.exists(oid):
-                tmp.unlink(missing_ok=True)
-                return oid, before.st_size, 0
-            with tmp.open("rb+") as fh:
-                os.fsync(fh.fileno())
-            return oid, before.st_size, self._commit(tmp, oid)
+            return oid, before.st_size, tmp
         except OSError as exc:
-            worker.join()
             tmp.unlink(missing_ok=True)
             raise _disk_error(exc, f"a copy of {src}") from exc
         except BaseException:
-            worker.join()
             tmp.unlink(missing_ok=True)
+            raise
+
+    def _write_temp(self, data: Any, what: str) -> Path:
+        tmp = self._temp()
+        try:
+            with tmp.open("wb") as fh:
+                fh.write(data)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _disk_error(exc, what) from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def finish(self, staged: Path | None, oid: str, what: str = "an object") -> int:
+        """fsync a staged temp file and rename it to `oid`; return the bytes added."""
+        if staged is None:
+            return 0
+        try:
+            with staged.open("rb+") as fh:
+                os.fsync(fh.fileno())
+            return self._commit(staged, oid)
+        except OSError as exc:
+            staged.unlink(missing_ok=True)
+            raise _disk_error(exc, what) from exc
+        except BaseException:
+            staged.unlink(missing_ok=True)
             raise
 
     # --- reading ----------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 `refs/<name>/v000003.json` is the manifest of version 3: written once (temp + fsync + rename) under
 the data lock, never modified. A manifest is only written after every object it names is durable,
-so a manifest never points at bytes that are not there (RELIABILITY D1). `gc` takes the
-`data-gc` lock exclusively while snapshots hold it shared, so it never removes the objects of a
-snapshot still being written.
+so a manifest never points at bytes that are not there (RELIABILITY D1). While a version is being
+written its number is held by `v000003.pending` (the writer's pid; readers ignore it, a dead
+writer's is taken over). `gc` takes the `data-gc` lock exclusively while snapshots hold it shared
+(from fingerprint to manifest), so it never removes the objects of a snapshot still being written.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,13 +77,23 @@ class DataStore:
     @contextlib.contextmanager
     def gc_guard(self, exclusive: bool = False) -> Iterator[None]:
         """Snapshots hold this shared while they write; gc holds it exclusive."""
+        fd = self.gc_hold(exclusive)
+        try:
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def gc_hold(self, exclusive: bool = False) -> int:
+        """Take the gc lock and return its descriptor; `os.close` it to release (from any thread:
+        a background write keeps the hold its snapshot took)."""
         self.cfg.locks_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.cfg.locks_dir / "data-gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)  # closing releases the flock
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     # --- manifests --------------------------------------------------------------------------
 
@@ -156,6 +168,66 @@ class DataStore:
             write_json_atomic(self._dir(name) / self._file(manifest["version"]), manifest)
             return manifest, True
 
+    # --- reservations: a version number held while its bytes are written in the background ----
+
+    def _pending(self, name: str) -> dict[int, dict[str, Any]]:
+        """Live reservations of `name` (version → {"pid", "digest"}); dead writers' are removed."""
+        found: dict[int, dict[str, Any]] = {}
+        folder = self._dir(name)
+        if not folder.is_dir():
+            return found
+        for entry in folder.glob("v*.pending"):
+            try:
+                info = read_json(entry)
+                alive = _alive(int(info["pid"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                info, alive = {}, False
+            if alive:
+                found[int(entry.name[1:-8])] = info
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+        return found
+
+    def reserve_version(self, name: str, digest: str, dedup: bool = True) -> dict[str, Any] | int:
+        """The latest manifest when it has `digest` already, else a newly reserved version number.
+
+        `dedup=False` skips the comparison with the latest manifest (the caller knows of a newer
+        pending version of its own). A live reservation of another process for the same digest is waited for, so two writers
+        of the same content at once still make one version (D5).
+        """
+        while True:
+            with self.write_lock():
+                latest = self.latest(name)
+                if latest is not None and dedup:
+                    current = self.manifest(name, latest)
+                    if current.get("digest") == digest:
+                        return current
+                pending = self._pending(name)
+                same = [v for v, info in pending.items() if info.get("digest") == digest]
+                if not same or all(pending[v].get("pid") == os.getpid() for v in same):
+                    version = max([latest or 0, *pending]) + 1
+                    write_json_atomic(
+                        self._dir(name) / f"v{version:06d}.pending",
+                        {"pid": os.getpid(), "digest": digest},
+                        durable=False,
+                    )
+                    return version
+            time.sleep(0.05)
+
+    def release_version(self, name: str, version: int) -> None:
+        """Drop a reservation whose write failed (the number is reused by the next snapshot)."""
+        with contextlib.suppress(OSError):
+            (self._dir(name) / f"v{version:06d}.pending").unlink()
+
+    def commit_version(self, name: str, version: int, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Write the manifest of reserved `version` (every object it names must be durable)."""
+        manifest = {**manifest, "name": name, "version": version}
+        with self.write_lock():
+            write_json_atomic(self._dir(name) / self._file(version), manifest)
+            self.release_version(name, version)
+        return manifest
+
     # --- chunk index: logical chunk digest → stored form --------------------------------------
 
     def _chunk_path(self, digest: str) -> Path:
@@ -206,6 +278,18 @@ class DataStore:
 
     def put_stat_cache(self, key: str, value: dict[str, Any]) -> None:
         write_json_atomic(self._stat_path(key), {**value, "key": key}, durable=False)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def open_store(cfg: Config | None = None) -> DataStore:

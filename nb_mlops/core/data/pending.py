@@ -1,0 +1,162 @@
+"""Background completion of snapshots: the fingerprint blocks the caller, the durable write follows.
+
+A snapshot fixes its digest and version number (a `.pending` reservation, see refs) while the caller
+waits, with every byte it still has to store already captured (file bytes copied to a temp file,
+DataFrame values copied out of the frame), so later edits of the source never reach the store. One
+writer thread per process then encodes, fsyncs and renames the new objects and only then writes the
+manifest, in submission order. Until that, the version is invisible to other processes; `restore`,
+`snapshots`, `verify` and `gc` in this process wait for pending writes, and so does interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from nb_mlops.core.errors import DataError
+
+__all__ = [
+    "PendingWrite",
+    "latest_pending",
+    "raise_failures",
+    "submit",
+    "wait_all",
+    "will_exist",
+]
+
+log = logging.getLogger("nb_mlops.data")
+
+_lock = threading.Lock()
+_jobs: list[PendingWrite] = []
+_executor: ThreadPoolExecutor | None = None
+
+
+class PendingWrite:
+    """The durable write of one snapshot version, running in the writer thread.
+
+    Attributes:
+        name, version, digest: the version being written.
+        objects: object ids this write will create (for "will it exist" checks of later snapshots).
+        chunks: logical chunk digests this write will index.
+        meta: the manifest fields known before the write (kind, rows, schema, profile, chunking...).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        digest: str,
+        objects: Iterable[str] = (),
+        chunks: Iterable[str] = (),
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.name, self.version, self.digest = name, version, digest
+        self.objects, self.chunks = set(objects), set(chunks)
+        self.meta = meta or {}
+        self.future: Future[dict[str, Any]] = Future()
+        self.reported = False
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def failed(self) -> bool:
+        return self.future.done() and self.future.exception() is not None
+
+    def wait(self) -> dict[str, Any]:
+        """Block until the version is durable; return its manifest (DataError if the write failed:
+        then nothing of this version was recorded)."""
+        try:
+            return self.future.result()
+        except DataError as exc:
+            self.reported = True
+            raise DataError(f"{self.ref} was not stored: {exc}") from exc
+        except Exception as exc:
+            self.reported = True
+            raise DataError(f"{self.ref} was not stored: {type(exc).__name__}: {exc}") from exc
+
+
+def _run(job: PendingWrite, work: Callable[[], dict[str, Any]]) -> None:
+    try:
+        job.future.set_result(work())
+    except BaseException as exc:  # handed to whoever waits; logged for whoever does not
+        log.error("nb_mlops: background write of %s failed: %s", job.ref, exc)
+        job.future.set_exception(exc)
+
+
+def submit(job: PendingWrite, work: Callable[[], dict[str, Any]]) -> PendingWrite:
+    """Queue `work` (which makes `job`'s version durable and returns its manifest)."""
+    global _executor
+    with _lock:
+        if _executor is None:
+            # worker threads of a ThreadPoolExecutor are joined at interpreter exit after the
+            # queue drains, so a queued write is never abandoned by a normal exit
+            _executor = ThreadPoolExecutor(1, thread_name_prefix="nb_mlops-data-writer")
+        _jobs.append(job)
+        _executor.submit(_run, job, work)
+    return job
+
+
+def latest_pending(name: str) -> PendingWrite | None:
+    """The newest not-failed write of `name` still tracked in this process."""
+    with _lock:
+        for job in reversed(_jobs):
+            if job.name == name and not job.failed():
+                return job
+    return None
+
+
+def will_exist(oid: str | None = None, chunk: str | None = None) -> bool:
+    """True when an unfinished or finished write of this process creates the object / chunk."""
+    with _lock:
+        return any(
+            (oid is not None and oid in job.objects) or (chunk is not None and chunk in job.chunks)
+            for job in _jobs
+            if not job.failed()
+        )
+
+
+def raise_failures() -> None:
+    """Raise the first failed write nobody has been told about yet (without waiting)."""
+    with _lock:
+        failed = [job for job in _jobs if job.failed() and not job.reported]
+    if failed:
+        with _lock:
+            for job in failed:
+                if job in _jobs:
+                    _jobs.remove(job)
+        failed[0].wait()
+
+
+def wait_all() -> None:
+    """Wait for every pending write; raise the first failure nobody has been told about yet."""
+    with _lock:
+        jobs = list(_jobs)
+    error: DataError | None = None
+    for job in jobs:
+        try:
+            if not job.reported:
+                job.wait()
+        except DataError as exc:
+            error = error or exc
+    with _lock:
+        for job in jobs:
+            if job.done() and job in _jobs:
+                _jobs.remove(job)
+    if error is not None:
+        raise error
+
+
+@atexit.register
+def _at_exit() -> None:
+    try:
+        wait_all()
+    except DataError as exc:  # pragma: no cover - exit path
+        log.error("nb_mlops: %s", exc)
