@@ -14,7 +14,11 @@ Cell = str | tuple[str, Sequence[str]]
 def new_notebook(path: Path, cells: Sequence[Cell]) -> Path:
     """Write a notebook of code cells; a cell is its source, or (source, tags)."""
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     for index, cell in enumerate(cells):
         source, tags = (cell, ()) if isinstance(cell, str) else cell

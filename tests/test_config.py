@@ -89,7 +89,14 @@ def test_cli_config_json_has_the_documented_keys(project: Path) -> None:
     ).stdout
     values = json.loads(out)
     # Then it names the resolved root and store
-    for key in ("root", "tracking_uri", "registry_uri", "artifact_root", "data_store", "experiment"):
+    for key in (
+        "root",
+        "tracking_uri",
+        "registry_uri",
+        "artifact_root",
+        "data_store",
+        "experiment",
+    ):
         assert key in values
     assert values["root"] == str(project)
     assert values["tracking_uri"].endswith("/.nb_mlops/mlflow.db")
@@ -106,3 +113,19 @@ def test_cli_error_is_one_line_with_status_1(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1
     assert done.stderr.startswith("error: ") and "invalid TOML" in done.stderr
+
+
+def test_cli_exit_status_of_a_command_is_kept() -> None:
+    import click
+
+    from nb_mlops import cli
+
+    @click.command()
+    def failing() -> None:
+        click.get_current_context().exit(3)
+
+    cli.cli.add_command(failing, "failing-for-test")
+    try:
+        assert cli.main(["failing-for-test"]) == 3
+    finally:
+        cli.cli.commands.pop("failing-for-test", None)

@@ -51,7 +51,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         spec = COMMANDS.get(cmd_name)
         if spec is None or not _available(cmd_name):
-            return None
+            return super().get_command(ctx, cmd_name)
         module_name, _, attr = spec.partition(":")
         command: click.Command = getattr(importlib.import_module(module_name), attr)
         return command
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     from nb_mlops.core.errors import NbMlopsError
 
     try:
-        cli.main(args=argv, prog_name="nb-mlops", standalone_mode=False)
+        # standalone_mode=False returns ctx.exit(n)'s n instead of raising SystemExit
+        status = cli.main(args=argv, prog_name="nb-mlops", standalone_mode=False)
     except NbMlopsError as exc:
         click.echo(f"error: {exc}", err=True)
         return 1
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,7 @@ pipelined, promoted — printing what was recorded and how to look at it."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from importlib.resources import files
 from pathlib import Path
@@ -32,7 +33,11 @@ def _title(text: str) -> None:
 
 
 @click.command()
-@click.option("--notebook", type=click.Path(exists=True, dir_okay=False), help="Default: notebooks/quickstart.ipynb.")
+@click.option(
+    "--notebook",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Default: notebooks/quickstart.ipynb.",
+)
 @click.option("--model", default="breast-cancer", show_default=True, help="Registered model name.")
 def demo(notebook: str | None, model: str) -> None:
     """Run the quickstart end to end: execute the notebook headless (a tracked run and a data
@@ -47,12 +52,15 @@ def demo(notebook: str | None, model: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     _title(f"1/4 run {source.name} headless (papermill): %%track and %snapshot record it")
+    executed = out_dir / f"{source.stem}.out.ipynb"
+    logging.getLogger("papermill").setLevel(logging.ERROR)  # "unknown parameter" for the paths
     papermill.execute_notebook(
         str(source),
-        str(out_dir / f"{source.stem}.out.ipynb"),
+        str(executed),
+        # what `papermill --inject-paths` passes: tracking records the notebook's real path
+        parameters={"PAPERMILL_INPUT_PATH": str(source), "PAPERMILL_OUTPUT_PATH": str(executed)},
         cwd=str(source.parent),
         kernel_name="python3",
-        inject_paths=True,
         progress_bar=False,
     )
     for snap in nb_mlops.snapshots():
