@@ -1,0 +1,402 @@
+"""The runs view: a sortable, paged table of an experiment's runs and a plot of one metric.
+
+`RunsView` is the ipywidgets face (sort and page on the store, never loading every run). It displays
+as a bundle that also carries an HTML table and a text table, so papermill output, nbconvert and
+terminal IPython show the same runs. All user strings are escaped (RELIABILITY J7).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import sys
+import unicodedata
+from datetime import UTC, datetime
+from typing import Any
+
+from nb_mlops.core.config import Config, load_config
+from nb_mlops.core.runs import OrderBy, RunRow, RunsPage, runs
+
+__all__ = [
+    "RunsTable",
+    "RunsView",
+    "caption",
+    "columns",
+    "esc",
+    "format_duration",
+    "format_number",
+    "format_started",
+    "html_table",
+    "metric_svg",
+    "plain",
+    "text_table",
+]
+
+MAX_PARAM_COLUMNS = 8
+MAX_METRIC_COLUMNS = 8
+_STATUS_COLOURS = {
+    "FINISHED": "#1a7f37",
+    "FAILED": "#cf222e",
+    "KILLED": "#9a6700",
+    "RUNNING": "#0969da",
+    "SCHEDULED": "#57606a",
+}
+
+
+# --- formatting ----------------------------------------------------------------------------------
+
+
+def esc(value: object) -> str:
+    """HTML-escape any value (quotes included: safe in attributes too)."""
+    return html.escape(str(value), quote=True)
+
+
+def plain(value: object, width: int | None = None) -> str:
+    """Text for a terminal: control characters (escape sequences, newlines) become '?'."""
+    text = "".join(
+        "?" if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in str(value)
+    )
+    if width is not None and len(text) > width:
+        text = text[: width - 1] + "…"
+    return text
+
+
+def format_number(value: float | None) -> str:
+    """A metric for display: 4 significant digits, NaN spelled out, missing as blank."""
+    if value is None:
+        return ""
+    if math.isnan(value):
+        return "NaN"
+    return f"{value:.4g}"
+
+
+def format_duration(row: RunRow) -> str:
+    """A run's duration, short (`4.1s`, `3m05s`, `2h10m`), or `running`."""
+    seconds = row.duration_s
+    if seconds is None:
+        return "running" if row.status == "RUNNING" else ""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def format_started(row: RunRow) -> str:
+    """A run's start time in UTC, to the second."""
+    if row.start_time is None:
+        return ""
+    return datetime.fromtimestamp(row.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def columns(page: RunsPage) -> tuple[list[str], list[str]]:
+    """(param keys, metric keys) to show: the sort key first, then the rest up to a cap."""
+    metrics = page.metric_keys
+    params = page.param_keys
+    if page.order is not None and page.order.kind == "metrics" and page.order.key in metrics:
+        metrics = [page.order.key, *[m for m in metrics if m != page.order.key]]
+    if page.order is not None and page.order.kind == "params" and page.order.key in params:
+        params = [page.order.key, *[p for p in params if p != page.order.key]]
+    return params[:MAX_PARAM_COLUMNS], metrics[:MAX_METRIC_COLUMNS]
+
+
+def caption(page: RunsPage) -> str:
+    """One line saying which runs of which experiment the page shows, and in what order."""
+    if page.experiment_id is None:
+        return f"experiment {page.experiment!r}: no runs yet"
+    if not page.rows:
+        return f"experiment {page.experiment!r}: no runs" + (" on this page" if page.offset else "")
+    order = "newest first"
+    if page.order is not None:
+        order = f"by {page.order.label()} {'ascending' if page.order.ascending else 'descending'}"
+    more = ", more on the next page" if page.next_page_token else ""
+    text = (
+        f"experiment {page.experiment!r}: runs {page.offset + 1}–{page.offset + len(page.rows)}, "
+        f"{order}{more}"
+    )
+    if page.sort_key_missing and page.order is not None:
+        text += f" (no run has {page.order.label()})"
+    return text
+
+
+# --- HTML and text tables --------------------------------------------------------------------------
+
+
+def html_table(page: RunsPage, plot_metric: str | None = None, with_plot: bool = True) -> str:
+    """The page as a self-contained HTML table (and SVG plot), every user string escaped."""
+    params, metrics = columns(page)
+    head = ["run", "status", "started (UTC)", "duration"]
+    head += [f"params.{p}" for p in params] + list(metrics)
+    sort_label = page.order.label() if page.order is not None else None
+    cells = []
+    for name in head:
+        mark = ""
+        if sort_label is not None and name in (sort_label, f"params.{sort_label}"):
+            mark = " ▲" if page.order is not None and page.order.ascending else " ▼"
+        cells.append(f"<th style='text-align:left;padding:2px 8px'>{esc(name)}{mark}</th>")
+    lines = [
+        "<div class='nb-mlops-runs'>",
+        f"<div style='margin:4px 0'><b>{esc(caption(page))}</b></div>",
+    ]
+    if page.rows:
+        lines.append("<div style='overflow-x:auto'><table style='border-collapse:collapse'>")
+        lines.append("<thead><tr>" + "".join(cells) + "</tr></thead><tbody>")
+        for row in page.rows:
+            colour = _STATUS_COLOURS.get(row.status, "#57606a")
+            label = row.name or row.run_id[:8]
+            tds = [
+                f"<a href='{esc(row.url)}' target='_blank' rel='noopener noreferrer' "
+                f"title='{esc(row.run_id)}'>{esc(label)}</a>",
+                f"<span style='color:{colour}'>{esc(row.status)}</span>",
+                esc(format_started(row)),
+                esc(format_duration(row)),
+                *[esc(row.params.get(p, "")) for p in params],
+                *[esc(format_number(row.metrics.get(m))) for m in metrics],
+            ]
+            lines.append(
+                "<tr>" + "".join(f"<td style='padding:2px 8px'>{td}</td>" for td in tds) + "</tr>"
+            )
+        lines.append("</tbody></table></div>")
+    if with_plot and page.rows:
+        lines.append(
+            metric_svg(page, plot_metric or page.metric or (metrics[0] if metrics else None))
+        )
+    lines.append("</div>")
+    return "\n".join(lines)
+
+
+def text_table(page: RunsPage) -> str:
+    """The page as plain text for a terminal: the first metrics and params, control chars removed."""
+    params, metrics = columns(page)
+    params, metrics = params[:3], metrics[:4]
+    header = [
+        "run",
+        "status",
+        "started (UTC)",
+        "duration",
+        *metrics,
+        *[f"params.{p}" for p in params],
+    ]
+    body = [
+        [
+            plain(row.name or row.run_id[:8], 24),
+            row.status,
+            format_started(row),
+            format_duration(row),
+            *[format_number(row.metrics.get(m)) for m in metrics],
+            *[plain(row.params.get(p, ""), 16) for p in params],
+        ]
+        for row in page.rows
+    ]
+    header = [plain(h, 24) for h in header]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = [plain(caption(page))]
+    if body:
+        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in body]
+        lines.append(f"open a run: {page.rows[0].url.split('/#/')[0]} (nb-mlops ui)")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def metric_svg(page: RunsPage, metric: str | None, width: int = 520, height: int = 170) -> str:
+    """An inline SVG of `metric` across the page's runs, oldest to newest; hover shows each run."""
+    if metric is None:
+        return "<div><i>no metric to plot</i></div>"
+    points = [
+        (row, row.metrics[metric])
+        for row in sorted(page.rows, key=lambda r: (r.start_time or 0, r.run_id))
+        if metric in row.metrics and _plottable(row.metrics[metric])
+    ]
+    if not points:
+        return f"<div><i>no finite values of {esc(metric)} on this page</i></div>"
+    low = min(v for _, v in points)
+    high = max(v for _, v in points)
+    span = (high - low) or 1.0
+    left, right, top, bottom = 56, 10, 18, 22
+    step = (width - left - right) / max(len(points) - 1, 1)
+    xy = [
+        (left + i * step, top + (high - v) / span * (height - top - bottom))
+        for i, (_, v) in enumerate(points)
+    ]
+    path = " ".join(f"{'M' if i == 0 else 'L'}{x:.1f},{y:.1f}" for i, (x, y) in enumerate(xy))
+    dots = "".join(
+        f"<a href='{esc(row.url)}' target='_blank' rel='noopener noreferrer'>"
+        f"<circle cx='{x:.1f}' cy='{y:.1f}' r='3' fill='#0969da'>"
+        f"<title>{esc(row.name or row.run_id)}: {esc(format_number(v))}</title></circle></a>"
+        for (row, v), (x, y) in zip(points, xy, strict=True)
+    )
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+        f"role='img' aria-label='{esc(metric)} across runs' style='font:11px sans-serif'>"
+        f"<text x='{left}' y='12'>{esc(metric)} across {len(points)} runs (oldest → newest)</text>"
+        f"<text x='{left - 4}' y='{top + 4}' text-anchor='end'>{esc(format_number(high))}</text>"
+        f"<text x='{left - 4}' y='{height - bottom}' text-anchor='end'>{esc(format_number(low))}</text>"
+        f"<line x1='{left}' y1='{top}' x2='{left}' y2='{height - bottom}' stroke='#8c959f'/>"
+        f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' y2='{height - bottom}' "
+        "stroke='#8c959f'/>"
+        f"<path d='{path}' fill='none' stroke='#0969da' stroke-width='1.5'/>{dots}</svg>"
+    )
+
+
+def _plottable(value: float) -> bool:
+    # MLflow stores ±inf as ±sys.float_info.max: both would flatten every other point.
+    return math.isfinite(value) and abs(value) < sys.float_info.max
+
+
+class RunsTable:
+    """A page shown without widgets: HTML where HTML renders, text elsewhere."""
+
+    def __init__(self, page: RunsPage, plot_metric: str | None = None) -> None:
+        self.page = page
+        self.plot_metric = plot_metric
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return {
+            "text/plain": text_table(self.page),
+            "text/html": html_table(self.page, self.plot_metric),
+        }
+
+    def __repr__(self) -> str:
+        return text_table(self.page)
+
+
+# --- the widget ----------------------------------------------------------------------------------
+
+
+_NEWEST = "(newest first)"
+
+
+class RunsView:
+    """An ipywidgets view of an experiment's runs: sort by any column, page, plot a metric.
+
+    Sorting and paging query the store again (one page at a time), so a 10,000-run experiment
+    costs what a 50-run one does. Displayed, it also carries the HTML and text tables of the
+    current page for frontends without a widget manager.
+
+    Example:
+        >>> RunsView(nb_mlops.runs(metric="acc"))        # doctest: +SKIP
+    """
+
+    def __init__(self, page: RunsPage, cfg: Config | None = None) -> None:
+        import ipywidgets as w
+
+        self.cfg = cfg or load_config()
+        self.page = page
+        self._tokens: list[str | None] = [page.page_token]
+        self._plot_metric: str | None = page.metric
+        self.sort = w.Dropdown(description="sort by", layout=w.Layout(width="260px"))
+        self.ascending = w.ToggleButton(
+            value=page.order.ascending if page.order else False,
+            description="ascending",
+            layout=w.Layout(width="110px"),
+        )
+        self.plot_choice = w.Dropdown(description="plot", layout=w.Layout(width="220px"))
+        self.prev = w.Button(description="◀ prev", layout=w.Layout(width="80px"))
+        self.next = w.Button(description="next ▶", layout=w.Layout(width="80px"))
+        self.table = w.HTML()
+        self.plot = w.HTML()
+        self.error = w.HTML()
+        controls = w.HBox([self.sort, self.ascending, self.prev, self.next, self.plot_choice])
+        self.widget = w.VBox([controls, self.error, self.table, self.plot])
+        self._refresh_controls()
+        self._render()
+        self.sort.observe(self._on_sort, names="value")
+        self.ascending.observe(self._on_sort, names="value")
+        self.plot_choice.observe(self._on_plot, names="value")
+        self.prev.on_click(self._on_prev)
+        self.next.on_click(self._on_next)
+
+    # state → widgets
+
+    def _sort_options(self) -> list[tuple[str, str]]:
+        options = [(_NEWEST, "")]
+        options += [(m, f"metrics.{m}") for m in self.page.metric_keys]
+        options += [(f"params.{p}", f"params.{p}") for p in self.page.param_keys]
+        options += [("status", "status"), ("run name", "run_name"), ("start time", "start_time")]
+        options += [("end time", "end_time")]
+        current = self._sort_value(self.page.order)
+        if current not in [value for _, value in options]:
+            options.append((current, current))  # sorted by a key this page does not show
+        return options
+
+    @staticmethod
+    def _sort_value(order: OrderBy | None) -> str:
+        if order is None:
+            return ""
+        return order.key if order.kind == "attributes" else f"{order.kind}.{order.key}"
+
+    def _refresh_controls(self) -> None:
+        self._quiet = True
+        try:
+            self.sort.options = self._sort_options()
+            self.sort.value = self._sort_value(self.page.order)
+            metrics = self.page.metric_keys
+            self.plot_choice.options = metrics or [""]
+            if self._plot_metric not in metrics:
+                self._plot_metric = metrics[0] if metrics else None
+            self.plot_choice.value = self._plot_metric or (metrics[0] if metrics else "")
+            self.prev.disabled = len(self._tokens) <= 1
+            self.next.disabled = self.page.next_page_token is None
+        finally:
+            self._quiet = False
+
+    def _render(self) -> None:
+        self.table.value = html_table(self.page, with_plot=False)
+        self.plot.value = metric_svg(self.page, self._plot_metric) if self.page.rows else ""
+
+    def _load(self, token: str | None) -> None:
+        from nb_mlops.core.errors import NbMlopsError
+
+        order = self.sort.value or None
+        try:
+            self.page = runs(
+                self.page.experiment,
+                order_by=order,
+                ascending=bool(self.ascending.value),
+                limit=self.page.limit,
+                page_token=token,
+                cfg=self.cfg,
+            )
+        except NbMlopsError as exc:  # shown in the view: a callback has nowhere to raise to
+            self.error.value = f"<span style='color:#cf222e'>{esc(exc)}</span>"
+            return
+        self.error.value = ""
+        self._refresh_controls()
+        self._render()
+
+    # widget events
+
+    def _on_sort(self, _change: Any) -> None:
+        if self._quiet:
+            return
+        if not self.sort.value:  # newest first has one direction in MLflow: descending
+            self._quiet = True
+            self.ascending.value = False
+            self._quiet = False
+        self._tokens = [None]
+        self._load(None)
+
+    def _on_plot(self, change: Any) -> None:
+        if self._quiet:
+            return
+        self._plot_metric = change["new"] or None
+        self._render()
+
+    def _on_next(self, _button: Any) -> None:
+        if self.page.next_page_token:
+            self._tokens.append(self.page.next_page_token)
+            self._load(self.page.next_page_token)
+
+    def _on_prev(self, _button: Any) -> None:
+        if len(self._tokens) > 1:
+            self._tokens.pop()
+            self._load(self._tokens[-1])
+
+    # display
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        bundle: dict[str, Any] = dict(self.widget._repr_mimebundle_() or {})
+        bundle["text/plain"] = text_table(self.page)
+        bundle["text/html"] = html_table(self.page, self._plot_metric)
+        return bundle
