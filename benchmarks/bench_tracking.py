@@ -7,6 +7,7 @@ Prints: case, ours, peer, ratio, target, PASS/MISS. Each case runs in fresh proc
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -20,6 +21,13 @@ SHELL = """
 import time, json, sys
 from IPython.core.interactiveshell import InteractiveShell
 ip = InteractiveShell.instance()
+ip.run_cell("pass")  # IPython's own first-cell cost is not the extension's (nor the peer's)
+def warmed():
+    # the steady state: the background warm-up (mlflow, autolog, environment) has finished
+    import nb_mlops.magics.track as mt, nb_mlops.core.tracking as tr
+    mt._registered.wait(120)
+    if tr._proc.warm_thread is not None:
+        tr._proc.warm_thread.join()
 def timed(src, repeat=1):
     out = []
     for _ in range(repeat):
@@ -27,6 +35,31 @@ def timed(src, repeat=1):
         if not r.success: raise SystemExit(f"cell failed: {src!r}")
     return out
 """
+
+FIT_SETUP = (
+    SHELL
+    + "import statistics\n"
+    + "ip.run_cell('import numpy as np\\nfrom sklearn.linear_model import LogisticRegression\\n"
+    + "X = np.random.RandomState(0).randn(1000, 20); y = (X[:, 0] > 0).astype(int)')\n"
+    + "timed('%load_ext nb_mlops'); warmed()\n"
+    + "plain = min(timed('m = LogisticRegression().fit(X, y)', 3))\n"
+    + "def flush():\n    ip.run_cell('import nb_mlops.core.tracking as tr; tr.flush()')\n"
+)
+PEER_FIT = (
+    SHELL
+    + "import statistics\n"
+    + "ip.run_cell('import numpy as np\\nfrom sklearn.linear_model import LogisticRegression\\n"
+    + "X = np.random.RandomState(0).randn(1000, 20); y = (X[:, 0] > 0).astype(int)\\n"
+    + 'import mlflow, mlflow.sklearn\\nmlflow.set_tracking_uri("sqlite:///mlflow.db")\\n'
+    + "mlflow.sklearn.autolog()')\n"
+    + "plain = min(timed('LogisticRegression().fit(X, y)', 1))\n"
+    + "ip.run_cell('mlflow.sklearn.autolog(disable=True)')\n"
+    + "plain = min(timed('m = LogisticRegression().fit(X, y)', 3))\n"
+    + "ip.run_cell('mlflow.sklearn.autolog()')\n"
+    + "timed('with mlflow.start_run():\\n    m = LogisticRegression().fit(X, y)')\n"
+    + "ts = timed('with mlflow.start_run():\\n    m = LogisticRegression().fit(X, y)', 2)\n"
+    + "print(json.dumps(statistics.median(ts) - plain))"
+)
 
 CASES: dict[str, tuple[str, str]] = {
     # ours, peer: each prints one JSON number (seconds)
@@ -46,7 +79,7 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "steady tracked cell, 5 params + 5 metrics (median)": (
         SHELL
-        + "timed('%load_ext nb_mlops'); time.sleep(3)\n"
+        + "timed('%load_ext nb_mlops'); warmed()\n"
         + "ip.run_cell('import nb_mlops, nb_mlops.core.tracking as tr')\n"
         + "cell = '%%track --no-autolog\\nnb_mlops.core.tracking._proc.stack[-1].log_params(dict(p1=1,p2=2,p3=3,p4=4,p5=5))\\n"
         + "nb_mlops.log(a=1,b=2,c=3,d=4,e=5)'\n"
@@ -63,27 +96,23 @@ CASES: dict[str, tuple[str, str]] = {
         + "import statistics; print(json.dumps(statistics.median(ts)))",
     ),
     "tracked LogisticRegression fit 1000x20 + model (blocking beyond fit)": (
-        SHELL
-        + "ip.run_cell('import numpy as np\\nfrom sklearn.linear_model import LogisticRegression\\n"
-        + "X = np.random.RandomState(0).randn(1000, 20); y = (X[:, 0] > 0).astype(int)')\n"
-        + "timed('%load_ext nb_mlops'); time.sleep(8)\n"
-        + "plain = min(timed('m = LogisticRegression().fit(X, y)', 3))\n"
-        + "timed('%%track\\nm = LogisticRegression().fit(X, y)')\n"
-        + "t = min(timed('%%track\\nm = LogisticRegression().fit(X, y)', 3))\n"
-        + "ip.run_cell('import nb_mlops.core.tracking as tr; tr.flush()')\n"
-        + "print(json.dumps(t - plain))",
-        SHELL
-        + "ip.run_cell('import numpy as np\\nfrom sklearn.linear_model import LogisticRegression\\n"
-        + "X = np.random.RandomState(0).randn(1000, 20); y = (X[:, 0] > 0).astype(int)\\n"
-        + 'import mlflow, mlflow.sklearn\\nmlflow.set_tracking_uri("sqlite:///mlflow.db")\\n'
-        + "mlflow.sklearn.autolog()')\n"
-        + "plain = min(timed('LogisticRegression().fit(X, y)', 1))\n"
-        + "ip.run_cell('mlflow.sklearn.autolog(disable=True)')\n"
-        + "plain = min(timed('m = LogisticRegression().fit(X, y)', 3))\n"
-        + "ip.run_cell('mlflow.sklearn.autolog()')\n"
-        + "timed('with mlflow.start_run():\\n    m = LogisticRegression().fit(X, y)')\n"
-        + "t = min(timed('with mlflow.start_run():\\n    m = LogisticRegression().fit(X, y)', 2))\n"
-        + "print(json.dumps(t - plain))",
+        # each tracked cell comes after the previous one's background work (training metrics,
+        # model) is persisted, as after a user's think time; the back-to-back case is below
+        FIT_SETUP
+        + "timed('%%track\\nm = LogisticRegression().fit(X, y)'); flush()\n"
+        + "ds = []\n"
+        + "for _ in range(5):\n"
+        + "    p = timed('m = LogisticRegression().fit(X, y)')[0]\n"
+        + "    ds.append(timed('%%track\\nm = LogisticRegression().fit(X, y)')[0] - p); flush()\n"
+        + "print(json.dumps(statistics.median(ds)))",
+        PEER_FIT,
+    ),
+    "same, tracked fits back to back (waits for the previous model)": (
+        FIT_SETUP
+        + "timed('%%track\\nm = LogisticRegression().fit(X, y)'); flush()\n"
+        + "ts = timed('%%track\\nm = LogisticRegression().fit(X, y)', 4)[1:]\n"
+        + "flush()\nprint(json.dumps(statistics.median(ts) - plain))",
+        PEER_FIT,
     ),
 }
 
@@ -116,11 +145,25 @@ PEER_LOG = dict(
 )
 
 
+# Installed packages run from cached bytecode; this checkout may be run with
+# PYTHONDONTWRITEBYTECODE=1, which would charge every import a compile. Both sides get a private
+# bytecode cache, primed once before anything is measured.
+_PYCACHE = tempfile.mkdtemp(prefix="nb_mlops-bench-pycache-")
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+ENV["PYTHONPYCACHEPREFIX"] = _PYCACHE
+PRIME = (
+    "import mlflow, mlflow.sklearn, sklearn.linear_model, IPython, git\n"
+    "from IPython.core.interactiveshell import InteractiveShell\n"
+    "import nb_mlops.magics, nb_mlops.core.tracking, nb_mlops.core.capture.autolog\n"
+    "nb_mlops.magics._magic_classes()\nprint(0)"
+)
+
+
 def _run(code: str) -> object:
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "pyproject.toml").write_text("[tool.nb_mlops]\n")
         done = subprocess.run(
-            [PY, "-c", textwrap.dedent(code)], cwd=folder, capture_output=True, text=True
+            [PY, "-c", textwrap.dedent(code)], cwd=folder, capture_output=True, text=True, env=ENV
         )
         if done.returncode:
             raise SystemExit(f"benchmark failed:\n{done.stderr[-3000:]}")
@@ -128,12 +171,14 @@ def _run(code: str) -> object:
 
 
 def main() -> None:
+    _run(PRIME)
     rows = []
     targets = {
         "load_ext (blocking)": 0.050,
         "first tracked cell, new project, 3 s after load": 0.300,
         "steady tracked cell, 5 params + 5 metrics (median)": 0.005,
         "tracked LogisticRegression fit 1000x20 + model (blocking beyond fit)": 0.150,
+        "same, tracked fits back to back (waits for the previous model)": 0.150,
     }
     for case, (ours_code, peer_code) in CASES.items():
         ours = float(_run(ours_code))  # type: ignore[arg-type]

@@ -56,3 +56,28 @@ def test_package_and_magics_import_no_heavy_library() -> None:
         "import nb_mlops.magics.track"
     )
     assert not (loaded & HEAVY)
+
+
+def test_load_ext_declares_every_magic_and_imports_them_on_first_use() -> None:
+    # the name table of nb_mlops.magics matches the classes, so lazy declarations are complete
+    from nb_mlops.magics import _EAGER, MAGIC_CLASSES, MAGIC_NAMES, _magic_classes
+
+    for spec, cls in zip(MAGIC_CLASSES, _magic_classes(), strict=True):
+        declared = {(kind, name) for kind, names in cls.magics.items() for name in names}
+        if spec != _EAGER:
+            assert declared == set(MAGIC_NAMES[spec]), spec
+    # in a real shell, %load_ext lists them all without importing the faces, which load on use
+    code = (
+        "import sys, json\nfrom IPython.core.interactiveshell import InteractiveShell\n"
+        "ip = InteractiveShell.instance()\nip.run_line_magic('load_ext', 'nb_mlops')\n"
+        "listed = ip.magics_manager.lsmagic()\n"
+        "before = 'nb_mlops.magics.data' in sys.modules\n"
+        "fn = ip.find_line_magic('snapshot')\n"
+        "print(json.dumps([sorted(listed['line']), sorted(listed['cell']), before,"
+        " 'nb_mlops.magics.data' in sys.modules, callable(fn)]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    line, cell, before, after, found = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = {name for names in MAGIC_NAMES.values() for _, name in names} | {"track"}
+    assert expected <= set(line) | set(cell) and "track" in cell and "step" in cell
+    assert (before, after, found) == (False, True, True)

@@ -211,3 +211,52 @@ def test_parameter_values_injected_cell_wins_and_namespace_values_are_used(tmp_p
     assert nb is not None
     assert nbcap.parameter_values(nb, None) == {"lr": 0.5, "epochs": 3, "name": "x"}
     assert nbcap.parameter_values(nb, {"epochs": 9})["epochs"] == 9
+
+
+def test_experiment_created_with_sql_equals_one_created_by_mlflow(project: Path) -> None:
+    # Given one experiment created by MLflow (store.experiment_id) and one by plain SQL
+    import sqlite3
+
+    from nb_mlops.core.store import artifact_location_for, embedded_experiment
+
+    cfg = load_config()
+    by_mlflow = experiment_id(cfg, "made-by-mlflow")
+    found = embedded_experiment(cfg, "made-by-sql")
+    assert found is not None
+    by_sql, location = found
+    # Then the rows agree on everything but id, name, times and the name-derived location
+    con = sqlite3.connect(cfg.db_path)
+    con.row_factory = sqlite3.Row
+    rows = {
+        r["name"]: dict(r)
+        for r in con.execute("SELECT * FROM experiments WHERE name LIKE 'made-by-%'")
+    }
+    con.close()
+    a, b = rows["made-by-mlflow"], rows["made-by-sql"]
+    assert set(a) == set(b)
+    assert b["artifact_location"] == location == artifact_location_for(cfg, "made-by-sql")
+    assert a["artifact_location"] == artifact_location_for(cfg, "made-by-mlflow")
+    assert (
+        b["creation_time"] == b["last_update_time"] and a["creation_time"] == a["last_update_time"]
+    )
+    same = {"lifecycle_stage", "workspace"}
+    assert (
+        {k: a[k] for k in same}
+        == {k: b[k] for k in same}
+        == {
+            "lifecycle_stage": "active",
+            "workspace": "default",
+        }
+    )
+    assert int(by_sql) == int(by_mlflow) + 1  # the same id sequence
+    # And MLflow reads it back and uses it like its own; a second call finds it
+    c = _client(project)
+    exp = c.get_experiment_by_name("made-by-sql")
+    assert exp is not None and exp.experiment_id == by_sql and exp.lifecycle_stage == "active"
+    assert exp.artifact_location == location
+    assert c.create_run(by_sql).info.artifact_uri.startswith(location)
+    assert embedded_experiment(cfg, "made-by-sql") == (by_sql, location)
+    assert experiment_id(cfg, "made-by-sql") == by_sql
+    # A deleted experiment holding the name is left to MLflow's rules (None: fall back)
+    c.delete_experiment(by_sql)
+    assert embedded_experiment(cfg, "made-by-sql") is None

@@ -18,7 +18,14 @@ def _artifacts(uri: str) -> Path:
     return Path(unquote(urlparse(uri).path))
 
 
+# right after `%load_ext` (one assignment cell between): mlflow is still being imported by the
+# warm-up thread when this cell needs autolog; two threads importing mlflow must not collide
 TRAIN = """%%track -n fit -t team=churn
+import numpy as np
+import nb_mlops, nb_mlops.core.tracking
+rng = np.random.RandomState(0)
+X = rng.randn(300, 5)
+y = (X[:, 0] > 0).astype(int)
 from sklearn.linear_model import LogisticRegression
 model = LogisticRegression(C=C, max_iter=max_iter).fit(X, y)
 for i in range(500):
@@ -47,9 +54,8 @@ def test_tracked_cells_record_params_metrics_model_notebook_and_failures(project
         [
             "%load_ext nb_mlops",
             ("C = 1.0\nmax_iter = 200\nlabel = 'baseline'", ["parameters"]),
-            "import numpy as np\nimport nb_mlops, nb_mlops.core.tracking\n"
-            "rng = np.random.RandomState(0)\nX = rng.randn(300, 5)\ny = (X[:, 0] > 0).astype(int)",
             TRAIN,
+            "X[:] = 0  # changed in place after the fit: the deferred metrics used a copy",
             "outside = None\ntry:\n    nb_mlops.log(x=1)\nexcept nb_mlops.NbMlopsError as exc:\n"
             "    outside = str(exc)\nassert '%%track' in outside",
             FAILS,
@@ -78,7 +84,12 @@ def test_tracked_cells_record_params_metrics_model_notebook_and_failures(project
     assert len(client.get_metric_history(fit.info.run_id, "loss")) == 500
     assert fit.data.metrics["loss"] == 1.0 / 500
     assert fit.data.metrics["accuracy"] > 0.9
-    assert "training_accuracy_score" in fit.data.metrics
+    # sklearn autolog: params and the training metrics computed in the background after the fit
+    assert fit.data.params["fit_intercept"] == "True" and fit.data.tags["estimator_name"]
+    for key in ("accuracy_score", "f1_score", "precision_score", "recall_score", "log_loss"):
+        assert f"training_{key}" in fit.data.metrics, key
+    assert fit.data.metrics["training_accuracy_score"] > 0.9  # scored on the data as fitted
+    assert (_artifacts(fit.info.artifact_uri) / "estimator.html").exists()
     tags = fit.data.tags
     assert tags["mlflow.source.type"] == "NOTEBOOK"
     assert tags["mlflow.source.name"] == str(nb)

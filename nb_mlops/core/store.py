@@ -12,8 +12,9 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from filelock import FileLock
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "artifact_location_for",
     "client",
+    "embedded_experiment",
     "ensure_store",
     "experiment_id",
     "lock",
@@ -117,6 +119,68 @@ def experiment_id(cfg: Config, name: str) -> str:
         )
 
 
+# MLflow's limits on experiment names and artifact locations (mlflow.utils.validation)
+_MAX_EXPERIMENT_NAME = 500
+_MAX_ARTIFACT_LOCATION = 2048
+
+
+def embedded_experiment(cfg: Config, name: str) -> tuple[str, str] | None:
+    """(experiment_id, artifact_location) of active experiment `name` on the embedded store,
+    created with plain SQL if missing, without importing MLflow (it costs seconds).
+
+    Writes the row MLflow's `SqlAlchemyStore.create_experiment` writes (workspace `default`,
+    lifecycle `active`, creation = last update time, the location `experiment_id` would pick),
+    under the same `experiments` lock. Returns None whenever MLflow itself must decide: a server
+    store, a deleted experiment holding the name, a name or location over MLflow's limits. The
+    caller checks that the schema revision is one whose tables it knows.
+    """
+    if not cfg.is_embedded or not name or len(name) > _MAX_EXPERIMENT_NAME:
+        return None
+    cfg = ensure_store(cfg)
+    con = sqlite3.connect(str(cfg.db_path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        found = _experiment_row(con, name)
+        if found is not None:
+            return found or None
+        location = artifact_location_for(cfg, name)
+        if location is None or len(location) > _MAX_ARTIFACT_LOCATION:
+            return None
+        with lock(cfg, "experiments"):
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                found = _experiment_row(con, name)
+                if found is None:
+                    now = int(time.time() * 1000)
+                    cursor = con.execute(
+                        "INSERT INTO experiments (name, artifact_location, lifecycle_stage, "
+                        "creation_time, last_update_time, workspace) "
+                        "VALUES (?, ?, 'active', ?, ?, 'default')",
+                        (name, location, now, now),
+                    )
+                    found = (str(cursor.lastrowid), location)
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        return found or None
+    finally:
+        con.close()
+
+
+def _experiment_row(con: sqlite3.Connection, name: str) -> tuple[str, str] | Literal[False] | None:
+    """The active experiment's (id, location); False when the name belongs to a deleted one."""
+    row = con.execute(
+        "SELECT experiment_id, artifact_location, lifecycle_stage FROM experiments "
+        "WHERE name = ? AND workspace = 'default'",
+        (name,),
+    ).fetchone()
+    if row is None:
+        return None
+    if row[2] != "active":
+        return False
+    return (str(row[0]), str(row[1]))
+
+
 # --- schema ----------------------------------------------------------------------------------
 
 
@@ -171,7 +235,7 @@ def _build_template(target: Path) -> None:
 
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
-    store = SqlAlchemyStore(f"sqlite:///{tmp}", str(target.parent / "artifacts"))
+    store = SqlAlchemyStore(f"sqlite:///{tmp}", str(target.parent / "artifacts"))  # type: ignore[no-untyped-call]
     store.engine.dispose()
     con = sqlite3.connect(tmp)
     con.execute("PRAGMA journal_mode=DELETE")
@@ -195,8 +259,8 @@ def _create_schema(cfg: Config) -> None:
         # An older schema: let MLflow migrate it in place, still under our lock.
         from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine_with_retry
 
-        engine = create_sqlalchemy_engine_with_retry(f"sqlite:///{db}")
-        _upgrade_db(engine)
+        engine = create_sqlalchemy_engine_with_retry(f"sqlite:///{db}")  # type: ignore[no-untyped-call]
+        _upgrade_db(engine)  # type: ignore[no-untyped-call]
         engine.dispose()
         db.with_name(".schema-ok").write_text(str(head))
         return
@@ -210,7 +274,9 @@ def _create_schema(cfg: Config) -> None:
     con = sqlite3.connect(staged)
     try:
         default_root = Path(cfg.artifact_root)
-        location = default_root.resolve().as_uri() if "://" not in cfg.artifact_root else cfg.artifact_root
+        location = (
+            default_root.resolve().as_uri() if "://" not in cfg.artifact_root else cfg.artifact_root
+        )
         con.execute(
             "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
             (location.rstrip("/") + "/0",),

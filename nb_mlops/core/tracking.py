@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from nb_mlops.core import session
+from nb_mlops.core.capture import autolog as autolog_capture
 from nb_mlops.core.capture import notebook as nbcap
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.errors import NoActiveRun, StoreError, TrackingError
-from nb_mlops.core.store import client, ensure_store, experiment_id
+from nb_mlops.core.store import client, embedded_experiment, ensure_store, experiment_id
 from nb_mlops.core.writer import (
     ClientBackend,
     SqliteBackend,
@@ -73,7 +74,8 @@ class _Store:
         """(experiment_id, artifact_location), creating the experiment if needed."""
         hit = self.experiments.get(name)
         if hit is None and self.sqlite is not None:
-            hit = self.sqlite.experiment(name)
+            # plain SQL, as MLflow would write it: the first run never waits for `import mlflow`
+            hit = embedded_experiment(self.cfg, name)
         if hit is None:
             _await_warm_up()
             exp_id = experiment_id(self.cfg, name)
@@ -135,6 +137,7 @@ class _Process:
         self.autolog_lock = threading.Lock()
         self.warm_up_error: BaseException | None = None
         self.warm_thread: threading.Thread | None = None
+        self.mlflow_imported = threading.Event()
         self.probed: set[str] = set()
         self.atexit = False
 
@@ -312,12 +315,22 @@ def flush(timeout: float | None = None) -> None:
         st.writer.flush(timeout)
 
 
-def _await_warm_up() -> None:
-    """Wait for a running warm-up before touching mlflow: importing mlflow from two threads at
-    once breaks on its circular imports ("partially initialized module")."""
+def _warming() -> bool:
     thread = _proc.warm_thread
-    if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-        thread.join()
+    return thread is not None and thread.is_alive() and thread is not threading.current_thread()
+
+
+def _await_warm_up() -> None:
+    """Wait until a running warm-up has imported mlflow before touching it: importing mlflow from
+    two threads at once breaks on its circular imports ("partially initialized module"). The rest
+    of the warm-up (environment, autolog) is not waited for."""
+    while _warming() and not _proc.mlflow_imported.wait(0.02):
+        pass
+
+
+def _mlflow_loaded() -> bool:
+    """mlflow is fully imported (by the warm-up, or by the user with no warm-up running)."""
+    return _proc.mlflow_imported.is_set() or ("mlflow" in sys.modules and not _warming())
 
 
 def _mlflow_ready(cfg: Config) -> Any:
@@ -325,6 +338,7 @@ def _mlflow_ready(cfg: Config) -> Any:
     _await_warm_up()
     import mlflow
 
+    _proc.mlflow_imported.set()
     uris = (cfg.tracking_uri, cfg.registry_uri)
     if _proc.mlflow_uris != uris:
         ensure_store(cfg)  # installs the SQLite pragmas before MLflow opens an engine
@@ -341,6 +355,14 @@ def _autolog_integration() -> dict[str, Any]:
     return config
 
 
+def _owner_writer(run_id: str) -> Writer | None:
+    """The writer of `run_id` when it is a run tracked now by this process."""
+    for run in reversed(_proc.stack):
+        if run.run_id == run_id and run._store is not None:
+            return run._store.writer
+    return None
+
+
 def _setup_autolog(cfg: Config) -> None:
     """Patch sklearn once per process, switched off between tracked cells (re-patching costs
     ~150 ms; flipping the integration's `disable` flag costs nothing). Models are logged by us."""
@@ -354,6 +376,8 @@ def _setup_autolog(cfg: Config) -> None:
         # autolog draws ROC / PR / confusion plots for every classifier fit (≈ 1 s) with no switch
         # to turn them off; the metrics stay, the plots go
         mlflow.sklearn.utils._get_classifier_artifacts = lambda *args, **kwargs: []
+        # params, tags and the post-fit training metrics go through our background writer
+        autolog_capture.install(_owner_writer)
         mlflow.sklearn.autolog(
             log_input_examples=False,
             log_model_signatures=False,
@@ -387,12 +411,17 @@ def warm_up() -> None:
 
         cfg = load_config()
         st = _store_for(cfg)
+        st.experiment(current_experiment_name(cfg))  # plain SQL on the embedded store: fast
         environment()
         _mlflow_ready(cfg)
         client(cfg)
-        st.experiment(current_experiment_name(cfg))
         if find_spec("sklearn") is not None:
             _setup_autolog(cfg)
+            # the first autologged fit resolves MLflow's run-context tags (git, notebook, …):
+            # GitPython's import alone takes ~0.5 s, so do it here rather than in that cell
+            from mlflow.tracking.context import registry
+
+            registry.resolve_tags()
     except BaseException as exc:  # noqa: BLE001 - surfaced by the next track()
         _proc.warm_up_error = exc
 
@@ -570,7 +599,7 @@ def _start(
     run.log_params(params)
     # autolog patches sklearn: needed when sklearn is loaded, or the cell is about to load it
     sklearn_on = autolog and ("sklearn" in sys.modules or "sklearn" in (cell or ""))
-    fluent = _push_fluent(cfg, run, start_ms, need=sklearn_on)
+    fluent = _push_fluent(cfg, run, start_ms, need=sklearn_on or "mlflow" in (cell or ""))
     if sklearn_on:
         _setup_autolog(cfg)
         _autolog_integration()["disable"] = False
@@ -631,8 +660,9 @@ def _base_tags(
 
 def _push_fluent(cfg: Config, run: Run, start_ms: int, need: bool) -> Any:
     """Make `run` MLflow's active fluent run in this thread (autolog and `mlflow.log_*` write to
-    it) without a store round trip. Skipped while mlflow is not imported and not needed."""
-    if not need and "mlflow" not in sys.modules:
+    it) without a store round trip. Skipped while mlflow is not (yet) imported and not needed:
+    a cell that neither autologs nor mentions mlflow never waits for the warm-up's import."""
+    if not need and not _mlflow_loaded():
         return None
     _mlflow_ready(cfg)
     from mlflow.entities import Run as MlflowRun
@@ -819,7 +849,8 @@ def _log_model(cfg: Config, run: Run, name: str, model: Any) -> None:
     from nb_mlops.core.capture.environment import environment, pip_requirements
 
     _mlflow_ready(cfg)
-    import mlflow.sklearn
+    with _proc.autolog_lock:  # the warm-up may be importing the flavor right now
+        import mlflow.sklearn
 
     reqs = pip_requirements(
         environment(), "mlflow", "scikit-learn", "cloudpickle", "numpy", "scipy"

@@ -343,6 +343,20 @@ class Writer:
     def tag(self, run_id: str, key: str, value: str) -> None:
         self._put(("t", run_id, key, value))
 
+    def values(self, metrics: list[Metric], params: list[Pair], tags: list[Pair]) -> None:
+        """Queue a batch; on the writer thread itself (inside a `call`), write it at once, so it
+        lands before whatever was queued after that call (a run's end)."""
+        if threading.current_thread() is self._thread:
+            n = len(metrics) + len(params) + len(tags)
+            if n:
+                self._retrying(lambda: self.backend.write(metrics, params, tags), f"{n} values")
+                self.written += n
+            return
+        self._queue.extend(("m", *m) for m in metrics)
+        self._queue.extend(("p", *p) for p in params)
+        self._queue.extend(("t", *t) for t in tags)
+        self._wake.set()
+
     def call(self, fn: Callable[[], object], what: str) -> None:
         """Run `fn` on the writer thread, in order with the values queued around it."""
         self._put(("call", fn, what))

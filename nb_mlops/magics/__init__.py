@@ -1,12 +1,15 @@
 """IPython magics: thin faces over `nb_mlops.core` and `nb_mlops.pipeline`.
 
 Each module holds one `@magics_class`; `MAGIC_CLASSES` lists them as "module:Class" so that loading
-the extension imports only what it registers (no mlflow, no pandas).
+the extension imports only what it registers (no mlflow, no pandas). `%load_ext` declares them
+lazily (IPython imports a module the first time one of its magics is used, or asked for help):
+importing them all builds an argparse parser per magic and costs tens of milliseconds.
 """
 
 from __future__ import annotations
 
 import importlib
+from importlib.util import find_spec
 from typing import Any
 
 MAGIC_CLASSES = (
@@ -16,6 +19,21 @@ MAGIC_CLASSES = (
     "nb_mlops.magics.pipeline:PipelineMagics",
     "nb_mlops.magics.promote:PromoteMagics",
 )
+
+# (kind, name) of the magics each class provides, so they can be declared without importing it.
+# tests/test_architecture.py checks this table against the classes themselves.
+MAGIC_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "nb_mlops.magics.mlops:MlopsMagics": (("line", "mlops"),),
+    "nb_mlops.magics.data:DataMagics": (
+        ("line", "snapshot"),
+        ("line", "snapshots"),
+        ("line", "restore"),
+    ),
+    "nb_mlops.magics.pipeline:PipelineMagics": (("line", "pipeline"), ("cell", "step")),
+    "nb_mlops.magics.promote:PromoteMagics": (("line", "promote"), ("line", "lineage")),
+}
+# registered at once: its module also starts the warm-up, so it is imported anyway
+_EAGER = "nb_mlops.magics.track:TrackMagics"
 
 
 def _magic_classes() -> list[type]:
@@ -32,10 +50,36 @@ def _magic_classes() -> list[type]:
     return found
 
 
+def _lazy_supported(ipython: Any) -> bool:
+    """IPython ≥ 9.x declares `module:Class` magics lazily (`register_lazy(..., magic_kind)`)."""
+    try:
+        from IPython.core.magic import LazyMagic  # noqa: F401
+    except ImportError:
+        return False
+    manager = getattr(ipython, "magics_manager", None)
+    return manager is not None and hasattr(manager, "register_lazy")
+
+
 def load_ipython_extension(ipython: Any) -> None:
-    """Register every magic class, then start the background warm-up (imports, store)."""
-    for cls in _magic_classes():
-        ipython.register_magics(cls)
+    """Register every magic class (lazily where IPython can), then start the background warm-up
+    (imports, store)."""
+    lazy = _lazy_supported(ipython)
+    for spec in MAGIC_CLASSES:
+        module_name, _, cls = spec.partition(":")
+        names = MAGIC_NAMES.get(spec)
+        if lazy and names and spec != _EAGER:
+            if find_spec(module_name) is None:
+                continue  # a face not built yet
+            for kind, name in names:
+                ipython.magics_manager.register_lazy(name, spec, kind)
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        ipython.register_magics(getattr(module, cls))
     warm_up = getattr(importlib.import_module("nb_mlops.magics.track"), "start_warm_up", None)
     if warm_up is not None:
         warm_up(ipython)

@@ -10,6 +10,7 @@ Importing this module loads no mlflow, pandas or papermill.
 from __future__ import annotations
 
 import ast
+import contextlib
 import threading
 from typing import Any
 
@@ -33,12 +34,32 @@ def _bind(ipython: Any) -> None:
 
 
 _registered = threading.Event()
+_go = threading.Event()
+# with no cell finishing (the extension loaded from the kernel's config), start anyway after this
+_START_LATEST = 2.0
 
 
 def start_warm_up(ipython: Any) -> None:
-    """Bind tracking to this kernel and warm up in the background (returns at once)."""
+    """Bind tracking to this kernel and warm up in the background (returns at once).
+
+    The thread starts its heavy imports only once the `%load_ext` cell has finished (IPython's
+    `post_run_cell`), so it does not compete with that cell for the GIL; `%%track` starts it at
+    once if it comes first.
+    """
+
+    def on_cell_done(*_args: Any) -> None:
+        _go.set()
+        with contextlib.suppress(ValueError):
+            ipython.events.unregister("post_run_cell", on_cell_done)
+
+    events = getattr(ipython, "events", None)
+    if events is not None:
+        events.register("post_run_cell", on_cell_done)
+    else:
+        _go.set()
 
     def work() -> None:
+        _go.wait(_START_LATEST)
         try:
             _bind(ipython)
             from nb_mlops.core import tracking
@@ -96,6 +117,7 @@ class TrackMagics(Magics):
             raise UsageError("%%track needs code below it: put it on the first line of a cell")
         shell = self.shell
         assert shell is not None
+        _go.set()  # a %%track in the very cell that loaded the extension: warm up now
         _registered.wait(30)
         _bind(shell)
         from nb_mlops.core import tracking
