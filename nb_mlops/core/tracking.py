@@ -453,6 +453,14 @@ def _env_run() -> Run | None:
     return found
 
 
+def note_step_input(use: session.DataUse) -> None:
+    """Record a data version a pipeline step used on the step's own run (`NB_MLOPS_RUN_ID`): the
+    runner copies its `nb_mlops.data.*` tag onto the pipeline run, where promotion verifies it."""
+    run = _env_run()
+    if run is not None:
+        _note_input(run, use)
+
+
 def log(step: int | None = None, **metrics: float) -> None:
     """Log metrics to the active tracked run (or a pipeline step's run).
 

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nb_mlops.core import session
+
 __all__ = ["DONE_FILE", "Step", "decode_context", "encode_context", "setup"]
 
 DONE_FILE = "_done.json"
@@ -133,6 +135,13 @@ class Step:
         _atomic_write(self.outputs_dir / DONE_FILE, json.dumps(marker, sort_keys=True).encode())
 
 
+def _note_step_input(use: session.DataUse) -> None:
+    # imported on first data use only: steps without snapshots never load tracking
+    from nb_mlops.core.tracking import note_step_input
+
+    note_step_input(use)
+
+
 def setup(
     ns: dict[str, Any], step: str, context: str = "", inputs: str = "", outputs: str = ""
 ) -> Step:
@@ -150,6 +159,7 @@ def setup(
         size = int(limit) * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (size, size))
     current = Step(step, ctx, inputs, outputs)
+    session.add_listener(_note_step_input)
     get_ipython = ns.get("get_ipython")
     shell = get_ipython() if callable(get_ipython) else None
     if shell is not None:
