@@ -72,7 +72,8 @@ def demo(notebook: str | None, model: str) -> None:
     click.echo(f"   parameters {', '.join(pipeline.parameters)}")
 
     _title("3/4 run it headless, each step in a fresh kernel")
-    run = nb_mlops.run_pipeline(pipeline.dir)
+    # no cache: a promotion needs the run that computed the model, not one that reused it
+    run = nb_mlops.run_pipeline(pipeline.dir, cache=False)
     for name, step in run.as_dict()["steps"].items():
         cached = " (cached)" if step.get("cached") else ""
         click.echo(f"   {name:<10} {step['status']:<10} {step.get('duration') or 0:6.2f} s{cached}")

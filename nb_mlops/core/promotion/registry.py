@@ -201,6 +201,14 @@ def load_candidate(client: MlflowClient, run_id: str) -> Candidate:
     tree = _descendants(client, run)
     models = _models(client, tree)
     if not models:
+        cached = [r for r in tree.values() if r.data.tags.get("nb_mlops.cached") == "true"]
+        if cached:
+            # a cached step reused an earlier run's outputs; its model belongs to that run (R4)
+            raise PromotionError(
+                f"pipeline run {run_id} logged no model: {len(cached)} of its steps came from the "
+                "cache; promote the run that computed them, or re-run with "
+                f"`nb-mlops pipeline run {tags.get('nb_mlops.pipeline', 'NAME')} --no-cache`"
+            )
         raise PromotionError(
             f"pipeline run {run_id} logged no model in any of its {len(tree)} runs; "
             "log one in a step (e.g. `mlflow.sklearn.log_model(model, name='model')`)"
