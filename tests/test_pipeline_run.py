@@ -322,7 +322,7 @@ def test_eight_runs_at_once_are_each_correct(project: Path) -> None:
 
 
 def test_pipeline_magics_build_and_run(project: Path) -> None:
-    from IPython.testing.globalipapp import start_ipython
+    from IPython.core.interactiveshell import InteractiveShell
 
     from nb_mlops.magics.pipeline import PipelineMagics
 
@@ -334,7 +334,7 @@ def test_pipeline_magics_build_and_run(project: Path) -> None:
             ("print(out)", ["pipeline-metrics"]),
         ],
     )
-    ip = start_ipython()
+    ip = InteractiveShell.instance()  # the process's one shell: other tests share it
     ip.register_magics(PipelineMagics)
     # %%step runs the cell interactively
     ip.run_cell_magic("step", "only --after x", "out = 21 * 2")

@@ -129,6 +129,7 @@ def test_s3_value_logged_while_the_store_is_locked_lands(project: Path) -> None:
     import nb_mlops
 
     with nb_mlops.track(name="locked", autolog=False) as run:
+        tracking.flush()  # the run's start and capture are saved: only the metric meets the lock
         holder = _hold_write_lock(project / ".nb_mlops" / "mlflow.db", 7)
         nb_mlops.log(auc=0.77)
     # When the run ends and we flush: the writer retried until the lock went away
@@ -145,6 +146,7 @@ def test_s3_lock_outlasting_the_retry_window_fails_visibly(
     import nb_mlops
 
     with nb_mlops.track(name="lost?", autolog=False):
+        tracking.flush()  # the run's start and capture are saved: only the metric meets the lock
         holder = _hold_write_lock(project / ".nb_mlops" / "mlflow.db", 7)
         nb_mlops.log(auc=0.5)
     with pytest.raises(StoreError, match="could not save .*locked"):
