@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nb_mlops.core.errors import StoreError, TrackingError
+from nb_mlops.core.procs import pid_alive
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -63,12 +64,8 @@ def _owner_alive(token: str) -> bool:
     if host != socket.gethostname() or not pid_text.isdigit():
         return True  # another machine: we cannot tell, leave it alone
     pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     return start == "?" or _process_start(pid) == start
 
 

@@ -24,6 +24,7 @@ from nb_mlops.core.config import Config
 from nb_mlops.core.data.names import check_name, format_ref
 from nb_mlops.core.data.objects import ObjectStore, fsync_dir
 from nb_mlops.core.errors import DataError, SnapshotNotFound
+from nb_mlops.core.procs import pid_alive
 from nb_mlops.core.store import lock
 
 __all__ = ["DataStore", "open_store"]
@@ -179,7 +180,7 @@ class DataStore:
         for entry in folder.glob("v*.pending"):
             try:
                 info = read_json(entry)
-                alive = _alive(int(info["pid"]))
+                alive = pid_alive(int(info["pid"]))
             except (OSError, ValueError, KeyError, TypeError):
                 info, alive = {}, False
             if alive:
@@ -278,18 +279,6 @@ class DataStore:
 
     def put_stat_cache(self, key: str, value: dict[str, Any]) -> None:
         write_json_atomic(self._stat_path(key), {**value, "key": key}, durable=False)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def open_store(cfg: Config | None = None) -> DataStore:
