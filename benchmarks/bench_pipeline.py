@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.nbutil import new_notebook  # noqa: E402
 
-REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
 
 
 def _median(fn, repeat: int = REPEAT) -> float:
@@ -29,6 +29,17 @@ def _median(fn, repeat: int = REPEAT) -> float:
         fn()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def _paired(ours_fn, peer_fn, repeat: int = REPEAT) -> tuple[float, float]:
+    """Medians of ours and the peer, measured alternately so both see the same machine load."""
+    ours, peer = [], []
+    for i in range(repeat):
+        for fn, times in ((ours_fn, ours), (peer_fn, peer))[:: 1 if i % 2 == 0 else -1]:
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+    return statistics.median(ours), statistics.median(peer)
 
 
 def main() -> int:
@@ -57,12 +68,12 @@ def main() -> int:
     )
     build_pipeline(linear)
     run_pipeline("linear", cache=False)  # warm imports on both sides
-    peer = _median(
+    ours, peer = _paired(
+        lambda: run_pipeline("linear", cache=False),
         lambda: papermill.execute_notebook(
             str(linear), str(root / "out.ipynb"), kernel_name="python3", progress_bar=False
-        )
+        ),
     )
-    ours = _median(lambda: run_pipeline("linear", cache=False))
     rows.append(
         (
             "4-step linear pipeline (trivial steps)",
@@ -93,7 +104,8 @@ def main() -> int:
     )
 
     # 3. two independent CPU-bound branches: 2 at once vs one after the other
-    burn = "total = 0\nfor i in range(18_000_000):\n    total += i % 7"
+    # each branch ≈ 3 s of CPU, so that the fixed cost (the first kernels' start) is not the case
+    burn = "total = 0\nfor i in range(30_000_000):\n    total += i % 7"
     branches = new_notebook(
         root / "branches.ipynb",
         [
@@ -102,8 +114,11 @@ def main() -> int:
         ],
     )
     build_pipeline(branches)
-    sequential = _median(lambda: run_pipeline("branches", cache=False, max_parallel=1), 2)
-    parallel = _median(lambda: run_pipeline("branches", cache=False, max_parallel=2), 2)
+    parallel, sequential = _paired(
+        lambda: run_pipeline("branches", cache=False, max_parallel=2),
+        lambda: run_pipeline("branches", cache=False, max_parallel=1),
+        int(os.environ.get("BENCH_REPEAT_BRANCHES", "2")),
+    )
     rows.append(
         (
             "two CPU-bound branches (parallel vs sequential)",
@@ -131,6 +146,7 @@ def main() -> int:
         ("build a 200-cell notebook", build, float("nan"), float("nan"), "≤ 1 s", build <= 1.0)
     )
 
+    print(f"cpus={os.cpu_count()} load average={os.getloadavg()[0]:.2f} (1 min) repeat={REPEAT}")
     print(f"{'case':<52} {'ours':>8} {'peer':>8} {'ratio':>7}  {'target':<14} result")
     for case, ours_s, peer_s, ratio, target, ok in rows:
         peer_txt = "-" if peer_s != peer_s else f"{peer_s:.3f}s"

@@ -94,6 +94,23 @@ def test_untagged_notebook_is_one_step(project: Path) -> None:
     assert list(spec.steps) == ["main"] and spec.steps["main"].cells == [1, 2]
 
 
+def test_loop_variables_bound_by_the_loop_are_not_inputs(project: Path) -> None:
+    # Given two branches that both loop over `i`, and a step whose loop `else` may read an old `i`
+    new_notebook(
+        project / "loops.ipynb",
+        [
+            ("left = 0\nfor i in range(3):\n    left += i % 7", ["step:left"]),
+            ("right = 0\nfor i, (j, k) in []:\n    right += i + j + k", ["step:right"]),
+            ("for z in []:\n    pass\nelse:\n    w = i", ["step:tail"]),
+        ],
+    )
+    # When it is built
+    spec = build_pipeline(project / "loops.ipynb")
+    # Then the branches are independent (they run in parallel) and only the `else` reads `i`
+    assert spec.steps["left"].after == [] and spec.steps["right"].after == []
+    assert spec.steps["right"].inputs == {} and spec.steps["tail"].inputs == {"i": "right"}
+
+
 def test_imports_in_a_step_are_repeated_not_pickled(project: Path) -> None:
     new_notebook(
         project / "imp.ipynb",

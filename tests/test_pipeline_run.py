@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
 import psutil
 import pytest
 
@@ -347,3 +348,45 @@ def test_pipeline_magics_build_and_run(project: Path) -> None:
 
     with pytest.raises(UsageError, match="unknown parameter 'bogus'"):
         ip.run_line_magic("pipeline", "run mg -p bogus=1")
+
+
+def test_a_forked_kernel_is_as_fresh_as_a_launched_one(project: Path) -> None:
+    # Given two steps that describe their kernel: the first step's kernel is launched, the
+    # second's is pre-started while the first runs (forked from the run's zygote)
+    probe = (
+        "import json, os, sys\n"
+        "facts = dict(cwd=os.getcwd(), path=sys.path[:2], own_group=os.getpgid(0) == os.getpid(),"
+        " ppid=os.getppid(), step=os.environ.get('NB_MLOPS_STEP'), run=os.environ.get("
+        "'NB_MLOPS_RUN_ID'), leaked=[n for n in ('y', 'facts_a') if n in globals()],"
+        " count=get_ipython().execution_count)\n"
+    )
+    new_notebook(
+        project / "fork.ipynb",
+        [
+            ("x = 1\ny = 2\n" + probe + "open('a.json', 'w').write(json.dumps(facts))", ["step:a"]),
+            ("z = x\n" + probe + "open('b.json', 'w').write(json.dumps(facts))", ["step:b"]),
+        ],
+    )
+    build_pipeline(project / "fork.ipynb")
+
+    # When it runs
+    run = run_pipeline("fork", cache=False)
+
+    # Then both kernels saw the same world, each its own step, and nothing of the other's
+    assert run.status == "SUCCEEDED", run.error
+    a, b = (json.loads((project / f"{s}.json").read_text()) for s in "ab")
+    assert a["ppid"] == psutil.Process().pid and b["ppid"] != a["ppid"]  # launched, then forked
+    for key in ("cwd", "path", "own_group"):
+        assert a[key] == b[key], key
+    offsets = []
+    for step, facts in (("a", a), ("b", b)):  # no execution before the notebook's own cells
+        cells = nbformat.read(run.run_dir / f"{step}.ipynb", as_version=4).cells
+        code = [c for c in cells if c.cell_type == "code"]
+        probe_at = next(i for i, c in enumerate(code, 1) if "facts = dict" in c.source)
+        assert code[probe_at - 1].execution_count == probe_at, step
+        offsets.append(facts["count"] - probe_at)
+    assert offsets[0] == offsets[1]
+    assert a["own_group"] and a["cwd"] == str(project)
+    assert (a["step"], b["step"]) == ("a", "b") and a["run"] != b["run"]
+    assert a["leaked"] == ["y"] and b["leaked"] == []
+    assert _kernels() == []

@@ -61,10 +61,17 @@ class _Visitor(ast.NodeVisitor):
         self.uses: list[str] = []
         self.defs: list[str] = []
         self.deletes: list[str] = []
+        # names a `for` statement binds, while its body is visited: each run of the body reads
+        # the value the loop has just bound, never one from before the statement
+        self.bound: list[set[str]] = []
+
+    def _use(self, name: str) -> None:
+        if not any(name in names for names in self.bound):
+            self.uses.append(name)
 
     def visit_Name(self, node: ast.Name) -> None:
         if isinstance(node.ctx, ast.Load):
-            self.uses.append(node.id)
+            self._use(node.id)
         elif self.depth == 0:
             (self.deletes if isinstance(node.ctx, ast.Del) else self.defs).append(node.id)
 
@@ -77,7 +84,7 @@ class _Visitor(ast.NodeVisitor):
         if self.depth == 0 and not isinstance(node.ctx, ast.Load):
             base = self._base(node)
             if base:  # x[0] = …, x.a = …, del x[0]: x changes, and is needed first
-                self.uses.append(base)
+                self._use(base)
                 self.defs.append(base)
         self.generic_visit(node)
 
@@ -87,8 +94,20 @@ class _Visitor(ast.NodeVisitor):
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
         base = self._base(node.target)
         if base:  # x += 1 reads x first
-            self.uses.append(base)
+            self._use(base)
         self.generic_visit(node)
+
+    def visit_For(self, node: ast.For | ast.AsyncFor) -> None:
+        self.visit(node.iter)
+        self.visit(node.target)
+        self.bound.append({n.id for n in ast.walk(node.target) if isinstance(n, ast.Name)})
+        for stmt in node.body:
+            self.visit(stmt)
+        self.bound.pop()
+        for stmt in node.orelse:  # runs after an empty loop too: the name may be the old one
+            self.visit(stmt)
+
+    visit_AsyncFor = visit_For
 
     def visit_Expr(self, node: ast.Expr) -> None:
         call = node.value
@@ -110,7 +129,8 @@ class _Visitor(ast.NodeVisitor):
             # `%snapshot df`, `!echo {x}`: names hide in the magic's argument string
             for arg in node.args[1:] if func.attr.startswith("run_") else node.args:
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                    self.uses.extend(_IDENT.findall(arg.value))
+                    for name in _IDENT.findall(arg.value):
+                        self._use(name)
         self.generic_visit(node)
 
     def _scope(self, node: ast.AST, name: str | None = None) -> None:

@@ -21,9 +21,19 @@ from typing import Any
 
 from nb_mlops.pipeline.kernel import DONE_FILE, encode_context
 
-__all__ = ["StepResult", "StepTask", "kernel_env", "run_step", "start_kernel", "stop_kernel"]
+__all__ = [
+    "StepResult",
+    "StepTask",
+    "kernel_env",
+    "kill_kernel",
+    "new_kernel_manager",
+    "run_step",
+    "start_kernel",
+    "stop_kernel",
+]
 
 KERNEL_NAME = "python3"
+SAVE_EVERY = 2.0  # seconds between saves of a running step's output notebook
 ENGINE_NAME = "nb_mlops"
 # per-run variables a kernel must not inherit from the process that starts it
 _STEP_VARS = ("NB_MLOPS_RUN_ID", "NB_MLOPS_STEP", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME")
@@ -76,30 +86,121 @@ def _pid(km: Any) -> int | None:
     return getattr(process, "pid", None)
 
 
+# modules every generated step imports (its setup and saver cells): a pre-started kernel loads
+# them while it waits, so the step does not pay for them (no name is bound in the namespace)
+_PRELOAD = "__import__('nb_mlops.pipeline.kernel'); __import__('blake3'); __import__('cloudpickle')"
+
+
+def _fast_client_class() -> type:
+    """A kernel client whose readiness check ends when the kernel has answered on both channels.
+
+    jupyter_client's `wait_for_ready` ends by waiting for 0.2 s of IOPub silence, paid once per
+    client, i.e. once per step; instead we wait for the `idle` status of our own
+    `kernel_info` request, which proves that IOPub is subscribed and drained up to it.
+    """
+    from queue import Empty
+
+    from jupyter_client.asynchronous import AsyncKernelClient
+    from jupyter_core.utils import ensure_async
+
+    class FastKernelClient(AsyncKernelClient):
+        async def _async_wait_for_ready(self, timeout: float | None = None) -> None:
+            deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
+            sent: set[str] = set()
+            while True:
+                sent.add(self.kernel_info())
+                reply = None
+                while reply is None and time.monotonic() < deadline:
+                    try:
+                        msg = await ensure_async(self.shell_channel.get_msg(timeout=1))
+                    except Empty:
+                        break
+                    if msg.get("parent_header", {}).get("msg_id") in sent:
+                        reply = msg
+                if reply is not None and await self._await_idle(sent, deadline):
+                    self._handle_kernel_info_reply(reply)
+                    return
+                if not await self._async_is_alive():
+                    raise RuntimeError("Kernel died before replying to kernel_info")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Kernel didn't respond in {timeout:g} seconds")
+
+        async def _await_idle(self, sent: set[str], deadline: float) -> bool:
+            # IOPub is PUB/SUB: messages published before the subscription is up are lost, so a
+            # short wait, then the caller asks again (a kernel_info costs a millisecond)
+            while time.monotonic() < deadline:
+                try:
+                    msg = await ensure_async(self.iopub_channel.get_msg(timeout=0.02))
+                except Empty:
+                    return False
+                if (
+                    msg.get("parent_header", {}).get("msg_id") in sent
+                    and msg.get("msg_type") == "status"
+                    and msg.get("content", {}).get("execution_state") == "idle"
+                ):
+                    return True
+            return False
+
+        # AsyncKernelClient binds `wait_for_ready` to the base class's function: rebind it
+        wait_for_ready = _async_wait_for_ready
+
+    return FastKernelClient
+
+
+def new_kernel_manager() -> Any:
+    """An async kernel manager for the python3 kernel whose clients use the fast readiness check."""
+    from jupyter_client import AsyncKernelManager
+
+    km = AsyncKernelManager(kernel_name=KERNEL_NAME)
+    km.client_factory = _fast_client_class()
+    return km
+
+
 def start_kernel(
-    env: dict[str, str], cwd: str, timeout: float = 120.0, log: str | None = None
+    env: dict[str, str],
+    cwd: str,
+    timeout: float = 120.0,
+    log: str | None = None,
+    preload: bool = False,
+    zygote: Any = None,
+    zygote_wait: float = 0.0,
 ) -> Any:
     """Start a python3 kernel (its own session and process group) and wait until it answers.
 
     An async kernel manager, so that nbclient's kernel-death poller keeps running while a cell
     waits for output (a blocking client would wait forever on a dead kernel). The kernel
-    process's own stdout/stderr (not the cells' output) go to `log` when given.
+    process's own stdout/stderr (not the cells' output) go to `log` when given. With `preload`
+    (a kernel started ahead of its step) the modules every step imports are loaded, silently.
+    With a `zygote` (`nb_mlops.pipeline.zygote.Zygote`) ready within `zygote_wait` seconds, the
+    kernel process is forked from it rather than launched.
     """
-    from jupyter_client import AsyncKernelManager
     from jupyter_core.utils import run_sync
 
-    km = AsyncKernelManager(kernel_name=KERNEL_NAME)
+    km = new_kernel_manager()
+    if zygote is not None and zygote.usable(zygote_wait):
+        from nb_mlops.pipeline.zygote import use_zygote
+
+        use_zygote(km, zygote, log)
+        preload = False  # the zygote has imported them already
 
     async def start() -> None:
+        # IPython's history in memory, as nbclient does for the kernels it starts: concurrent
+        # kernels would otherwise queue on one SQLite file in the profile folder
+        args = ["--HistoryManager.hist_file=:memory:"]
         if log:
             with open(log, "ab") as sink:  # the child keeps its own copy of the descriptor
-                await km.start_kernel(env=env, cwd=cwd, stdout=sink, stderr=sink)
+                await km.start_kernel(
+                    env=env, cwd=cwd, stdout=sink, stderr=sink, extra_arguments=args
+                )
         else:
-            await km.start_kernel(env=env, cwd=cwd)
+            await km.start_kernel(env=env, cwd=cwd, extra_arguments=args)
         client = km.client()
         client.start_channels()
         try:
             await client.wait_for_ready(timeout=timeout)
+            if preload:
+                msg_id = client.execute(_PRELOAD, silent=True, store_history=False)
+                await client._async_recv_reply(msg_id, timeout=timeout)
         finally:
             client.stop_channels()
 
@@ -111,14 +212,19 @@ def start_kernel(
     return km
 
 
+def kill_kernel(km: Any) -> None:
+    """SIGKILL the kernel's process group: the kernel and anything it started (P5)."""
+    pid = _pid(km)
+    if pid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
 def stop_kernel(km: Any) -> None:
     """Shut the kernel down and kill its process group, so nothing it started outlives it."""
     from jupyter_core.utils import run_sync
 
-    pid = _pid(km)
-    if pid:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)  # the kernel and anything it started
+    kill_kernel(km)
     # reaps the process, removes the connection file; a half-started kernel may refuse
     with contextlib.suppress(Exception):
         run_sync(km.shutdown_kernel)(now=True)
@@ -141,7 +247,24 @@ def _register_engine() -> None:
                     return original(cell, cell_index, **kw)
 
                 nb_man.cell_start = cell_start
-            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+            # papermill rewrites the whole output notebook before and after every cell (JSON
+            # validation included): at most every SAVE_EVERY seconds here, and always at the end
+            # (papermill's notebook_complete, which also runs after a failure or a kernel death)
+            original_save = nb_man.save
+            last = {"at": time.monotonic()}
+
+            def save(**kw: Any) -> Any:
+                now = time.monotonic()
+                if now - last["at"] >= SAVE_EVERY:
+                    last["at"] = now
+                    return original_save(**kw)
+                return None
+
+            nb_man.save = save
+            try:
+                return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+            finally:
+                nb_man.save = original_save
 
     papermill_engines.register(ENGINE_NAME, ProgressEngine)
 
@@ -183,7 +306,12 @@ def prepare() -> None:
 
 
 def run_step(
-    task: StepTask, km: Any = None, on_cell: OnCell | None = None, log: str | None = None
+    task: StepTask,
+    km: Any = None,
+    on_cell: OnCell | None = None,
+    log: str | None = None,
+    reap: Callable[[Any], None] | None = None,
+    zygote: Any = None,
 ) -> StepResult:
     """Execute one step notebook; never raises for a failing step (the result says FAILED).
 
@@ -192,6 +320,10 @@ def run_step(
         km: a started KernelManager to use (a pre-warmed kernel), else a fresh one is started.
         on_cell: called as each cell starts: (step, position, description).
         log: a file for the kernel process's own stdout/stderr (a fresh kernel only).
+        reap: given, the kernel's process group is killed before returning and `reap(km)` is
+            left to finish the shutdown (reaping, connection file) off the critical path; it
+            must call `stop_kernel(km)` before the run ends.
+        zygote: a ready `Zygote` forks the fresh kernel, when one is needed.
     """
     import papermill
 
@@ -224,7 +356,7 @@ def run_step(
     try:
         if km is None:
             km = current["km"] = start_kernel(
-                kernel_env(task.env), task.cwd, task.start_timeout, log=log
+                kernel_env(task.env), task.cwd, task.start_timeout, log=log, zygote=zygote
             )
         papermill.execute_notebook(
             task.notebook,
@@ -246,7 +378,11 @@ def run_step(
         if watchdog is not None:
             watchdog.cancel()
         if km is not None:
-            stop_kernel(km)
+            if reap is not None:
+                kill_kernel(km)
+                reap(km)
+            else:
+                stop_kernel(km)
     duration = time.monotonic() - started
     where = describe_cell(current["cell"]) if current["cell"] is not None else "kernel start"
     if fired.is_set():

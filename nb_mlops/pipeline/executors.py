@@ -1,7 +1,7 @@
 # mypy: disable-error-code="no-untyped-call,untyped-decorator,misc,attr-defined"
 """Executors run step tasks: `local` (threads driving papermill, each step in its own fresh kernel,
-kernels pre-started while earlier steps run) and `dask://HOST:PORT` (tasks on an existing Dask
-cluster). A small registry in papermill's style; plugins come from the `nb_mlops.executors`
+kernels pre-started while earlier steps run, forked from a per-run zygote: `zygote.py`) and
+`dask://HOST:PORT` (tasks on an existing Dask cluster). A small registry in papermill's style; plugins come from the `nb_mlops.executors`
 entry-point group (name = URL scheme, value = a factory like `LocalExecutor`).
 """
 
@@ -58,7 +58,9 @@ def _failed(task: StepTask, exc: BaseException) -> StepResult:
 class LocalExecutor:
     """Steps run in threads of this process; each drives papermill against its own kernel.
 
-    Kernels are started ahead (up to `max_parallel` spares) so a step rarely waits for one.
+    Every step gets a fresh kernel, started ahead while earlier steps run (the runner says how
+    many steps may become ready next: `warm`), so a step rarely waits for one; a finished step's
+    kernel is killed at once and reaped after its result is reported.
     """
 
     def __init__(
@@ -76,39 +78,76 @@ class LocalExecutor:
         self.env = kernel_env(env)
         self.cwd = cwd
         self._steps = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="nb-mlops-step")
-        self._starter = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="nb-mlops-kernel")
+        # spares start one at a time: on a small machine the steps keep the other cores, and a
+        # step that finds no spare starts its own kernel in its own thread at once
+        self._starter = ThreadPoolExecutor(1, thread_name_prefix="nb-mlops-kernel")
         self._spares: list[Future[Any]] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._waiting = 0  # submitted steps that have not taken their kernel yet
+        self._zygote: Any = None  # started with the first spare: steps all ready at once skip it
+
+    def _start(self) -> Future[Any]:
+        return self._starter.submit(
+            start_kernel,
+            self.env,
+            self.cwd,
+            log=self.log,
+            preload=True,
+            zygote=self._zygote or None,
+            zygote_wait=10.0,  # the zygote's imports take less than a launched kernel's start
+        )
 
     def warm(self, count: int) -> None:
         with self._lock:
-            want = min(count, self.max_parallel) - len(self._spares)
+            if self._closed:
+                return
+            # the runner's not-yet-submitted steps, plus submitted ones waiting for a free slot
+            want = min(count + self._waiting, self.max_parallel) - len(self._spares)
+            if want > 0 and self._zygote is None:
+                try:
+                    from nb_mlops.pipeline.zygote import Zygote
+
+                    self._zygote = Zygote(self.env, self.cwd)
+                except OSError:
+                    self._zygote = False  # kernels are launched the usual way
             for _ in range(max(0, want)):
-                self._spares.append(
-                    self._starter.submit(start_kernel, self.env, self.cwd, log=self.log)
-                )
+                self._spares.append(self._start())
 
     def _take(self) -> Future[Any] | None:
         with self._lock:
+            self._waiting -= 1
             return self._spares.pop(0) if self._spares else None
 
     def submit(self, task: StepTask, on_cell: OnCell, done: Done) -> None:
+        with self._lock:
+            self._waiting += 1
+
         def work() -> None:
             km = None
+            dead: list[Any] = []
+            spare = self._take()  # when a slot is free: a spare started meanwhile is used
             try:
-                spare = self._take()
                 if spare is not None:
                     try:
                         km = spare.result()
                     except Exception:
-                        km = None  # the spare failed to start: run_step starts a fresh one
-                result = run_step(task, km=km, on_cell=on_cell, log=self.log)
+                        km = None  # the spare failed to start: run_step starts (and reports) one
+                result = run_step(
+                    task,
+                    km=km,
+                    on_cell=on_cell,
+                    log=self.log,
+                    reap=dead.append,
+                    zygote=self._zygote or None,
+                )
             except BaseException as exc:  # never leave the runner waiting
-                if km is not None:
+                if km is not None and not dead:
                     stop_kernel(km)
                 result = _failed(task, exc)
             done(result)
+            for gone in dead:  # already killed; reaping waits for no one
+                stop_kernel(gone)
 
         self._steps.submit(work)
 
@@ -122,6 +161,8 @@ class LocalExecutor:
                     stop_kernel(spare.result())
         self._steps.shutdown(wait=True)
         self._starter.shutdown(wait=True)
+        if self._zygote:
+            self._zygote.close()
 
 
 class DaskExecutor:
@@ -181,7 +222,12 @@ def check_spec(spec: str) -> None:
         PipelineError: the scheme is neither built in nor a plugin's (the known ones are listed).
     """
     scheme = spec.split("://", 1)[0] if "://" in spec else spec
-    plugins = {ep.name for ep in entry_points(group="nb_mlops.executors")}
+    # scanning the installed distributions' entry points costs ≈ 30 ms: only for a plugin's scheme
+    plugins = (
+        set()
+        if scheme in _REGISTRY
+        else {ep.name for ep in entry_points(group="nb_mlops.executors")}
+    )
     if scheme not in _REGISTRY and scheme not in plugins:
         known = sorted({*_REGISTRY, *plugins})
         raise PipelineError(

@@ -51,28 +51,22 @@ def check_reproduction(run: Any, metrics: dict[str, float]) -> bool | None:
     """Compare with the notebook's last interactive run; None when it has none (no tag is set)."""
     cfg = run.cfg
     ours = run.spec.notebook_path
-    found = run.client.search_runs(
-        [run.exp_id],
-        filter_string="tags.`nb_mlops.mode` = 'interactive'",
-        order_by=["attributes.start_time DESC"],
-        max_results=200,
-    )
+    found = run.rec.interactive_runs(run.exp_id)
     last = next(
         (
-            r
-            for r in found
-            if _same_notebook(r.data.tags.get("mlflow.source.name", ""), ours, cfg.root)
-            and r.data.metrics
+            (run_id, values)
+            for run_id, source, values in found
+            if _same_notebook(source, ours, cfg.root) and values
         ),
         None,
     )
     if last is None:
         return None
     rel_tol = float(cfg.settings.get("reproduce_tolerance", DEFAULT_REL_TOL))
-    report = compare(dict(last.data.metrics), metrics, rel_tol)
-    report["interactive_run_id"] = last.info.run_id
+    report = compare(last[1], metrics, rel_tol)
+    report["interactive_run_id"] = last[0]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "reproduction.json"
         path.write_text(json.dumps(report, indent=1, sort_keys=True))
-        run.client.log_artifact(run.run_id, str(path))
+        run.rec.log_artifact(run.run_id, run.exp_id, path)
     return bool(report["reproduced"])

@@ -23,13 +23,12 @@ from typing import Any
 
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.errors import PipelineError
-from nb_mlops.core.store import client as mlflow_client
-from nb_mlops.core.store import experiment_id
 from nb_mlops.pipeline import cache as step_cache
 from nb_mlops.pipeline.execute import StepResult, StepTask
 from nb_mlops.pipeline.executors import check_spec, get_executor
 from nb_mlops.pipeline.kernel import DONE_FILE
 from nb_mlops.pipeline.params import validate
+from nb_mlops.pipeline.record import Recorder
 from nb_mlops.pipeline.spec import Pipeline, load_pipeline, pipeline_hash
 
 __all__ = ["PipelineRun", "StepState", "find_run_dir", "run_pipeline"]
@@ -154,13 +153,11 @@ class _Run:
         status_file: Path | None,
         progress: Callable[[dict[str, Any]], None] | None,
     ) -> None:
-        from mlflow.entities import Param, RunTag
-
         self.cfg, self.spec, self.params = cfg, spec, params
         self.mode = mode
-        self.client = mlflow_client(cfg)
+        self.rec = Recorder(cfg)
         self.experiment = cfg.experiment or spec.notebook_path.stem
-        self.exp_id = experiment_id(cfg, self.experiment)
+        self.exp_id = self.rec.experiment(self.experiment)
         self.source_name = spec.source_name(cfg)
         self.base_tags = {
             "nb_mlops.mode": mode,
@@ -169,13 +166,11 @@ class _Run:
             "mlflow.source.name": self.source_name,
             "nb_mlops.notebook_sha256": spec.notebook_sha256,
         }
-        parent = self.client.create_run(
-            self.exp_id, run_name=spec.name, tags={**self.base_tags, **dict(tags or {})}
+        self.run_id: str = self.rec.create_run(
+            self.exp_id, spec.name, {**self.base_tags, **dict(tags or {})}
         )
-        self.run_id: str = str(parent.info.run_id)
-        self.param_objs = [Param(k, _param_str(v)) for k, v in params.items()]
-        self.client.log_batch(self.run_id, params=self.param_objs)
-        self._RunTag = RunTag
+        self.param_strs = {k: _param_str(v) for k, v in params.items()}
+        self.rec.log(self.run_id, params=self.param_strs)
         self.run_dir: Path = cfg.runs_dir / spec.name / self.run_id
         (self.run_dir / "values").mkdir(parents=True, exist_ok=True)
         self.started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
@@ -191,6 +186,11 @@ class _Run:
             name: hashlib.sha256(spec.step_path(name).read_bytes()).hexdigest()
             for name in spec.steps
         }
+
+    @property
+    def client(self) -> Any:
+        """MlflowClient, for reads (imported on first use)."""
+        return self.rec.client
 
     # --- status ------------------------------------------------------------------------------
 
@@ -237,14 +237,12 @@ class _Run:
             "nb_mlops.step": step,
             **(extra or {}),
         }
-        run = self.client.create_run(self.exp_id, run_name=step, tags=tags)
-        self.client.log_batch(run.info.run_id, params=self.param_objs)
-        return str(run.info.run_id)
+        run_id = self.rec.create_run(self.exp_id, step, tags)
+        self.rec.log(run_id, params=self.param_strs)
+        return run_id
 
     def reuse(self, step: str, entry: dict[str, Any], how: str) -> None:
         """A cached (or resumed) step: link its values in, record a finished child run."""
-        from mlflow.entities import Metric
-
         src = Path(entry["values_dir"])
         marker = entry["marker"]
         dst = self.values_dir(step)
@@ -257,15 +255,10 @@ class _Run:
             step, {"nb_mlops.cached": "true", "nb_mlops.cached_from": entry.get("step_run_id", "")}
         )
         metrics = dict(entry.get("metrics", {}))
-        now = _now_ms()
-        self.client.log_batch(
-            state.run_id,
-            metrics=[Metric(k, v, now, 0) for k, v in metrics.items()]
-            + [Metric("duration_s", 0.0, now, 0)],
-        )
+        self.rec.log(state.run_id, metrics={**metrics, "duration_s": 0.0})
         if notebook.is_file():
             _link_or_copy(notebook, self.run_dir / f"{step}.ipynb")
-        self.client.set_terminated(state.run_id, "FINISHED")
+        self.rec.end(state.run_id, "FINISHED")
         self.markers[step] = marker
         self.step_metrics[step] = metrics
         self.step_data_tags[step] = dict(entry.get("data_tags", {}))
@@ -320,23 +313,15 @@ class _Run:
         """Metrics (last values) and data tags of a finished step run and of its nested runs."""
         state = self.states[step]
         assert state.run_id is not None
-        run = self.client.get_run(state.run_id)
-        metrics = {k: v for k, v in run.data.metrics.items() if k != "duration_s"}
-        tags = {k: v for k, v in run.data.tags.items() if k.startswith("nb_mlops.data.")}
-        nested = self.client.search_runs(
-            [self.exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{state.run_id}'"
-        )
-        for child in sorted(nested, key=lambda r: r.info.start_time or 0):
-            metrics.update(child.data.metrics)
-            tags.update(
-                {k: v for k, v in child.data.tags.items() if k.startswith("nb_mlops.data.")}
-            )
+        metrics: dict[str, float] = {}
+        tags: dict[str, str] = {}
+        for i, (values, run_tags) in enumerate(self.rec.values(state.run_id, self.exp_id)):
+            metrics.update({k: v for k, v in values.items() if i or k != "duration_s"})
+            tags.update({k: v for k, v in run_tags.items() if k.startswith("nb_mlops.data.")})
         self.step_metrics[step] = metrics
         self.step_data_tags[step] = tags
 
     def finish_step(self, result: StepResult) -> None:
-        from mlflow.entities import Metric
-
         state = self.states[result.step]
         assert state.run_id is not None
         state.duration = result.duration
@@ -344,17 +329,13 @@ class _Run:
         state.status = result.status
         state.cell = result.cell if result.status == "FAILED" else None
         notebook = self.run_dir / f"{result.step}.ipynb"
-        self.client.log_batch(
-            state.run_id,
-            metrics=[Metric("duration_s", result.duration, _now_ms(), 0)],
-            tags=[self._RunTag("nb_mlops.status", result.status)]
-            + ([self._RunTag("nb_mlops.error", result.error[:5000])] if result.error else []),
-        )
+        tags = {"nb_mlops.status": result.status}
+        if result.error:
+            tags["nb_mlops.error"] = result.error[:5000]
+        self.rec.log(state.run_id, metrics={"duration_s": result.duration}, tags=tags)
         if notebook.is_file():
-            self.client.log_artifact(state.run_id, str(notebook))
-        self.client.set_terminated(
-            state.run_id, "FINISHED" if result.status == "SUCCEEDED" else "FAILED"
-        )
+            self.rec.log_artifact(state.run_id, self.exp_id, notebook)
+        self.rec.end(state.run_id, "FINISHED" if result.status == "SUCCEEDED" else "FAILED")
         if result.status == "SUCCEEDED":
             self.markers[result.step] = result.marker
             self.collect(result.step)
@@ -362,8 +343,6 @@ class _Run:
     # --- the end -----------------------------------------------------------------------------
 
     def finish(self) -> PipelineRun:
-        from mlflow.entities import Metric
-
         from nb_mlops.pipeline.repro import check_reproduction
 
         failed = any(s.status != "SUCCEEDED" for s in self.states.values())
@@ -374,7 +353,6 @@ class _Run:
             metrics.update(self.step_metrics.get(step, {}))
             metrics.update(self.markers.get(step, {}).get("metrics", {}))
             data_tags.update(self.step_data_tags.get(step, {}))
-        now = _now_ms()
         duration = time.monotonic() - self.t0
         files = [p for p in self.spec.files() if p.is_file()]
         phash = pipeline_hash(files, self.spec.dir)
@@ -384,18 +362,13 @@ class _Run:
             reproduced = check_reproduction(self, metrics)
             if reproduced is not None:
                 tags["nb_mlops.reproduced"] = "true" if reproduced else "false"
-        self.client.log_batch(
-            self.run_id,
-            metrics=[Metric(k, v, now, 0) for k, v in metrics.items()]
-            + [Metric("duration_s", duration, now, 0)],
-            tags=[self._RunTag(k, v) for k, v in tags.items()],
-        )
+        self.rec.log(self.run_id, metrics={**metrics, "duration_s": duration}, tags=tags)
         for path in files:
             rel = path.relative_to(self.spec.dir).parent.as_posix()
-            self.client.log_artifact(
-                self.run_id, str(path), "pipeline" if rel == "." else f"pipeline/{rel}"
+            self.rec.log_artifact(
+                self.run_id, self.exp_id, path, "pipeline" if rel == "." else f"pipeline/{rel}"
             )
-        self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+        self.rec.end(self.run_id, "FAILED" if failed else "FINISHED")
         result = PipelineRun(
             run_id=self.run_id,
             pipeline=self.spec.name,
@@ -547,9 +520,10 @@ def run_pipeline(
                     lambda s, i, d: events.put(("cell", (s, d))),
                     lambda result: events.put(("done", result)),
                 )
-                # pre-start kernels for what may come next, while this step runs
-                pool.warm(sum(1 for s in run.states.values() if s.status == "QUEUED"))
                 run.publish()
+            if pool is not None:
+                # pre-start kernels for what comes later, while the submitted steps run
+                pool.warm(sum(1 for s in run.states.values() if s.status == "QUEUED"))
             if ready and all(run.states[s].status == "SUCCEEDED" for s in ready):
                 continue  # all reused: they may have made other steps ready
             if running == 0:
@@ -585,9 +559,9 @@ def run_pipeline(
             pool = None
         for state in run.states.values():
             if state.run_id and state.status == "CANCELLED":
-                run.client.set_terminated(state.run_id, "KILLED")
-        run.client.set_tag(run.run_id, "nb_mlops.status", "FAILED")
-        run.client.set_terminated(run.run_id, "KILLED")
+                run.rec.end(state.run_id, "KILLED")
+        run.rec.log(run.run_id, tags={"nb_mlops.status": "FAILED"})
+        run.rec.end(run.run_id, "KILLED")
         run.publish()
         raise
     finally:

@@ -143,7 +143,9 @@ def load_pipeline(name_or_dir: str | os.PathLike[str], cfg: Config | None = None
     cfg = cfg or load_config()
     folder = _find(name_or_dir, cfg)
     try:
-        data = yaml.safe_load((folder / SPEC_FILE).read_text(encoding="utf-8"))
+        # libyaml's loader when present: the same safe subset, several times faster
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        data = yaml.load((folder / SPEC_FILE).read_text(encoding="utf-8"), Loader=loader)  # noqa: S506
         steps = {s["name"]: StepSpec(**s) for s in data["steps"]}
         return Pipeline(
             dir=folder,
