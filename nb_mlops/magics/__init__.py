@@ -40,13 +40,7 @@ def _magic_classes() -> list[type]:
     found = []
     for spec in MAGIC_CLASSES:
         module_name, _, cls = spec.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # a face not built yet
-        found.append(getattr(module, cls))
+        found.append(getattr(importlib.import_module(module_name), cls))
     return found
 
 
