@@ -66,8 +66,7 @@ def snapshot_file(store: DataStore, src: Path) -> tuple[dict[str, Any], Path | N
         size = st.st_size
     else:
         started = time.time_ns()
-        same_size = bool(cached) and cached.get("stat", [None])[0] == st.st_size
-        oid, size, staged = store.objects.stage_file(src, hash_first=same_size)
+        oid, size, staged = store.objects.stage_file(src)
         if _trusted(st, started):
             store.put_stat_cache(key, {"stat": _stat_key(st), "object": oid})
     fields = {
@@ -135,9 +134,7 @@ def snapshot_folder(store: DataStore, src: Path) -> dict[str, Any]:
             if hit and hit[:4] == _stat_key(st) and store.objects.exists(hit[4]):
                 oid, nbytes, extra = hit[4], st.st_size, 0
             else:
-                oid, nbytes, extra = store.objects.put_file(
-                    Path(entry.path), hash_first=bool(hit and hit[0] == st.st_size)
-                )
+                oid, nbytes, extra = store.objects.put_file(Path(entry.path))
             if _trusted(st, started):
                 new_cache[rel] = [*_stat_key(st), oid]
             added += extra

@@ -129,29 +129,16 @@ class ObjectStore:
         oid = hash_bytes(data)
         if self.exists(oid):
             return oid, 0
-        tmp = self._temp()
-        try:
-            with tmp.open("wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            return oid, self._commit(tmp, oid)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise _disk_error(exc, what) from exc
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        return oid, self.finish(self._write_temp(data, what), oid, what)
 
-    def put_file(self, src: Path, *, hash_first: bool = False) -> tuple[str, int, int]:
+    def put_file(self, src: Path) -> tuple[str, int, int]:
         """Store a copy of file `src`; return (object id, size, bytes added)."""
-        oid, size, staged = self.stage_file(src, hash_first=hash_first)
+        oid, size, staged = self.stage_file(src)
         return oid, size, self.finish(staged, oid, f"a copy of {src}")
 
-    def stage_file(self, src: Path, *, hash_first: bool = True) -> tuple[str, int, Path | None]:
+    def stage_file(self, src: Path) -> tuple[str, int, Path | None]:
         """Hash file `src` and copy it to a temp file; return (object id, size, temp file or None
         when the object is stored already). `finish` makes the temp file durable under its name.
-        (`hash_first` is accepted for compatibility: the hash always comes first.)
 
         The copy (`shutil.copyfile`: in-kernel `sendfile`) runs in a thread while this one hashes
         (mmap, blake3's threads): both read the same cached pages, so the pair costs about one
