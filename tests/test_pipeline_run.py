@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import psutil
@@ -350,9 +351,11 @@ def test_pipeline_magics_build_and_run(project: Path) -> None:
         ip.run_line_magic("pipeline", "run mg -p bogus=1")
 
 
-def test_a_forked_kernel_is_as_fresh_as_a_launched_one(project: Path) -> None:
-    # Given two steps that describe their kernel: the first step's kernel is launched, the
-    # second's is pre-started while the first runs (forked from the run's zygote)
+def test_a_forked_kernel_is_as_fresh_as_a_launched_one(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two steps that describe their kernel, run once with kernels launched the usual way
+    # (NB_MLOPS_FORK_KERNELS=0) and once forked from the run's zygote (the default)
     probe = (
         "import json, os, sys\n"
         "facts = dict(cwd=os.getcwd(), path=sys.path[:2], own_group=os.getpgid(0) == os.getpid(),"
@@ -369,24 +372,34 @@ def test_a_forked_kernel_is_as_fresh_as_a_launched_one(project: Path) -> None:
     )
     build_pipeline(project / "fork.ipynb")
 
-    # When it runs
-    run = run_pipeline("fork", cache=False)
-
-    # Then both kernels saw the same world, each its own step, and nothing of the other's
-    assert run.status == "SUCCEEDED", run.error
-    a, b = (json.loads((project / f"{s}.json").read_text()) for s in "ab")
-    assert a["ppid"] == psutil.Process().pid and b["ppid"] != a["ppid"]  # launched, then forked
-    for key in ("cwd", "path", "own_group"):
-        assert a[key] == b[key], key
+    # When it runs both ways
+    seen: dict[str, dict[str, Any]] = {}
     offsets = []
-    for step, facts in (("a", a), ("b", b)):  # no execution before the notebook's own cells
-        cells = nbformat.read(run.run_dir / f"{step}.ipynb", as_version=4).cells
-        code = [c for c in cells if c.cell_type == "code"]
-        probe_at = next(i for i, c in enumerate(code, 1) if "facts = dict" in c.source)
-        assert code[probe_at - 1].execution_count == probe_at, step
-        offsets.append(facts["count"] - probe_at)
-    assert offsets[0] == offsets[1]
-    assert a["own_group"] and a["cwd"] == str(project)
-    assert (a["step"], b["step"]) == ("a", "b") and a["run"] != b["run"]
-    assert a["leaked"] == ["y"] and b["leaked"] == []
+    for how in ("launched", "forked"):
+        with monkeypatch.context() as env:
+            if how == "launched":
+                env.setenv("NB_MLOPS_FORK_KERNELS", "0")
+            run = run_pipeline("fork", cache=False)
+        assert run.status == "SUCCEEDED", run.error
+        for step in "ab":
+            facts = json.loads((project / f"{step}.json").read_text())
+            seen[f"{how}-{step}"] = facts
+            cells = nbformat.read(run.run_dir / f"{step}.ipynb", as_version=4).cells
+            code = [c for c in cells if c.cell_type == "code"]
+            probe_at = next(i for i, c in enumerate(code, 1) if "facts = dict" in c.source)
+            assert code[probe_at - 1].execution_count == probe_at, step
+            offsets.append(facts["count"] - probe_at)  # nothing ran before the notebook's cells
+
+    # Then every kernel saw the same world, each its own step, and nothing of the other's
+    me = psutil.Process().pid
+    assert seen["launched-a"]["ppid"] == seen["launched-b"]["ppid"] == me
+    assert seen["forked-a"]["ppid"] == seen["forked-b"]["ppid"] != me  # the zygote
+    for key in ("cwd", "path", "own_group"):
+        assert len({json.dumps(f[key]) for f in seen.values()}) == 1, key
+    assert len(set(offsets)) == 1
+    for how in ("launched", "forked"):
+        a, b = seen[f"{how}-a"], seen[f"{how}-b"]
+        assert a["own_group"] and a["cwd"] == str(project)
+        assert (a["step"], b["step"]) == ("a", "b") and a["run"] != b["run"]
+        assert a["leaked"] == ["y"] and b["leaked"] == []
     assert _kernels() == []

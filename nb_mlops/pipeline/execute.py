@@ -312,6 +312,7 @@ def run_step(
     log: str | None = None,
     reap: Callable[[Any], None] | None = None,
     zygote: Any = None,
+    zygote_wait: float = 0.0,
 ) -> StepResult:
     """Execute one step notebook; never raises for a failing step (the result says FAILED).
 
@@ -323,7 +324,8 @@ def run_step(
         reap: given, the kernel's process group is killed before returning and `reap(km)` is
             left to finish the shutdown (reaping, connection file) off the critical path; it
             must call `stop_kernel(km)` before the run ends.
-        zygote: a ready `Zygote` forks the fresh kernel, when one is needed.
+        zygote: a `Zygote` ready within `zygote_wait` seconds forks the fresh kernel, when one
+            is needed.
     """
     import papermill
 
@@ -356,7 +358,12 @@ def run_step(
     try:
         if km is None:
             km = current["km"] = start_kernel(
-                kernel_env(task.env), task.cwd, task.start_timeout, log=log, zygote=zygote
+                kernel_env(task.env),
+                task.cwd,
+                task.start_timeout,
+                log=log,
+                zygote=zygote,
+                zygote_wait=zygote_wait,
             )
         papermill.execute_notebook(
             task.notebook,

@@ -1,13 +1,15 @@
 # mypy: disable-error-code="no-untyped-call,untyped-decorator,misc,attr-defined"
 """Executors run step tasks: `local` (threads driving papermill, each step in its own fresh kernel,
-kernels pre-started while earlier steps run, forked from a per-run zygote: `zygote.py`) and
-`dask://HOST:PORT` (tasks on an existing Dask cluster). A small registry in papermill's style; plugins come from the `nb_mlops.executors`
+kernels pre-started while earlier steps run, forked from a per-run zygote: `zygote.py`;
+`NB_MLOPS_FORK_KERNELS=0` launches them the usual way) and `dask://HOST:PORT` (tasks on an existing
+Dask cluster). A small registry in papermill's style; plugins come from the `nb_mlops.executors`
 entry-point group (name = URL scheme, value = a factory like `LocalExecutor`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import socket
 import threading
@@ -31,6 +33,8 @@ from nb_mlops.pipeline.execute import (
 __all__ = ["DaskExecutor", "Executor", "LocalExecutor", "get_executor", "register"]
 
 Done = Callable[[StepResult], None]
+# how long a kernel start may wait for the zygote's imports before launching a kernel the usual way
+ZYGOTE_WAIT = 10.0
 
 
 class Executor(Protocol):
@@ -72,20 +76,28 @@ class LocalExecutor:
         cwd: str,
         log: str | None = None,
     ) -> None:
-        prepare()
         self.log = log
         self.max_parallel = max(1, max_parallel)
         self.env = kernel_env(env)
         self.cwd = cwd
+        # the executor is made when the first step must run: its kernel, too, is forked from the
+        # zygote, whose imports take less than a launched kernel's start (and overlap ours)
+        self._zygote: Any = None  # without one, kernels are launched the usual way
+        if os.environ.get("NB_MLOPS_FORK_KERNELS", "1").strip().lower() not in ("0", "false", "no"):
+            from nb_mlops.pipeline.zygote import Zygote
+
+            with contextlib.suppress(OSError):
+                self._zygote = Zygote(self.env, self.cwd)
+        prepare()
         self._steps = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="nb-mlops-step")
-        # spares start one at a time: on a small machine the steps keep the other cores, and a
+        # two spares start at once: a forked kernel takes longer to answer (≈ 0.2 s) than a
+        # trivial step takes to run, so one at a time would leave a linear chain waiting; a
         # step that finds no spare starts its own kernel in its own thread at once
-        self._starter = ThreadPoolExecutor(1, thread_name_prefix="nb-mlops-kernel")
+        self._starter = ThreadPoolExecutor(2, thread_name_prefix="nb-mlops-kernel")
         self._spares: list[Future[Any]] = []
         self._lock = threading.Lock()
         self._closed = False
         self._waiting = 0  # submitted steps that have not taken their kernel yet
-        self._zygote: Any = None  # started with the first spare: steps all ready at once skip it
 
     def _start(self) -> Future[Any]:
         return self._starter.submit(
@@ -94,8 +106,8 @@ class LocalExecutor:
             self.cwd,
             log=self.log,
             preload=True,
-            zygote=self._zygote or None,
-            zygote_wait=10.0,  # the zygote's imports take less than a launched kernel's start
+            zygote=self._zygote,
+            zygote_wait=ZYGOTE_WAIT,
         )
 
     def warm(self, count: int) -> None:
@@ -104,13 +116,6 @@ class LocalExecutor:
                 return
             # the runner's not-yet-submitted steps, plus submitted ones waiting for a free slot
             want = min(count + self._waiting, self.max_parallel) - len(self._spares)
-            if want > 0 and self._zygote is None:
-                try:
-                    from nb_mlops.pipeline.zygote import Zygote
-
-                    self._zygote = Zygote(self.env, self.cwd)
-                except OSError:
-                    self._zygote = False  # kernels are launched the usual way
             for _ in range(max(0, want)):
                 self._spares.append(self._start())
 
@@ -139,7 +144,8 @@ class LocalExecutor:
                     on_cell=on_cell,
                     log=self.log,
                     reap=dead.append,
-                    zygote=self._zygote or None,
+                    zygote=self._zygote,
+                    zygote_wait=ZYGOTE_WAIT,
                 )
             except BaseException as exc:  # never leave the runner waiting
                 if km is not None and not dead:
