@@ -81,3 +81,34 @@ def test_load_ext_declares_every_magic_and_imports_them_on_first_use() -> None:
     expected = {name for names in MAGIC_NAMES.values() for _, name in names} | {"track"}
     assert expected <= set(line) | set(cell) and "track" in cell and "step" in cell
     assert (before, after, found) == (False, True, True)
+
+
+def test_the_cli_process_defers_jsonschemas_iri_parser_without_changing_validation() -> None:
+    # Given the `nb-mlops` process start-up, then papermill (nbformat, jsonschema) imported
+    probe = (
+        "from nb_mlops.cli.startup import defer_slow_imports\n"
+        "defer_slow_imports()\n"
+        "import sys, papermill\n"
+        "from jsonschema import Draft202012Validator as V\n"
+        "before = 'rfc3987_syntax.syntax_helpers' in sys.modules\n"
+        "v = V({'format': 'iri'}, format_checker=V.FORMAT_CHECKER)\n"
+        "print(before, v.is_valid('https://example.org/a?b#c'), v.is_valid('http://[bad'),"
+        " v.is_valid('urn:x:y'))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    # Then the Lark grammar was not built at import, and IRI checks still give the real answers
+    assert done.stdout.split() == ["False", "True", "False", "True"]
+
+
+def test_ensure_store_alone_does_not_import_sqlalchemy(tmp_path: Path) -> None:
+    # direct-SQL users of the store (pipeline records, the writer) never pay for SQLAlchemy
+    from nb_mlops.core.config import load_config
+    from nb_mlops.core.store import ensure_store
+
+    (tmp_path / "pyproject.toml").write_text("[tool.nb_mlops]\n")
+    ensure_store(load_config(tmp_path))  # the store exists, as after any first use
+    loaded = _loaded_after(
+        f"import os; os.chdir({str(tmp_path)!r})\n"
+        "from nb_mlops.core.store import ensure_store\nensure_store()"
+    )
+    assert "sqlalchemy" not in loaded and "mlflow" not in loaded

@@ -104,4 +104,7 @@ if __name__ == "__main__":  # pragma: no cover
 
 def run() -> None:
     """Console-script wrapper: exit with `main()`'s status."""
+    from nb_mlops.cli.startup import defer_slow_imports
+
+    defer_slow_imports()  # this process is ours: see startup.py
     sys.exit(main())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "embedded_experiment",
     "ensure_store",
     "experiment_id",
+    "install_sqlite_pragmas",
     "lock",
     "STORE_SUBDIRS",
 ]
@@ -69,7 +71,8 @@ def ensure_store(cfg: Config | None = None) -> Config:
                 f"cannot create the store folder {cfg.store_dir}: {exc.strerror}; "
                 "check the permissions of the project root"
             ) from exc
-        _install_sqlite_pragmas()
+        if "sqlalchemy" in sys.modules:  # an engine may be opened by anyone from now on
+            install_sqlite_pragmas()
         if cfg.is_embedded and not _schema_ready(cfg.db_path):
             with lock(cfg, "schema"):
                 if not _schema_ready(cfg.db_path):
@@ -86,6 +89,7 @@ def client(cfg: Config | None = None) -> MlflowClient:
     if found is None:
         from mlflow.tracking import MlflowClient
 
+        install_sqlite_pragmas()
         found = _clients[key] = MlflowClient(cfg.tracking_uri, cfg.registry_uri)
     return found
 
@@ -235,6 +239,7 @@ def _build_template(target: Path) -> None:
 
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
+    install_sqlite_pragmas()
     store = SqlAlchemyStore(f"sqlite:///{tmp}", str(target.parent / "artifacts"))  # type: ignore[no-untyped-call]
     store.engine.dispose()
     con = sqlite3.connect(tmp)
@@ -259,6 +264,7 @@ def _create_schema(cfg: Config) -> None:
         # An older schema: let MLflow migrate it in place, still under our lock.
         from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine_with_retry
 
+        install_sqlite_pragmas()
         engine = create_sqlalchemy_engine_with_retry(f"sqlite:///{db}")  # type: ignore[no-untyped-call]
         _upgrade_db(engine)  # type: ignore[no-untyped-call]
         engine.dispose()
@@ -289,8 +295,12 @@ def _create_schema(cfg: Config) -> None:
     db.with_name(".schema-ok").write_text(str(head))
 
 
-def _install_sqlite_pragmas() -> None:
-    """Every SQLite connection SQLAlchemy opens gets WAL-friendly pragmas."""
+def install_sqlite_pragmas() -> None:
+    """Every SQLite connection SQLAlchemy opens gets WAL-friendly pragmas.
+
+    Called before anything of ours lets MLflow open an engine; not on every `ensure_store`, whose
+    direct-SQL callers would otherwise import SQLAlchemy (≈ 0.25 s) for nothing.
+    """
     global _pragmas_installed
     if _pragmas_installed:
         return

@@ -29,7 +29,13 @@ from nb_mlops.core.capture import autolog as autolog_capture
 from nb_mlops.core.capture import notebook as nbcap
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.errors import NoActiveRun, StoreError, TrackingError
-from nb_mlops.core.store import client, embedded_experiment, ensure_store, experiment_id
+from nb_mlops.core.store import (
+    client,
+    embedded_experiment,
+    ensure_store,
+    experiment_id,
+    install_sqlite_pragmas,
+)
 from nb_mlops.core.writer import (
     ClientBackend,
     SqliteBackend,
@@ -341,7 +347,8 @@ def _mlflow_ready(cfg: Config) -> Any:
     _proc.mlflow_imported.set()
     uris = (cfg.tracking_uri, cfg.registry_uri)
     if _proc.mlflow_uris != uris:
-        ensure_store(cfg)  # installs the SQLite pragmas before MLflow opens an engine
+        ensure_store(cfg)
+        install_sqlite_pragmas()  # before MLflow opens an engine
         mlflow.set_tracking_uri(cfg.tracking_uri)
         mlflow.set_registry_uri(cfg.registry_uri)
         _proc.mlflow_uris = uris
