@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -82,6 +83,40 @@ def main() -> int:
             ours / peer,
             "≤ 1.3×",
             ours / peer <= 1.3,
+        )
+    )
+
+    # 1b. the same from the terminal: `nb-mlops pipeline run` vs the `papermill` command (info:
+    # each pays its own interpreter start and imports, as a user or a JupyterLab job does)
+    bin_dir = Path(sys.executable).parent
+    cli_ours, cli_peer = _paired(
+        lambda: subprocess.run(
+            [str(bin_dir / "nb-mlops"), "pipeline", "run", "linear", "--no-cache"],
+            check=True,
+            capture_output=True,
+        ),
+        lambda: subprocess.run(
+            [
+                str(bin_dir / "papermill"),
+                "-k",
+                "python3",
+                "--no-progress-bar",
+                str(linear),
+                "o.ipynb",
+            ],
+            check=True,
+            capture_output=True,
+        ),
+        3,
+    )
+    rows.append(
+        (
+            "same, from the terminal (vs the papermill command)",
+            cli_ours,
+            cli_peer,
+            cli_ours / cli_peer,
+            "info",
+            True,
         )
     )
 

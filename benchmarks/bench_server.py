@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests import jupyter_proc  # noqa: E402
+from tests.jupyter_proc import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.nbutil import new_notebook  # noqa: E402
 
 TOKEN = "bench-token"
@@ -39,17 +39,6 @@ ROUNDS = 15
 TARGET_MS = 200.0
 PAGE_REPS = int(os.environ.get("BENCH_PAGE_REPS", "5"))
 PAGE_TARGET_MS = 100.0
-JUPYTER = Path(sys.prefix) / "bin" / "jupyter"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # The same readiness in both cases, evaluated in the page on every animation frame: returns
 # performance.now() (ms since navigation start) once the notebook is usable, else false.
 READY_JS = """() => {
@@ -69,12 +58,6 @@ OUR_JS_JS = """() => performance.getEntriesByType('resource')
   .filter(e => e.name.includes('/extensions/nb_mlops/'))
   .reduce((total, e) => total + e.duration, 0)"""
 PROMOTE_JS = """() => document.querySelector('.nbm-promote-button') ? performance.now() : false"""
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _call(base: str, method: str, path: str, body: dict | None = None) -> tuple[float, dict]:
@@ -102,50 +85,15 @@ def _project(tmp: Path) -> Path:
     return root
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a server we started, by its pid (SIGKILL to its own process group if it hangs)."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def bench_queued() -> tuple[str, ...]:
     """POST jobs → QUEUED against POST /api/contents, on one `jupyter server`."""
     with tempfile.TemporaryDirectory() as tmp:
         root = _project(Path(tmp))
-        port = _port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("NB_MLOPS_")}
         env["JUPYTER_CONFIG_DIR"] = str(Path(tmp) / "config")
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jupyter_server",
-                "--no-browser",
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                f"--ServerApp.token={TOKEN}",
-                "--allow-root",
-                f"--ServerApp.root_dir={root}",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        server, port = jupyter_proc.start(root, token=TOKEN, env=env, lab=False)
         base = f"http://127.0.0.1:{port}/"
         try:
-            for _ in range(300):
-                try:
-                    _call(base, "GET", "api/status")
-                    break
-                except OSError:
-                    time.sleep(0.1)
             ours, peer = [], []
             body = {"path": "train.ipynb", "action": "run", "parameters": {"alpha": 0.25}}
             _call(base, "POST", "nb-mlops/api/jobs", body)  # warm-up (first notebook parse)
@@ -159,7 +107,7 @@ def bench_queued() -> tuple[str, ...]:
             for job in _call(base, "GET", "nb-mlops/api/jobs")[1]["jobs"]:
                 _call(base, "POST", f"nb-mlops/api/jobs/{job['id']}/cancel")
         finally:
-            _stop(server)
+            jupyter_proc.stop(server)
     ours_ms, peer_ms = statistics.median(ours), statistics.median(peer)
     return (
         f"POST jobs → QUEUED (median of {ROUNDS})",
@@ -196,53 +144,15 @@ def _lab_config(tmp: Path, enabled: bool) -> Path:
 
 
 def _start_lab(tmp: Path, root: Path, enabled: bool, rep: int) -> tuple[subprocess.Popen, int]:
-    port = _port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NB_MLOPS_", "JUPYTER"))}
     env["JUPYTER_CONFIG_DIR"] = str(_lab_config(tmp, enabled))
     env["JUPYTER_RUNTIME_DIR"] = str(tmp / "runtime")
     # fresh workspace and settings each time: both cases restore the same (empty) layout
     run_dir = tmp / f"lab-{rep}-{'on' if enabled else 'off'}"
-    settings = run_dir / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
-    env["JUPYTERLAB_SETTINGS_DIR"] = str(run_dir / "settings")
+    env["JUPYTERLAB_SETTINGS_DIR"] = str(jupyter_proc.quiet_settings(run_dir / "settings"))
     env["JUPYTERLAB_WORKSPACES_DIR"] = str(run_dir / "workspaces")
-    log = (run_dir / "jupyter.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(JUPYTER),
-            "lab",
-            "--no-browser",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            f"--ServerApp.token={TOKEN}",
-            "--allow-root",
-            f"--ServerApp.root_dir={root}",
-            "--LabApp.news_url=",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        ],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    log.close()  # the server holds its own copy of the descriptor
+    proc, port = jupyter_proc.start(root, token=TOKEN, env=env, log=run_dir / "jupyter.log")
     base = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"jupyter lab exited with {proc.returncode}: see {run_dir}")
-        try:
-            _call(base, "GET", "api/status")
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                _stop(proc)
-                raise RuntimeError("jupyter lab did not answer within 60 s") from None
-            time.sleep(0.1)
     # the server half really is on/off: its REST route answers, or 404s
     try:
         _call(base, "GET", "nb-mlops/api/jobs")
@@ -250,7 +160,7 @@ def _start_lab(tmp: Path, root: Path, enabled: bool, rep: int) -> tuple[subproce
     except urllib.error.HTTPError as exc:
         served = exc.code != 404
     if served != enabled:
-        _stop(proc)
+        jupyter_proc.stop(proc)
         raise RuntimeError(f"nb_mlops.server enabled={served}, expected {enabled}")
     return proc, port
 
@@ -333,7 +243,7 @@ def bench_page_load() -> tuple[list[tuple[str, ...]], list[str]]:
                             context.close()
                         _shutdown_sessions(port)
                     finally:
-                        _stop(proc)
+                        jupyter_proc.stop(proc)
         finally:
             browser.close()
     if bundle[False] or not bundle[True]:

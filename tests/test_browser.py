@@ -12,30 +12,20 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import jupyter_proc
+from tests.jupyter_proc import CHROMIUM, CHROMIUM_ARGS
 from tests.nbutil import new_notebook
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TOKEN = "nbmlops-browser-test-token"
 MODEL = "quickstart"
 PYPROJECT = f"""[project]
@@ -47,12 +37,6 @@ model = "{MODEL}"
 [tool.nb_mlops.gates]
 metrics = {{ accuracy = ">= 0.5" }}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _notebook(project: Path) -> Path:
@@ -102,19 +86,6 @@ def _champion(project: Path) -> str | None:
     return get_alias(client(load_config(project)), MODEL, CHAMPION)
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"jupyter lab exited with status {proc.returncode}"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"jupyter lab did not answer at {url} within {timeout} s")
-
-
 @pytest.fixture
 def lab(tmp_path: Path) -> Any:
     """A project with a first champion (v1, from the CLI) served by `jupyter lab`."""
@@ -133,40 +104,12 @@ def lab(tmp_path: Path) -> Any:
     _cli(project, "promote", run["run_id"], "--model", MODEL, "--json")
     assert _champion(project) == "1"
 
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NB_MLOPS_", "JUPYTER_"))}
     env["JUPYTER_CONFIG_DIR"] = str(tmp_path / "jupyter-config")
-    env["JUPYTERLAB_SETTINGS_DIR"] = str(tmp_path / "lab-settings")
-    # no "official Jupyter news?" toast over the panel
-    notification = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
-    notification.mkdir(parents=True)
-    (notification / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    env["JUPYTERLAB_SETTINGS_DIR"] = str(jupyter_proc.quiet_settings(tmp_path / "lab-settings"))
     env["JUPYTERLAB_WORKSPACES_DIR"] = str(tmp_path / "lab-workspaces")
-    log = (tmp_path / "jupyter.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyterlab",
-            "--no-browser",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            f"--ServerApp.token={TOKEN}",
-            "--allow-root",
-            f"--ServerApp.root_dir={project}",
-            "--LabApp.news_url=",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        ],
-        cwd=project,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc, port = jupyter_proc.start(project, token=TOKEN, env=env, log=tmp_path / "jupyter.log")
     try:
-        _wait_http(f"http://127.0.0.1:{port}/api/status?token={TOKEN}", proc)
         yield {
             "project": project,
             "port": port,
@@ -174,13 +117,7 @@ def lab(tmp_path: Path) -> Any:
             "log": tmp_path / "jupyter.log",
         }
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        jupyter_proc.stop(proc)
         # kernels started for the open notebook live in sessions of their own: none may remain
         leftovers = subprocess.run(
             ["pgrep", "-f", str(tmp_path / "jupyter-config")], capture_output=True, text=True
