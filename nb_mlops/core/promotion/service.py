@@ -254,7 +254,7 @@ def promote(
         if failed and not force:
             entry = journal.append(JournalEntry.new("blocked", model, state="done", **fields))
             _tag_blocked(client, candidate.run_id, model, failed)
-            raise PromotionBlocked(_decision("BLOCKED", entry, gates, candidate))
+            raise PromotionBlocked(_decision("BLOCKED", entry, gates))
         digest = verify_digest(ref)
         version = (
             str(existing.version)
@@ -274,7 +274,7 @@ def promote(
         _move_champion(client, model, version, current)
         journal.settle(entry, "done")
         _publish(client, model, entry, journal)
-    decision = _decision("PROMOTED", entry, gates, candidate)
+    decision = _decision("PROMOTED", entry, gates)
     decision.forced = bool(failed)
     return decision
 
@@ -352,20 +352,7 @@ def rollback(
         _move_champion(client, model, target, current)
         journal.settle(entry, "done")
         _publish(client, model, entry, journal)
-    return Decision(
-        status="ROLLED_BACK",
-        model=model,
-        action="rollback",
-        run_id=entry.candidate_run,
-        version=target,
-        previous_version=current,
-        reason=reason,
-        entry_id=entry.id,
-        pipeline=entry.pipeline,
-        pipeline_hash=entry.pipeline_hash,
-        model_source=entry.model_source,
-        model_sha256=entry.model_sha256,
-    )
+    return _decision("ROLLED_BACK", entry, [])
 
 
 def history(model: str, *, cfg: Config | None = None) -> list[JournalEntry]:
@@ -612,14 +599,13 @@ def _champion_stack(entries: list[JournalEntry]) -> list[str]:
     return stack
 
 
-def _decision(
-    status: str, entry: JournalEntry, gates: list[GateResult], candidate: Candidate
-) -> Decision:
+def _decision(status: str, entry: JournalEntry, gates: list[GateResult]) -> Decision:
+    """What a promotion, a blocked promotion or a rollback reports: its journal entry's facts."""
     return Decision(
         status=status,
         model=entry.model,
         action=entry.action,
-        run_id=candidate.run_id,
+        run_id=entry.candidate_run,
         version=entry.to_version,
         previous_version=entry.from_version,
         gates=gates,
