@@ -1,9 +1,9 @@
 """End to end in a real browser: JupyterLab + the nb_mlops labextension + Debian's Chromium.
 
 Given a project holding the quickstart notebook with a champion already promoted (v1), when a user
-opens the notebook, clicks Promote, changes a parameter and submits, then the MLOps panel shows the
-job PROMOTED and MLflow's `champion` moves to v2; when they click Rollback and give a reason, it moves
-back to v1. Screenshots go to `test-artifacts/`. Missing Chromium fails the test (never a skip).
+opens the notebook, edits it, clicks Promote (which saves it on their word), changes a parameter
+and submits, then the MLOps panel shows the job PROMOTED and MLflow's `champion` moves to v2; when
+they click Rollback and give a reason, it moves back to v1. Screenshots go to `test-artifacts/`. Missing Chromium fails the test (never a skip).
 """
 
 from __future__ import annotations
@@ -147,8 +147,20 @@ def test_promote_and_rollback_from_jupyterlab(lab: dict[str, Any]) -> None:
             expect(button).to_be_enabled(timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "browser-1-notebook.png"))
 
-            # When: Promote → change C (a typo first: the type is checked as you type) → submit
+            # When: an unsaved edit, then Promote → "Save and continue" (the saved file runs)
+            editor = page.locator(".jp-Notebook .jp-CodeCell .cm-content").nth(1)
+            editor.click()
+            page.keyboard.press("Control+Home")
+            page.keyboard.type("# edited in the browser")
+            page.keyboard.press("Enter")
+            expect(page.locator(".jp-mod-dirty").first).to_be_attached(timeout=10_000)
+            expect(button).to_be_enabled()
             button.click()
+            ask = page.locator(".jp-Dialog")
+            expect(ask).to_contain_text("unsaved changes", timeout=10_000)
+            ask.locator(".jp-Dialog-button.jp-mod-accept").click()
+
+            # and change C (a typo first: the type is checked as you type) → submit
             dialog = page.locator(".jp-Dialog")
             expect(dialog.locator(".nbm-form")).to_be_visible(timeout=30_000)
             field = dialog.locator("#nbm-param-C")
@@ -171,6 +183,7 @@ def test_promote_and_rollback_from_jupyterlab(lab: dict[str, Any]) -> None:
             expect(job).to_have_attribute("data-status", "PROMOTED", timeout=420_000)
             expect(job.locator(".nbm-gates")).to_contain_text("PASS")
             page.screenshot(path=str(ARTIFACTS / "browser-4-promoted.png"))
+            assert "# edited in the browser" in (project / lab["notebook"]).read_text()
             assert _champion(project) == "2"
             stored = json.loads(next((project / ".nb_mlops" / "jobs").glob("*.json")).read_text())
             assert stored["parameters"] == {

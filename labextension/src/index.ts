@@ -1,6 +1,7 @@
 /**
- * nb_mlops for JupyterLab: a Promote button in every notebook toolbar (disabled while the
- * notebook has unsaved changes), the MLOps panel in the right sidebar, and palette commands.
+ * nb_mlops for JupyterLab: a Promote button in every notebook toolbar (unsaved changes are saved
+ * first, on the user's word: the saved file is what runs), the MLOps panel in the right sidebar,
+ * and palette commands.
  */
 import {
   JupyterFrontEnd,
@@ -29,7 +30,7 @@ const CATEGORY = 'MLOps';
 const PROMOTE = 'nb-mlops:promote';
 const RUN = 'nb-mlops:run-pipeline';
 const SHOW = 'nb-mlops:show-panel';
-const DIRTY_TIP = 'Save the notebook first: the saved file is what gets promoted';
+const DIRTY_TIP = 'Saves the notebook first (the saved file is what runs), then runs it as a gated pipeline and promotes its model';
 
 const rocketSvg =
   '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" width="16"><path class="jp-icon3" fill="#616161" d="M12 2c3 2 5 6 5 10l2 3v4l-3-2H8l-3 2v-4l2-3c0-4 2-8 5-10zm0 6a2 2 0 100 4 2 2 0 000-4z"/></svg>';
@@ -88,8 +89,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
         return;
       }
       if (isDirty(nb)) {
-        await showErrorMessage('Unsaved changes', DIRTY_TIP);
-        return;
+        const choice = await showDialog({
+          title: 'Save the notebook?',
+          body: `${nb.context.path} has unsaved changes. The pipeline is built from the saved file: save now and continue?`,
+          buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Save and continue' })]
+        });
+        if (!choice.button.accept) {
+          return;
+        }
+        try {
+          await nb.context.save();
+        } catch (error) {
+          await showErrorMessage('Cannot save the notebook', String((error as Error).message));
+          return;
+        }
       }
       let info;
       try {
@@ -147,16 +160,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
       label: args => (args.widgetId ? 'Promote' : 'Promote Notebook to Production…'),
       caption: args => (isDirty(notebookFor(args)) ? DIRTY_TIP : 'Run this notebook as a gated pipeline and promote its model'),
       icon: args => (args.widgetId ? promoteIcon : undefined),
-      isEnabled: args => {
-        const nb = notebookFor(args);
-        return nb !== null && !isDirty(nb);
-      },
+      isEnabled: args => notebookFor(args) !== null,
       execute: args => submit('promote', args)
     });
     app.commands.addCommand(RUN, {
       label: 'Run Notebook as Pipeline (headless)…',
-      caption: 'Run the saved notebook as a pipeline in a fresh kernel, without promoting',
-      isEnabled: () => tracker.currentWidget !== null && !isDirty(tracker.currentWidget),
+      caption: 'Run the notebook (saved first) as a pipeline in fresh kernels, without promoting',
+      isEnabled: () => tracker.currentWidget !== null,
       execute: args => submit('run', args)
     });
     app.commands.addCommand(SHOW, {

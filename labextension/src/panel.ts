@@ -274,7 +274,7 @@ export class MlopsPanel extends Widget {
       h(
         'tr',
         {},
-        h('td', {}, asText(e.when)),
+        h('td', { title: asText(e.when) }, shortTime(e.when)),
         h('td', {}, asText(e.action)),
         h('td', {}, `${asText(e.from_version)} → ${asText(e.to_version)}`),
         h('td', {}, asText(e.who)),
@@ -326,4 +326,12 @@ function championVersion(champion: unknown): unknown {
     return (champion as { version: unknown }).version;
   }
   return champion;
+}
+
+/** "Nov 26, 2026, 06:05 PM" in the user's locale (the ISO time stays in the cell's tooltip). */
+function shortTime(value: unknown): string {
+  const when = new Date(asText(value));
+  return Number.isNaN(when.getTime())
+    ? asText(value)
+    : when.toLocaleString(undefined, { year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
 }
