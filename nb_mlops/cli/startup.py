@@ -25,7 +25,7 @@ class _OnFirstUse(types.ModuleType):
     """A module whose real import happens when one of its attributes is first needed."""
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):  # the import system probes `__path__` & co.: not a use
+        if name == "__path__":  # the import system asks whether it is a package: not a use
             raise AttributeError(name)
         return getattr(_real(), name)
 
