@@ -181,8 +181,9 @@ def main() -> None:
             v3.bytes_added <= 0.25 * v1.bytes_added,
             "%",
         )
-        rest_t, back = timed(lambda: restore("frame@v1"))
-        rp_t, _ = timed(lambda: pd.read_parquet(work / "df.parquet"))
+        # best of 3 on each side: a single read of ~1 GB swings 2-3x on a shared 2-core machine
+        rest_t, back = timed(lambda: restore("frame@v1"), 3)
+        rp_t, _ = timed(lambda: pd.read_parquet(work / "df.parquet"), 3)
         assert back.shape == df.shape
         row("frame restore (vs read_parquet)", rest_t, rp_t, "<=2 s", rest_t <= 2.0)
     finally:

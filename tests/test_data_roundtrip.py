@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import nb_mlops
-from nb_mlops.core.data import diff, frames, restore, snapshot, snapshots
+from nb_mlops.core.data import diff, frames, profile, restore, snapshot, snapshots
+from nb_mlops.core.data.refs import open_store
 from nb_mlops.core.errors import DataError, SnapshotNotFound
 
 N = 50
@@ -213,3 +218,114 @@ def test_source_edits_after_a_snapshot_never_reach_the_pending_write(project: Pa
     np.testing.assert_array_equal(back, expected)
     again = snapshot(expected, "live")
     assert not again.new and again.version == 1
+
+
+def _profiled_table() -> pa.Table:
+    rng = np.random.default_rng(11)
+    n = 5_000
+    f = rng.standard_normal(n) * 1e6 + 3.0
+    f[rng.choice(n, 40, replace=False)] = np.nan
+    return pa.table(
+        {
+            "f": pa.array(f, mask=rng.random(n) < 0.02),
+            "i": pa.array(rng.integers(-(2**40), 2**40, n)),
+            "u8": pa.array(rng.integers(0, 255, n).astype("uint8")),
+            "b": pa.array(rng.random(n) < 0.3, mask=rng.random(n) < 0.1),
+            "s": pa.array([f"k{v}" for v in rng.integers(0, 30, n)]),
+            "empty": pa.nulls(n, pa.float64()),
+            "nan_only_tail": pa.array(np.r_[np.ones(n - 100), np.full(100, np.nan)]),
+        }
+    )
+
+
+def _assert_same_profile(merged: dict[str, Any], full: dict[str, Any]) -> None:
+    assert merged.keys() == full.keys() and merged["rows"] == full["rows"]
+    for name, col in full["columns"].items():
+        other = merged["columns"][name]
+        assert other.keys() == col.keys(), name
+        for key, value in col.items():
+            if key in ("mean", "std") and value is not None:
+                # the only inexact statistics: merged means and M2 round differently
+                assert other[key] == pytest.approx(value, rel=1e-9), (name, key)
+            else:
+                assert other[key] == value, (name, key)
+
+
+@pytest.mark.parametrize("cuts", [[], [1], [17, 2_000, 2_001, 4_900], list(range(250, 5_000, 250))])
+def test_merged_chunk_statistics_equal_a_full_profile(cuts: list[int]) -> None:
+    """Per-chunk statistics merged (Chan's formula) give the profile of the whole table: counts,
+    nulls, min and max exactly, mean and std within 1e-9 relative."""
+    table = _profiled_table()
+    bounds = list(zip([0, *cuts], [*cuts, table.num_rows], strict=True))
+    parts = [profile.chunk_stats(table.slice(a, b - a)) for a, b in bounds]
+    full = profile.profile_table(table)
+    _assert_same_profile(profile.profile_table(table, parts), full)
+    f = full["columns"]["f"]
+    values = pd.Series(table.column("f").to_pandas()).dropna()
+    assert f["min"] == values.min() and f["max"] == values.max()
+    assert f["std"] is None and f["mean"] is None  # NaN present: not a number, as pyarrow says
+    i = full["columns"]["i"]
+    assert i["mean"] == pytest.approx(np.mean(table.column("i").to_numpy()), rel=1e-12)
+    assert i["std"] == pytest.approx(np.std(table.column("i").to_numpy(), ddof=1), rel=1e-9)
+    assert full["columns"]["empty"]["min"] is None and full["columns"]["nan_only_tail"]["max"] == 1
+
+
+def test_an_appended_version_profiles_only_new_chunks_yet_equals_a_full_profile(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(frames, "_TARGET_CHUNK_BYTES", 30_000)
+    df = _big(60_000)
+    snapshot(df, "grow", wait=True)
+    frames._STATS_CACHE.clear()  # the statistics must come from the chunk index on disk
+    computed: list[int] = []
+    real = profile.chunk_stats
+
+    def counting(table: pa.Table) -> dict[str, Any]:
+        computed.append(table.num_rows)
+        return real(table)
+
+    monkeypatch.setattr(profile, "chunk_stats", counting)
+    appended = pd.concat([df, _big(600, seed=5)], ignore_index=True)
+    v2 = snapshot(appended, "grow")
+    assert 0 < sum(computed) < 0.1 * len(appended)  # the tail chunks only
+    monkeypatch.setattr(profile, "chunk_stats", real)
+    full = profile.profile_table(frames.prepare(appended).source_table)
+    _assert_same_profile(v2.profile, full)
+    assert v2.wait().profile == snapshots("grow@v2")[0].profile
+    # chunk statistics stay in the chunk index, out of the manifests
+    manifest = json.loads((project / ".nb_mlops/data/refs/grow/v000002.json").read_text())
+    assert all("stats" not in chunk for chunk in manifest["chunks"])
+
+
+def test_chunks_are_arrow_ipc_and_parquet_chunks_still_restore(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    df = _big(3_000)
+    snap = snapshot(df, "fmt", wait=True)
+    store = open_store()
+    oids = [c["object"] for c in store.manifest("fmt", 1)["chunks"]]
+    assert all(store.objects.path(o).read_bytes()[:6] == b"ARROW1" for o in oids)
+
+    def parquet(table: pa.Table) -> pa.Buffer:  # the chunk format of earlier stores
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="snappy", use_dictionary=False)
+        return sink.getvalue()
+
+    ipc = frames._encode
+    monkeypatch.setattr(frames, "_encode", parquet)
+    old = df.assign(f=df["f"] + 1)
+    snapshot(old, "legacy", wait=True)
+    oids = [c["object"] for c in store.manifest("legacy", 1)["chunks"]]
+    assert all(store.objects.path(o).read_bytes()[:4] == b"PAR1" for o in oids)
+    monkeypatch.setattr(frames, "_encode", ipc)
+    pd.testing.assert_frame_equal(restore("legacy@v1"), old, check_exact=True)
+    pd.testing.assert_frame_equal(restore(snap), df, check_exact=True)
+
+
+def test_row_hashes_do_not_depend_on_blocks_or_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = pa.Table.from_pandas(_big(10_000), preserve_index=False)
+    whole = frames.row_hashes(table)
+    monkeypatch.setattr(frames, "_BLOCK_ROWS", 333)
+    np.testing.assert_array_equal(frames.row_hashes(table), whole)
+    np.testing.assert_array_equal(frames.row_hashes(table.slice(1_234, 5_000)), whole[1_234:6_234])
+    assert len(np.unique(whole)) == len(whole)

@@ -36,13 +36,19 @@ class MissingObject(IntegrityError):
     """An object a snapshot references is not in the store."""
 
 
-def _hasher() -> Any:
+# below this size blake3's own threads cost more than they save (chunks are hashed in a pool)
+_THREADED = 16 << 20
+
+
+def _hasher(nbytes: int = _THREADED) -> Any:
+    if nbytes < _THREADED:
+        return blake3.blake3()
     return blake3.blake3(max_threads=blake3.blake3.AUTO)
 
 
 def hash_bytes(data: Any) -> str:
     """blake3 hex digest of a bytes-like object (multi-threaded for large buffers)."""
-    hasher = _hasher()
+    hasher = _hasher(memoryview(data).nbytes)
     hasher.update(data)
     return str(hasher.hexdigest())
 
