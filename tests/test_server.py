@@ -492,3 +492,37 @@ def test_cancel_kills_the_whole_process_tree(tmp_path: Path) -> None:
     time.sleep(0.5)
     assert service.get(job["id"])["status"] == "CANCELLED"
     assert service.cancel(job["id"])["status"] == "CANCELLED"  # idempotent
+
+
+async def test_promoting_the_same_parameters_twice_promotes_a_fresh_model(
+    jp_fetch: Any, jp_root_dir: Path
+) -> None:
+    """A Promote click runs every step afresh: a cached run would hold no model of its own (R4),
+    so promoting the same values again (e.g. after a rollback) must still work."""
+    new_notebook(
+        jp_root_dir / "nb" / "model.ipynb",
+        [
+            (
+                "import nb_mlops\nfrom sklearn.datasets import load_iris\n"
+                "from sklearn.linear_model import LogisticRegression",
+                ["imports"],
+            ),
+            ("C: float = 1.0", ["parameters"]),
+            (
+                "%%track\nX, y = load_iris(return_X_y=True)\n"
+                "model = LogisticRegression(C=C, max_iter=300).fit(X, y)\n"
+                "nb_mlops.log(accuracy=model.score(X, y))",
+                ["step:train"],
+            ),
+        ],
+    )
+    body = {"path": "nb/model.ipynb", "action": "promote", "parameters": {"C": 0.5}}
+    finals = []
+    for _ in range(2):
+        response = await jp_fetch(*API, "jobs", method="POST", body=json.dumps(body))
+        finals.append(await _wait_final(jp_fetch, json.loads(response.body)["id"], timeout=300))
+    assert [f["status"] for f in finals] == ["PROMOTED", "PROMOTED"], finals[-1]["log_tail"]
+    assert not finals[1]["steps"]["train"]["cached"]
+    assert finals[0]["run_id"] != finals[1]["run_id"]
+    history = json.loads((await jp_fetch(*API, "models", "demo-model", "history")).body)
+    assert [e["to_version"] for e in history["entries"] if e["action"] == "promote"] == ["1", "2"]

@@ -134,19 +134,12 @@ class Worker:
         # Typed values go through a JSON file (no text coercion, nothing parsed by a shell).
         params_file = self.folder / "parameters.json"
         params_file.write_text(json.dumps(job.get("parameters") or {}))
+        args = ["pipeline", "run", str(build_dir), "-f", str(params_file), "--json"]
+        if job["action"] == "promote":
+            # the promoted model must be one this run computed (R4): a cached step holds none
+            args.append("--no-cache")
         code, stdout = self.call(
-            "run",
-            [
-                "pipeline",
-                "run",
-                str(build_dir),
-                "-f",
-                str(params_file),
-                "--json",
-                "--status-file",
-                str(status_file),
-            ],
-            poll=poll_status,
+            "run", [*args, "--status-file", str(status_file)], poll=poll_status
         )
         if self.cancelled():
             return 1
