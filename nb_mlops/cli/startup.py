@@ -25,8 +25,6 @@ class _OnFirstUse(types.ModuleType):
     """A module whose real import happens when one of its attributes is first needed."""
 
     def __getattr__(self, name: str) -> Any:
-        if name == "__path__":  # the import system asks whether it is a package: not a use
-            raise AttributeError(name)
         return getattr(_real(), name)
 
 
@@ -50,8 +48,12 @@ def _is_valid_syntax(term: str, value: str) -> Any:
 
 def defer_slow_imports() -> None:
     """Install the stand-in (once; not when the module is already loaded or not installed)."""
-    if _SLOW in sys.modules or importlib.util.find_spec(_SLOW) is None:
+    spec = None if _SLOW in sys.modules else importlib.util.find_spec(_SLOW)
+    if spec is None:
         return
     stand_in = _OnFirstUse(_SLOW, "stand-in: the real module is imported on first use")
     stand_in.is_valid_syntax = _is_valid_syntax  # type: ignore[attr-defined]
+    # the real package's folder: `from rfc3987_syntax import is_valid_syntax` finds the name above,
+    # and an import of one of its submodules still works
+    stand_in.__path__ = list(spec.submodule_search_locations or [])
     sys.modules[_SLOW] = stand_in
