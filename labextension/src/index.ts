@@ -30,7 +30,7 @@ const CATEGORY = 'MLOps';
 const PROMOTE = 'nb-mlops:promote';
 const RUN = 'nb-mlops:run-pipeline';
 const SHOW = 'nb-mlops:show-panel';
-const DIRTY_TIP = 'Saves the notebook first (the saved file is what runs), then runs it as a gated pipeline and promotes its model';
+const PROMOTE_TIP = 'Run this notebook as a gated pipeline and promote its model (unsaved changes are saved first)';
 
 const rocketSvg =
   '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" width="16"><path class="jp-icon3" fill="#616161" d="M12 2c3 2 5 6 5 10l2 3v4l-3-2H8l-3 2v-4l2-3c0-4 2-8 5-10zm0 6a2 2 0 100 4 2 2 0 000-4z"/></svg>';
@@ -42,7 +42,7 @@ class ButtonExtension
 {
   constructor(private readonly app: JupyterFrontEnd) {}
 
-  createNew(panel: NotebookPanel, context: DocumentRegistry.IContext<INotebookModel>): IDisposable {
+  createNew(panel: NotebookPanel, _context: DocumentRegistry.IContext<INotebookModel>): IDisposable {
     const button = new CommandToolbarButton({
       commands: this.app.commands,
       id: PROMOTE,
@@ -51,10 +51,6 @@ class ButtonExtension
     });
     button.addClass('nbm-promote-button');
     panel.toolbar.insertItem(10, 'nbMlopsPromote', button);
-    const changed = () => this.app.commands.notifyCommandChanged(PROMOTE);
-    context.model.stateChanged.connect(changed);
-    context.fileChanged.connect(changed);
-    changed();
     return button;
   }
 }
@@ -158,7 +154,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
 
     app.commands.addCommand(PROMOTE, {
       label: args => (args.widgetId ? 'Promote' : 'Promote Notebook to Production…'),
-      caption: args => (isDirty(notebookFor(args)) ? DIRTY_TIP : 'Run this notebook as a gated pipeline and promote its model'),
+      caption: PROMOTE_TIP,
       icon: args => (args.widgetId ? promoteIcon : undefined),
       isEnabled: args => notebookFor(args) !== null,
       execute: args => submit('promote', args)
