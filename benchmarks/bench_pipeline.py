@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.nbutil import new_notebook  # noqa: E402
+from tests.nbutil import chain_notebook, new_notebook  # noqa: E402
 
 REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
 
@@ -166,16 +166,7 @@ def main() -> int:
     )
 
     # 4. building a 200-cell notebook
-    cells = [("p: int = 1", ["parameters"])]
-    for i in range(199):
-        tags = [f"step:s{i // 20}"] if i % 20 == 0 else []
-        cells.append(
-            (
-                f"v{i} = {'v' + str(i - 1) if i else 'p'} + 1\nimport math\nw{i} = math.sqrt(v{i})",
-                tags,
-            )
-        )
-    big = new_notebook(root / "big.ipynb", cells)
+    big = chain_notebook(root / "big.ipynb")
     build = _median(lambda: build_pipeline(big))
     rows.append(
         ("build a 200-cell notebook", build, float("nan"), float("nan"), "≤ 1 s", build <= 1.0)

@@ -32,6 +32,17 @@ def new_notebook(path: Path, cells: Sequence[Cell]) -> Path:
     return path
 
 
+def chain_notebook(path: Path, cells: int = 200, per_step: int = 20) -> Path:
+    """A parameters cell, then a chain of cells each using the previous one's value, a step tag
+    every `per_step` cells: the 200-cell build case of the test and the benchmark."""
+    sources: list[Cell] = [("p: int = 1", ["parameters"])]
+    for i in range(cells - 1):
+        tags = [f"step:s{i // per_step}"] if i % per_step == 0 else []
+        previous = f"v{i - 1}" if i else "p"
+        sources.append((f"v{i} = {previous} + 1\nimport math\nw{i} = math.sqrt(v{i})", tags))
+    return new_notebook(path, sources)
+
+
 def execute(
     path: Path,
     *,

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from nb_mlops.core.errors import BuildError
 from nb_mlops.pipeline import build_pipeline, load_pipeline
 from nb_mlops.pipeline.kernel import DONE_FILE, encode_context
-from tests.nbutil import new_notebook
+from tests.nbutil import chain_notebook, new_notebook
 
 GOLDEN = Path(__file__).parent / "golden" / "pipeline"
 
@@ -192,16 +192,7 @@ def test_build_errors_name_the_cell(project: Path, cells: list, message: str) ->
 
 
 def test_build_200_cells(project: Path) -> None:
-    cells = [("p: int = 1", ["parameters"])]
-    for i in range(199):
-        tags = [f"step:s{i // 20}"] if i % 20 == 0 else []
-        cells.append(
-            (
-                f"v{i} = {'v' + str(i - 1) if i else 'p'} + 1\nimport math\nw{i} = math.sqrt(v{i})",
-                tags,
-            )
-        )
-    new_notebook(project / "big.ipynb", cells)
+    chain_notebook(project / "big.ipynb")
     started = time.perf_counter()
     spec = build_pipeline(project / "big.ipynb")
     elapsed = time.perf_counter() - started
