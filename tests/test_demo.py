@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,29 +28,18 @@ def test_demo_promotes_the_quickstart_with_data_lineage(tmp_path: Path) -> None:
     # Then it succeeds and ends with the champion's lineage
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "PROMOTED: breast-cancer version 1 is champion" in done.stdout
-    lineage = json.loads(
-        subprocess.run(
-            [*cli, "lineage", "breast-cancer", "--json"],
-            cwd=project,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+
+    def read_json(*args: str) -> Any:
+        run = subprocess.run([*cli, *args], cwd=project, capture_output=True, text=True, check=True)
+        return json.loads(run.stdout)
+
+    lineage = read_json("lineage", "breast-cancer", "--json")
     assert lineage["version"] == "1" and "champion" in lineage["aliases"]
     assert [d["name"] for d in lineage["data"]] == ["breast_cancer"]
     assert lineage["notebook"]["path"].endswith("notebooks/quickstart.ipynb")
     assert lineage["parameters"]["C"] == "1.0"
     # And every gate of the repository's config was judged, the data gate on a real snapshot
-    history = json.loads(
-        subprocess.run(
-            [*cli, "history", "breast-cancer", "--json"],
-            cwd=project,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    history = read_json("history", "breast-cancer", "--json")
     verdicts = {gate["gate"]: gate["verdict"] for gate in history[-1]["gates"]}
     assert verdicts["require_data_verified"] == "PASS"
     assert verdicts["require_reproduced"] == "PASS"
