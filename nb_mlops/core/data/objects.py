@@ -62,6 +62,19 @@ def hash_file(path: Path) -> str:
         return hash_bytes(view)
 
 
+@contextlib.contextmanager
+def _discarded_on_failure(tmp: Path, what: str) -> Iterator[None]:
+    """A failure inside removes the temp file `tmp`; a disk error becomes a one-line DataError."""
+    try:
+        yield
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _disk_error(exc, what) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _disk_error(exc: OSError, what: str) -> DataError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return DataError(
@@ -160,7 +173,7 @@ class ObjectStore:
                 return oid, len(data), None
             return oid, len(data), self._write_temp(data, f"a copy of {src}")
         tmp = self._temp()
-        try:
+        with _discarded_on_failure(tmp, f"a copy of {src}"):
             with ThreadPoolExecutor(1) as pool:
                 copying = pool.submit(shutil.copyfile, src, tmp)
                 try:
@@ -173,40 +186,21 @@ class ObjectStore:
                 tmp.unlink(missing_ok=True)
                 return oid, before.st_size, None
             return oid, before.st_size, tmp
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise _disk_error(exc, f"a copy of {src}") from exc
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
     def _write_temp(self, data: Any, what: str) -> Path:
         tmp = self._temp()
-        try:
-            with tmp.open("wb") as fh:
-                fh.write(data)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise _disk_error(exc, what) from exc
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with _discarded_on_failure(tmp, what), tmp.open("wb") as fh:
+            fh.write(data)
         return tmp
 
     def finish(self, staged: Path | None, oid: str, what: str = "an object") -> int:
         """fsync a staged temp file and rename it to `oid`; return the bytes added."""
         if staged is None:
             return 0
-        try:
+        with _discarded_on_failure(staged, what):
             with staged.open("rb+") as fh:
                 os.fsync(fh.fileno())
             return self._commit(staged, oid)
-        except OSError as exc:
-            staged.unlink(missing_ok=True)
-            raise _disk_error(exc, what) from exc
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
 
     # --- reading ----------------------------------------------------------------------------
 
