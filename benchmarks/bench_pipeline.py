@@ -1,6 +1,6 @@
 """Pipeline benchmark: ours against plain papermill of the same notebook, measured in the same run.
 
-Cases (BENCHMARKS.md): a 4-step linear pipeline of trivial steps vs papermill of the whole notebook
+Cases: a 4-step linear pipeline of trivial steps vs papermill of the whole notebook
 (≤ 1.3×); an unchanged re-run, all cached (≤ 0.3 s, no kernel started); two independent CPU-bound
 branches with 2 parallel steps vs 1 (≥ 1.7×); building a 200-cell notebook (≤ 1 s).
 Run: `.venv/bin/python benchmarks/bench_pipeline.py`; prints case, ours, peer, ratio, target, PASS/MISS.

@@ -204,7 +204,7 @@ def test_promote_and_rollback_from_jupyterlab(lab: dict[str, Any]) -> None:
             page.screenshot(path=str(ARTIFACTS / "browser-5-rollback-dialog.png"))
             confirm.locator(".jp-Dialog-button.jp-mod-accept").click()
             expect(champion).to_have_text("1", timeout=120_000)
-            # J7: the hostile reason is shown as text in the history, never as markup
+            # the hostile reason is shown as text in the history, never as markup
             expect(page.locator(".nbm-history")).to_contain_text("<img src=x onerror=alert(1)>")
             assert page.locator(".nbm-history img").count() == 0
             page.screenshot(path=str(ARTIFACTS / "browser-6-rolled-back.png"))

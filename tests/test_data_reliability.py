@@ -1,4 +1,4 @@
-"""RELIABILITY D1–D7 for the data store: crashes, full disks, corruption, races, hostile paths."""
+"""Reliability of the data store: crashes, full disks, corruption, races, hostile paths."""
 
 from __future__ import annotations
 
@@ -292,8 +292,8 @@ def test_d7_hostile_paths(project: Path, tmp_path: Path) -> None:
 
 
 def test_background_write_failure_is_reported_and_records_nothing(project: Path) -> None:
-    """D2 for a DataFrame, whose bytes are written after `snapshot` returns: `wait()` (and the
-    next data call) report the failure; no manifest, reservation or partial object is left."""
+    """A full disk for a DataFrame, whose bytes are written after `snapshot` returns: `wait()`
+    (and the next data call) report the failure; no manifest, reservation or partial object is left."""
     script = textwrap.dedent(
         """
         import resource, signal

@@ -1,5 +1,5 @@
 """Building pipelines: golden files, determinism, the step grammar (Kale tags, `%%step`), def-use
-analysis, build-time errors (P7) and, with hypothesis, equivalence with a top-to-bottom run."""
+analysis, build-time errors and, with hypothesis, equivalence with a top-to-bottom run."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def test_magic_args_count_as_uses_and_load_the_extension(project: Path) -> None:
         ),
         ([("df: DataFrame = None", ["parameters"])], "parameter `df` has type `DataFrame`"),
         ([("a = 1", ["step:a", "prev:b"]), ("b = 2", ["step:b", "prev:a"])], "in a cycle"),
-        # P7 at build time: values pickle cannot carry, seen statically
+        # at build time: values pickle cannot carry, seen statically
         (
             [("f = open('x.txt', 'w')", ["step:a"]), ("f.write('x')", ["step:b"])],
             "cell #1 (id cell-0): step 'a' passes `f` (an open file) to step 'b'",

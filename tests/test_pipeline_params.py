@@ -1,4 +1,4 @@
-"""The typed parameter contract (RELIABILITY P1–P3, no kernel): names, types, lossless coercion,
+"""The typed parameter contract (no kernel): names, types, lossless coercion,
 JSON-like values only; and the context encoding that carries hostile strings into the kernel."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Running pipelines for real (papermill, fresh kernels, the SQLite MLflow store): records in
-MLflow, values, the cache, hostile parameters (P3), failures (P4, P7), the watchdog and resume
-(P5), eight runs at once (P6), the `%pipeline` magics."""
+MLflow, values, the cache, hostile parameters, failures, the watchdog and resume, eight runs
+at once, the `%pipeline` magics."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def test_run_records_everything_then_reuses_the_cache(
     )
     out = json.loads(capsys.readouterr().out)
 
-    # Then it succeeded, and every parameter arrived in the kernel byte for byte (P3)
+    # Then it succeeded, and every parameter arrived in the kernel byte for byte
     assert code == 0 and out["status"] == "SUCCEEDED"
     assert set(out["steps"]) == {"load", "left", "right", "train"}
     assert all(s["status"] == "SUCCEEDED" and not s["cached"] for s in out["steps"].values())
@@ -197,7 +197,7 @@ FAILING_CELLS = [
 def test_failures_are_failed_named_and_stop_descendants(
     project: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    # Given steps that raise, exit, die, time out, run out of memory, or pass an open file (P4, P7)
+    # Given steps that raise, exit, die, time out, run out of memory, or pass an open file
     with open(project / "pyproject.toml", "a") as fh:
         fh.write("step_memory_limit_mb = 3000\ncell_timeout = 4\n")
     new_notebook(project / "bad.ipynb", FAILING_CELLS)
@@ -275,7 +275,7 @@ def test_watchdog_kills_a_hung_step_then_resume_reruns_only_it(project: Path) ->
     (project / "hang.flag").write_text("")
     # When it runs with a wall-clock timeout
     first = run_pipeline("hang", timeout=8, max_parallel=2)
-    # Then the watchdog killed the kernel's whole process group, nothing outlives the run (P5)
+    # Then the watchdog killed the kernel's whole process group, nothing outlives the run
     assert first.status == "FAILED"
     assert first.steps["hang"].status == "FAILED" and "watchdog" in (
         first.steps["hang"].error or ""
@@ -313,7 +313,7 @@ def test_eight_runs_at_once_are_each_correct(project: Path) -> None:
         [("k: int = 0", ["parameters"]), "square = k * k", ("print(square)", ["pipeline-metrics"])],
     )
     build_pipeline(project / "many.ipynb")
-    # When eight runs with different parameters start at once (P6): eight kernels start together
+    # When eight runs with different parameters start at once: eight kernels start together
     with ThreadPoolExecutor(8) as pool:
         runs = list(pool.map(lambda i: run_pipeline("many", {"k": i}, cache=False), range(8)))
     # Then each succeeded with its own result, in its own parent run, and no kernel is left

@@ -1,4 +1,4 @@
-"""Promotion core against the real SQLite store: gates, registry aliases, journal, rollback, R3–R5."""
+"""Promotion core against the real SQLite store: gates, registry aliases, journal, rollback."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RELIABILITY R1 and R2 with real processes: concurrent promotions of one model, and a promotion
+"""Reliability with real processes: concurrent promotions of one model, and a promotion
 SIGKILLed between moving the alias and writing the journal."""
 
 from __future__ import annotations

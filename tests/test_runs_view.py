@@ -42,7 +42,7 @@ class _Tags(HTMLParser):
 
 @pytest.fixture
 def hostile(project: Path) -> Config:
-    """Runs whose name, params and tags are hostile strings (RELIABILITY J7)."""
+    """Runs whose name, params and tags are hostile strings."""
     cfg = load_config()
     mlflow_client = client(cfg)
     exp_id = experiment_id(cfg, "exp")

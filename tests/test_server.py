@@ -1,7 +1,7 @@
-"""The jupyter_server extension: routes, auth (J1–J3), hostile paths (J4), errors (J5), jobs (J6).
+"""The jupyter_server extension: routes, auth, hostile paths, errors, jobs.
 
 Given a real Jupyter server (pytest-jupyter) with the extension enabled on a temporary project,
-when the REST API is called, then it answers as RELIABILITY.md J1–J6 require.
+when the REST API is called, then it answers as the cases below require.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ metrics = { accuracy = ">= 0.5" }
 
 
 class DenyAll(Authorizer):
-    """An authorizer that says no to everything (J2)."""
+    """An authorizer that says no to everything."""
 
     def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
         return False
@@ -96,7 +96,7 @@ async def _json_error(call: Any) -> tuple[int, dict[str, Any]]:
     return int(info.value.code), json.loads(info.value.response.body)
 
 
-# --- J1: every route is authenticated and authorized ----------------------------------------------
+# --- every route is authenticated and authorized ----------------------------------------------
 
 
 def _decorator_files(method: Any) -> set[str]:
@@ -123,7 +123,7 @@ def _all_rules(router: Any) -> list[tuple[str, Any]]:
 
 
 def test_every_route_has_authenticated_and_authorized(jp_serverapp: Any) -> None:
-    """J1: list the routes the live server registered for nb_mlops; each verb is decorated."""
+    """List the routes the live server registered for nb_mlops; each verb is decorated."""
     registered = {
         target
         for pattern, target in _all_rules(jp_serverapp.web_app.default_router)
@@ -168,7 +168,7 @@ async def test_no_token_is_403_everywhere(
     jp_base_url: str,
     jp_root_dir: Path,
 ) -> None:
-    """J1: without a token every route answers 403, whatever allow_unauthenticated_access says."""
+    """Without a token every route answers 403, whatever allow_unauthenticated_access says."""
     jp_serverapp.allow_unauthenticated_access = allow_unauthenticated
     jp_serverapp.web_app.settings["allow_unauthenticated_access"] = allow_unauthenticated
     for method, path, body in ROUTE_CALLS:
@@ -197,7 +197,7 @@ class TestDenyAll:
     async def test_deny_all_authorizer_blocks_everything_and_writes_nothing(
         self, jp_fetch: Any, jp_root_dir: Path
     ) -> None:
-        """J2: with a deny-all Authorizer, promote and rollback are 403 and nothing is written."""
+        """With a deny-all Authorizer, promote and rollback are 403 and nothing is written."""
         before = _files(jp_root_dir)
         for method, path, body in ROUTE_CALLS:
             route, _, query = path.partition("?")
@@ -217,13 +217,13 @@ class TestDenyAll:
         assert _files(jp_root_dir) == before == {}
 
 
-# --- J3: XSRF, Origin, GET is read-only -------------------------------------------------------------
+# --- XSRF, Origin, GET is read-only -------------------------------------------------------------
 
 
 async def test_cookie_post_without_xsrf_and_foreign_origin_are_rejected(
     jp_fetch: Any, http_server_client: Any, jp_base_url: str, jp_serverapp: Any, jp_root_dir: Path
 ) -> None:
-    """J3: a cookie-authenticated POST lacking the XSRF token, or from a foreign Origin, is refused."""
+    """A cookie-authenticated POST lacking the XSRF token, or from a foreign Origin, is refused."""
     token = jp_serverapp.identity_provider.token
     form = await http_server_client.fetch(f"{jp_base_url}login")
     xsrf = [
@@ -284,7 +284,7 @@ async def test_cookie_post_without_xsrf_and_foreign_origin_are_rejected(
 
 
 async def test_get_routes_change_nothing(jp_fetch: Any, jp_root_dir: Path) -> None:
-    """J3: GET never changes state (no store created, no job written)."""
+    """GET never changes state (no store created, no job written)."""
     for path in ("notebook", "jobs"):
         params = {"path": "nb/train.ipynb"} if path == "notebook" else {}
         response = await jp_fetch(*API, path, params=params)
@@ -293,7 +293,7 @@ async def test_get_routes_change_nothing(jp_fetch: Any, jp_root_dir: Path) -> No
     assert _files(jp_root_dir) == {}
 
 
-# --- J4: hostile paths -----------------------------------------------------------------------------
+# --- hostile paths -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -315,7 +315,7 @@ async def test_get_routes_change_nothing(jp_fetch: Any, jp_root_dir: Path) -> No
 async def test_hostile_notebook_paths_are_refused(
     jp_fetch: Any, jp_root_dir: Path, path: str
 ) -> None:
-    """J4: `..`, absolute, prefix-sibling, hidden, encoded dots, escaping symlinks → 403/404."""
+    """`..`, absolute, prefix-sibling, hidden, encoded dots, escaping symlinks → 403/404."""
     outside = jp_root_dir.parent / "outside.ipynb"
     new_notebook(outside, ["1"])
     sibling = Path(str(jp_root_dir) + "x")
@@ -331,7 +331,7 @@ async def test_hostile_notebook_paths_are_refused(
     assert _files(jp_root_dir) == {}
 
 
-# --- J5 and validation: one error mapping -------------------------------------------------------
+# --- validation: one error mapping -------------------------------------------------------
 
 
 async def test_validation_errors_are_400_with_a_reason(jp_fetch: Any, jp_root_dir: Path) -> None:
@@ -363,7 +363,7 @@ async def test_validation_errors_are_400_with_a_reason(jp_fetch: Any, jp_root_di
 
 
 def test_scrubber_hides_paths_tokens_and_uris(tmp_path: Path) -> None:
-    """J5: messages never carry paths outside the root, tokens or database URIs."""
+    """Messages never carry paths outside the root, tokens or database URIs."""
     from nb_mlops.server.errors import INTERNAL, Scrubber, status_and_message
 
     scrub = Scrubber(tmp_path / "root", secrets=["s3cr3t-token-value"])
@@ -392,11 +392,11 @@ async def test_notebook_description_lists_steps_schema_model_and_gates(jp_fetch:
     assert info["champion"] is None and info["runs"] == []
 
 
-# --- jobs (J6) -------------------------------------------------------------------------------------
+# --- jobs -------------------------------------------------------------------------------------
 
 
 async def test_post_job_stages_a_copy_and_is_queued(jp_fetch: Any, jp_root_dir: Path) -> None:
-    """J6: the job works on a staged copy taken at the click; it is QUEUED at once and listed."""
+    """The job works on a staged copy taken at the click; it is QUEUED at once and listed."""
     body = {"path": "nb/train.ipynb", "action": "run", "parameters": {"alpha": 0.25}}
     response = await jp_fetch(*API, "jobs", method="POST", body=json.dumps(body))
     job = json.loads(response.body)
@@ -497,7 +497,7 @@ def test_cancel_kills_the_whole_process_tree(tmp_path: Path) -> None:
 async def test_promoting_the_same_parameters_twice_promotes_a_fresh_model(
     jp_fetch: Any, jp_root_dir: Path
 ) -> None:
-    """A Promote click runs every step afresh: a cached run would hold no model of its own (R4),
+    """A Promote click runs every step afresh: a cached run would hold no model of its own,
     so promoting the same values again (e.g. after a rollback) must still work."""
     new_notebook(
         jp_root_dir / "nb" / "model.ipynb",

@@ -15,7 +15,7 @@ from nb_mlops.core.errors import StoreError
 def test_new_store_has_the_documented_layout_and_runs_in_wal(project: Path) -> None:
     # When a new project's store is opened
     cfg = store.ensure_store(load_config())
-    # Then every folder of DESIGN.md §4 exists and the database is migrated, in WAL mode
+    # Then every folder of the store layout exists and the database is migrated, in WAL mode
     base = project / ".nb_mlops"
     for sub in ("artifacts", "data/objects", "data/refs", "runs", "locks"):
         assert (base / sub).is_dir(), sub

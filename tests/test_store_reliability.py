@@ -1,4 +1,4 @@
-"""RELIABILITY S1–S5 for the tracking store: real processes against one SQLite store."""
+"""Reliability of the tracking store: real processes against one SQLite store."""
 
 from __future__ import annotations
 

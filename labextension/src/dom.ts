@@ -1,5 +1,5 @@
 /**
- * A tiny DOM builder that only ever inserts text (J7): strings become text nodes, never HTML, and
+ * A tiny DOM builder that only ever inserts text: strings become text nodes, never HTML, and
  * links are accepted only with an http(s) URL, so `<img onerror=…>` or `javascript:` stay inert.
  */
 

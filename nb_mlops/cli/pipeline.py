@@ -21,7 +21,7 @@ STATUS_STYLE = {
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def pipeline() -> None:
-    """Build, show and run notebook pipelines (DESIGN.md §6).
+    """Build, show and run notebook pipelines.
 
     \b
     nb-mlops pipeline build train.ipynb

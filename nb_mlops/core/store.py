@@ -55,7 +55,7 @@ def lock(cfg: Config, name: str, timeout: float = -1) -> FileLock:
 def ensure_store(cfg: Config | None = None) -> Config:
     """Create the store folders and, for the embedded store, the MLflow schema. Idempotent.
 
-    Safe to call from many processes at once (RELIABILITY S1). Costs a set lookup once done.
+    Safe to call from many processes at once. Costs a set lookup once done.
     """
     cfg = cfg or load_config()
     if cfg.store_dir in _ready:

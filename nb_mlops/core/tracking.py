@@ -259,7 +259,7 @@ def _retry_seconds(cfg: Config) -> float:
 
 
 def _probe(uri: str) -> None:
-    """Fail fast and clearly when a tracking server does not answer (RELIABILITY S4)."""
+    """Fail fast and clearly when a tracking server does not answer."""
     if uri in _proc.probed or not uri.startswith(("http://", "https://")):
         return
     import urllib.error

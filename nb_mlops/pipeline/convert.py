@@ -109,7 +109,7 @@ def build_pipeline(
     *,
     cfg: Config | None = None,
 ) -> Pipeline:
-    """Convert a notebook into a pipeline folder (DESIGN.md §6).
+    """Convert a notebook into a pipeline folder.
 
     Args:
         notebook: the source `.ipynb`.

@@ -198,7 +198,7 @@ def _imports(node: ast.stmt) -> dict[str, str]:
 
 
 def _unpicklable(node: ast.stmt, gen_functions: set[str]) -> dict[str, str]:
-    """Names this statement binds to values pickle cannot carry (P7, where static analysis sees it)."""
+    """Names this statement binds to values pickle cannot carry (where static analysis sees it)."""
 
     def kind(value: ast.expr | None) -> str | None:
         if isinstance(value, ast.GeneratorExp):

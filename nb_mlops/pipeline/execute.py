@@ -2,8 +2,8 @@
 """Run one step notebook with papermill in a fresh kernel, under a wall-clock watchdog.
 
 Used by every executor (local threads, Dask workers). Success means the step's saver wrote its
-completion marker: papermill's cell statuses are not trusted after a kernel death (P4). Whatever
-happens, the kernel's whole process group is killed before returning (P5).
+completion marker: papermill's cell statuses are not trusted after a kernel death. Whatever
+happens, the kernel's whole process group is killed before returning.
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def start_kernel(
 
 
 def kill_kernel(km: Any) -> None:
-    """SIGKILL the kernel's process group: the kernel and anything it started (P5)."""
+    """SIGKILL the kernel's process group: the kernel and anything it started."""
     pid = _pid(km)
     if pid:
         with contextlib.suppress(ProcessLookupError, PermissionError):

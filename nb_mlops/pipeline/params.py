@@ -1,9 +1,9 @@
 """The typed parameter contract: a schema read from the `parameters` cell, and validation.
 
 Types come from annotations (`C: float = 1.0`, `cols: list[str] = [...]`, `x: int | None = None`)
-or from the literal default (`name = "x"` → str). Values are checked before anything runs
-(RELIABILITY P1–P3): unknown or non-identifier names, wrong types and non-JSON-like values are
-refused with the declared parameters listed; CLI strings are coerced only where lossless.
+or from the literal default (`name = "x"` → str). Values are checked before anything runs:
+unknown or non-identifier names, wrong types and non-JSON-like values are refused with the
+declared parameters listed; CLI strings are coerced only where lossless.
 """
 
 from __future__ import annotations
@@ -338,7 +338,7 @@ def validate(
     *,
     from_strings: bool = False,
 ) -> dict[str, Any]:
-    """Validate `values` against `schema` and fill in defaults (RELIABILITY P1–P3).
+    """Validate `values` against `schema` and fill in defaults.
 
     Args:
         schema: name → {"type", "default"} (from pipeline.yaml).

@@ -1,4 +1,4 @@
-"""The one place where server-side errors become HTTP statuses and safe JSON messages (J5).
+"""The one place where server-side errors become HTTP statuses and safe JSON messages.
 
 validation → 400, not found → 404, refused or unauthorised → 403, anything else → 500 with a
 generic message. Every message is scrubbed: no traceback, no path outside the root, no token, no

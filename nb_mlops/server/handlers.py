@@ -1,8 +1,8 @@
 """REST handlers under `/nb-mlops/api/`: notebook description, jobs, model history and rollback.
 
 Every handler is an `APIHandler` whose verbs carry `@tornado.web.authenticated` and `@authorized`
-(resource `nb_mlops`, J1). Errors are mapped to statuses in one place (`errors.status_and_message`,
-via `write_error`). GET handlers never change state (J3). Slow work (notebook parsing, MLflow
+(resource `nb_mlops`). Errors are mapped to statuses in one place (`errors.status_and_message`,
+via `write_error`). GET handlers never change state. Slow work (notebook parsing, MLflow
 queries, CLI calls) runs off the event loop.
 """
 
@@ -57,7 +57,7 @@ class BaseHandler(APIHandler):
         await super().prepare()
         if self.request.method not in ("GET", "HEAD", "OPTIONS") and not self._origin_allowed():
             # jupyter_server skips the Origin check for token-authenticated requests; a promotion
-            # or rollback is worth the stricter rule: a foreign Origin never changes state (J3).
+            # or rollback is worth the stricter rule: a foreign Origin never changes state.
             raise tornado.web.HTTPError(403, "cross-origin request refused")
 
     def _origin_allowed(self) -> bool:

@@ -1,7 +1,7 @@
 """The job service: promote/run jobs as subprocesses, their state persisted under `.nb_mlops/jobs/`.
 
 A job is one JSON file `<jobs_dir>/<id>.json` plus a folder `<jobs_dir>/<id>/` holding the staged
-copy of the notebook (J6), the built pipeline, the runner's status file and the log. Each job runs
+copy of the notebook, the built pipeline, the runner's status file and the log. Each job runs
 `python -m nb_mlops.server.worker` in its own process group, never inside the server process. The
 worker writes progress into the JSON file; the service reads it, and shows a job whose process is
 gone (server restart, crash, kill) as FAILED rather than RUNNING for ever.
@@ -40,7 +40,7 @@ ACTIVE = ("QUEUED", "RUNNING")
 TERMINAL = ("SUCCEEDED", "PROMOTED", "BLOCKED", "FAILED", "CANCELLED")
 ACTIONS = ("run", "promote")
 _JOB_ID = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{8}$")
-# Fields kept for the service itself; never sent to the browser (J5: no paths outside the root).
+# Fields kept for the service itself; never sent to the browser (no paths outside the root).
 _PRIVATE = ("pid", "pid_started", "project_root", "staged", "jobs_dir", "cli")
 LOG_TAIL_LINES = 40
 
@@ -133,7 +133,7 @@ class JobService:
     Args:
         jobs_dir: where job records live (`<project root>/.nb_mlops/jobs`).
         cli: the command prefix that runs `nb-mlops` (default: this Python's `-m nb_mlops.cli`).
-        scrub: turns text that may hold paths or secrets into text safe to show (J5).
+        scrub: turns text that may hold paths or secrets into text safe to show.
     """
 
     def __init__(
@@ -170,7 +170,7 @@ class JobService:
         job_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
         folder = self.jobs_dir / job_id
         folder.mkdir()
-        # J6: the job works on a copy taken now; later edits of the open notebook do not leak in.
+        # the job works on a copy taken now; later edits of the open notebook do not leak in.
         staged = folder / notebook.name
         shutil.copyfile(notebook, staged)
         record: dict[str, Any] = {

@@ -77,7 +77,7 @@ def _default_model(settings: dict[str, Any], pipeline: str) -> str:
 
 
 def validate(spec: NotebookSpec, values: dict[str, Any]) -> dict[str, Any]:
-    """Check request values against the notebook's schema (the pipeline's validator; P1–P3).
+    """Check request values against the notebook's schema (the pipeline's validator).
 
     Returns:
         Only the values the caller gave, validated (defaults stay in the notebook).
@@ -154,7 +154,7 @@ def _store_facts(
 
     gates = parse_gates(cfg.gates)
     if not cfg.db_path.exists() and cfg.is_embedded:
-        # No store yet: nothing tracked, no champion. Do not create one from a GET (J3).
+        # No store yet: nothing tracked, no champion. Do not create one from a GET.
         return None, _gate_rows(gates, {}), []
     client = store.client(cfg)
     model = spec.default_model

@@ -1,4 +1,4 @@
-"""Turn a notebook path sent by the browser into a real file inside the server's root (J4).
+"""Turn a notebook path sent by the browser into a real file inside the server's root.
 
 The path is resolved with `realpath` and checked with `commonpath` (never `startswith`, which lets
 `/root` accept `/rootx`). Absolute paths, `..`, hidden parts, URL-encoded dots and symlinks that

@@ -2,7 +2,7 @@
 
 Started by the job service as `python -m nb_mlops.server.worker JOBS_DIR JOB_ID` in its own process
 group. It only calls the `nb-mlops` CLI (argument lists, no shell, no code built from request
-strings: J6) and writes its progress into the job record. It imports neither tornado nor mlflow.
+strings) and writes its progress into the job record. It imports neither tornado nor mlflow.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class Worker:
         params_file.write_text(json.dumps(job.get("parameters") or {}))
         args = ["pipeline", "run", str(build_dir), "-f", str(params_file), "--json"]
         if job["action"] == "promote":
-            # the promoted model must be one this run computed (R4): a cached step holds none
+            # the promoted model must be one this run computed: a cached step holds none
             args.append("--no-cache")
         code, stdout = self.call(
             "run", [*args, "--status-file", str(status_file)], poll=poll_status

@@ -1,7 +1,7 @@
 # mypy: disable-error-code="no-untyped-call,untyped-decorator,misc,attr-defined"
 """The pipeline progress view: a per-step table (status, duration, current cell) updated live while
 `%pipeline run` goes. ipywidgets is imported only when the view is built; every string shown is
-escaped (RELIABILITY J7)."""
+escaped."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The Promote panel (ipywidgets): every gate with its measured value and verdict, a reason box, a
 force switch and a Promote button; plus HTML/text views of a decision and of a lineage.
 
-ipywidgets is imported only when a panel is built. Every user-supplied string is escaped (J7).
+ipywidgets is imported only when a panel is built. Every user-supplied string is escaped.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `RunsView` is the ipywidgets face (sort and page on the store, never loading every run). It displays
 as a bundle that also carries an HTML table and a text table, so papermill output, nbconvert and
-terminal IPython show the same runs. All user strings are escaped (RELIABILITY J7).
+terminal IPython show the same runs. All user strings are escaped.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The `%snapshots` view: a table of names, versions, sizes and profiles (ipywidgets), or text.
 
 Every user-provided string (names, messages, column names, values) is HTML-escaped: it is shown as
-text, never markup (RELIABILITY J7).
+text, never markup.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """File and folder snapshots: a stat cache in front of the object store, and a safe restore.
 
-Behaviour on hostile paths (RELIABILITY D7), as tested:
+Behaviour on hostile paths, as tested:
 - a source path may be anywhere readable (absolute, `../x`): it is read, never modified;
 - inside a folder, a symlink to a path inside the folder is stored as a link; one pointing outside
   the folder is refused (its target is never copied in silently); fifos, sockets, devices are refused;
@@ -211,7 +211,7 @@ def restore_file(store: DataStore, manifest: dict[str, Any], dest: Path, force: 
 
 def restore_folder(store: DataStore, manifest: dict[str, Any], dest: Path, force: bool) -> Path:
     """Write every file of the folder version below `dest`. Files whose object is missing or
-    corrupt are listed in one IntegrityError after all the others were restored (D4)."""
+    corrupt are listed in one IntegrityError after all the others were restored."""
     ref = f"{manifest['name']}@v{manifest['version']}"
     plan = [(safe_join(dest, rel), rel, oid, mode) for rel, oid, _, mode in manifest["files"]]
     links = [(safe_join(dest, rel), rel, to) for rel, to in manifest.get("links", [])]

@@ -2,9 +2,9 @@
 
 An object is named by the blake3 of its bytes and fanned out by its first two hex digits. Writes go
 to a temp file in `data/tmp/`, are fsynced, made read-only and renamed into place, so a crash never
-leaves partial bytes under a hash name (RELIABILITY D1). A file can be staged (copied and hashed)
+leaves partial bytes under a hash name. A file can be staged (copied and hashed)
 now and finished (fsync + rename) later, from the background writer. Every read re-hashes and refuses bytes that
-do not match, naming the object and the snapshot that needed it (D3).
+do not match, naming the object and the snapshot that needed it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `refs/<name>/v000003.json` is the manifest of version 3: written once (temp + fsync + rename) under
 the data lock, never modified. A manifest is only written after every object it names is durable,
-so a manifest never points at bytes that are not there (RELIABILITY D1). While a version is being
+so a manifest never points at bytes that are not there. While a version is being
 written its number is held by `v000003.pending` (the writer's pid; readers ignore it, a dead
 writer's is taken over). `gc` takes the `data-gc` lock exclusively while snapshots hold it shared
 (from fingerprint to manifest), so it never removes the objects of a snapshot still being written.
@@ -195,7 +195,7 @@ class DataStore:
 
         `dedup=False` skips the comparison with the latest manifest (the caller knows of a newer
         pending version of its own). A live reservation of another process for the same digest is waited for, so two writers
-        of the same content at once still make one version (D5).
+        of the same content at once still make one version.
         """
         while True:
             with self.write_lock():

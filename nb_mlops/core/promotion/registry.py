@@ -1,5 +1,5 @@
 """What a promotion reads from and writes to MLflow: the candidate pipeline run and its model,
-the model's source check (R4) and digest (R5), versions and the `champion` / `previous-champion`
+the model's source check and digest, versions and the `champion` / `previous-champion`
 aliases. Models are never loaded here: artifacts are hashed as bytes, never unpickled.
 """
 
@@ -203,7 +203,7 @@ def load_candidate(client: MlflowClient, run_id: str) -> Candidate:
     if not models:
         cached = [r for r in tree.values() if r.data.tags.get("nb_mlops.cached") == "true"]
         if cached:
-            # a cached step reused an earlier run's outputs; its model belongs to that run (R4)
+            # a cached step reused an earlier run's outputs; its model belongs to that run
             raise PromotionError(
                 f"pipeline run {run_id} logged no model: {len(cached)} of its steps came from the "
                 "cache; promote the run that computed them, or re-run with "
@@ -278,7 +278,7 @@ def _models(client: MlflowClient, tree: dict[str, Run]) -> list[ModelRef]:
     return models
 
 
-# --- sources and digests (R4, R5) ----------------------------------------------------------------
+# --- sources and digests ----------------------------------------------------------------
 
 
 def source_path(uri: str) -> Path | None:
@@ -293,7 +293,7 @@ def source_path(uri: str) -> Path | None:
 
 def resolve_source(candidate: Candidate, source: str | None) -> ModelRef:
     """The model to register: the newest one the run tree logged, or `source` when given, which
-    must lie inside the artifacts of the candidate run, its descendants or their logged models (R4).
+    must lie inside the artifacts of the candidate run, its descendants or their logged models.
 
     Raises:
         PromotionError: the source is outside the candidate's artifacts, or holds no MLmodel.
@@ -394,7 +394,7 @@ def source_digest(uri: str) -> str:
 
 
 def verify_digest(ref: ModelRef) -> str:
-    """Hash the model's files; refuse them when a digest was recorded at logging time and differs (R5)."""
+    """Hash the model's files; refuse them when a digest was recorded at logging time and differs."""
     actual = source_digest(ref.source)
     if ref.recorded_sha256 and ref.recorded_sha256 != actual:
         raise PromotionError(

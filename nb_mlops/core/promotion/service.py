@@ -1,8 +1,8 @@
 """Promote, roll back and read the history of a model: the one implementation every face calls.
 
 A promotion holds the model's cross-process lock from the first read of the champion to the last
-journal record (R1), journals write-ahead around the alias move (R2), registers only a model logged by
-the candidate run's tree (R4), and hashes the model's bytes instead of loading them (R5).
+journal record, journals write-ahead around the alias move, registers only a model logged by
+the candidate run's tree, and hashes the model's bytes instead of loading them.
 """
 
 from __future__ import annotations
@@ -371,7 +371,7 @@ def history(model: str, *, cfg: Config | None = None) -> list[JournalEntry]:
 
 
 def reconcile(model: str, *, cfg: Config | None = None) -> list[JournalEntry]:
-    """Settle the entries a killed process left pending against the alias actually set (R2).
+    """Settle the entries a killed process left pending against the alias actually set.
 
     Returns:
         The entries settled now (done when the alias had moved, aborted when it had not).
@@ -521,7 +521,7 @@ def _register(
 
 
 def _fault(point: str) -> None:
-    """Test hook (RELIABILITY R2): die without cleanup at a named point of an alias move."""
+    """Test hook: die without cleanup at a named point of an alias move."""
     if os.environ.get(FAULT_ENV) == point:
         os.kill(os.getpid(), signal.SIGKILL)
 
