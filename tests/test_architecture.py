@@ -121,7 +121,7 @@ def test_code_help_and_tests_cite_no_document_outside_the_repository() -> None:
     # Given every source, test, benchmark and help text of the repository
     top = PACKAGE.parent
     outside = re.compile(
-        r"(DESIGN|RELIABILITY|BENCHMARKS|STYLE|BUILD-NOTES|USERS)\.md|\b(?!S3\b)[SDPRJ][1-7]\b"
+        r"(DESIGN|RELIABILITY|BENCHMARKS|STYLE|BUILD-NOTES|USERS)\.md|\b(?!S3\b)[SDPRJ][1-7]\b|test_[sdprj][1-7]_"
     )
     found = []
     for folder in ("nb_mlops", "tests", "benchmarks", "labextension/src"):

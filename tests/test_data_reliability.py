@@ -66,7 +66,7 @@ def _assert_store_consistent(root: Path) -> None:
             assert store.objects.exists(oid), (manifest["name"], oid)
 
 
-def test_d1_sigkill_mid_snapshot_leaves_a_consistent_store(project: Path) -> None:
+def test_sigkill_mid_snapshot_leaves_a_consistent_store(project: Path) -> None:
     rnd = random.Random(1)
     for attempt in range(3):
         proc = _spawn(project, "crash", str(attempt), "300000")
@@ -85,7 +85,7 @@ def test_d1_sigkill_mid_snapshot_leaves_a_consistent_store(project: Path) -> Non
     assert not list(load_config(project).data_store.joinpath("tmp").glob("*.tmp"))
 
 
-def test_d2_disk_full_gives_a_clear_error_and_keeps_the_source(project: Path) -> None:
+def test_disk_full_gives_a_clear_error_and_keeps_the_source(project: Path) -> None:
     src = project / "big.bin"
     src.write_bytes(np.random.default_rng(0).bytes(3 << 20))
     before = hash_file(src)
@@ -120,7 +120,7 @@ def test_d2_disk_full_gives_a_clear_error_and_keeps_the_source(project: Path) ->
     assert not list(store.objects.tmp.glob("*.tmp"))
 
 
-def test_d3_flipped_byte_is_refused_by_restore_and_reported_by_verify(
+def test_flipped_byte_is_refused_by_restore_and_reported_by_verify(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     df = pd.DataFrame({"x": np.arange(1000.0)})
@@ -140,7 +140,7 @@ def test_d3_flipped_byte_is_refused_by_restore_and_reported_by_verify(
     assert "1 problem(s) found" in out.err
 
 
-def test_d4_deleted_object_restores_the_rest_and_names_what_failed(
+def test_deleted_object_restores_the_rest_and_names_what_failed(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = project / "raw"
@@ -164,7 +164,7 @@ def test_d4_deleted_object_restores_the_rest_and_names_what_failed(
     assert f"MISSING  raw@v1  object {lost} (b.csv)" in capsys.readouterr().out
 
 
-def test_d5_concurrent_writers_both_succeed_deduplicated(project: Path) -> None:
+def test_concurrent_writers_both_succeed_deduplicated(project: Path) -> None:
     procs = [
         _spawn(project, name, str(seed), "200000") for name, seed in (("left", 1), ("right", 2))
     ]
@@ -187,7 +187,7 @@ def test_d5_concurrent_writers_both_succeed_deduplicated(project: Path) -> None:
     _assert_store_consistent(project)
 
 
-def test_d5_a_lock_left_by_a_killed_process_is_taken_over(project: Path) -> None:
+def test_a_lock_left_by_a_killed_process_is_taken_over(project: Path) -> None:
     cfg = load_config(project)
     holder = subprocess.Popen(
         [
@@ -221,7 +221,7 @@ def test_d5_a_lock_left_by_a_killed_process_is_taken_over(project: Path) -> None
     assert snapshot(pd.DataFrame({"a": [1]}), "after").version == 1
 
 
-def test_d6_workspace_edits_never_reach_the_store(project: Path) -> None:
+def test_workspace_edits_never_reach_the_store(project: Path) -> None:
     src = project / "data.csv"
     src.write_text("a,b\n1,2\n")
     snap = snapshot(src, "csv").wait()  # the store is read directly below
@@ -245,12 +245,12 @@ def test_d6_workspace_edits_never_reach_the_store(project: Path) -> None:
 @pytest.mark.parametrize(
     "bad", ["../x", "/abs", "a/b", "", ".hidden", "x" * 129, "sp ace", "é", "end."]
 )
-def test_d7_bad_names_are_refused_with_the_rule(project: Path, bad: str) -> None:
+def test_bad_names_are_refused_with_the_rule(project: Path, bad: str) -> None:
     with pytest.raises(DataError, match=r"must match \^\[A-Za-z0-9\]"):
         snapshot(pd.DataFrame({"a": [1]}), bad)
 
 
-def test_d7_hostile_paths(project: Path, tmp_path: Path) -> None:
+def test_hostile_paths(project: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text("secret")

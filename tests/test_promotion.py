@@ -251,7 +251,7 @@ def test_non_pipeline_runs_are_refused_with_how_to(project: Path) -> None:
     assert history("m") == []
 
 
-def test_r4_sources_outside_the_candidate_run_are_refused(project: Path) -> None:
+def test_sources_outside_the_candidate_run_are_refused(project: Path) -> None:
     run = make_pipeline_run()
     other = make_pipeline_run()
     client = store.client(load_config())
@@ -292,7 +292,7 @@ def _tree(run_id: str) -> set[str]:
     return ids
 
 
-def test_r5_changed_model_files_are_refused(project: Path) -> None:
+def test_changed_model_files_are_refused(project: Path) -> None:
     client = store.client(load_config())
     first = make_pipeline_run()
     nb_mlops.promote(first, model="m")

@@ -35,7 +35,7 @@ def _aliases(model: str) -> dict[str, str]:
     }
 
 
-def test_r1_two_processes_promoting_at_once_are_serialised(project: Path) -> None:
+def test_two_processes_promoting_at_once_are_serialised(project: Path) -> None:
     # Given two successful pipeline runs
     first, second = make_pipeline_run(), make_pipeline_run()
     # When two processes promote them to the same model at the same time
@@ -65,7 +65,7 @@ def test_r1_two_processes_promoting_at_once_are_serialised(project: Path) -> Non
         ("between-aliases", "aborted", "1"),
     ],
 )
-def test_r2_sigkill_around_the_alias_move_is_reconciled(
+def test_sigkill_around_the_alias_move_is_reconciled(
     project: Path, point: str, state: str, champion: str
 ) -> None:
     # Given a champion v1

@@ -63,7 +63,7 @@ tracking.flush()
 """
 
 
-def test_s1_eight_processes_open_a_new_store_at_once(project: Path, tmp_path: Path) -> None:
+def test_eight_processes_open_a_new_store_at_once(project: Path, tmp_path: Path) -> None:
     # Given 8 processes released at the same instant on a project with no store and no cached
     # schema template (each would otherwise run MLflow's migrations)
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
@@ -91,7 +91,7 @@ def test_s1_eight_processes_open_a_new_store_at_once(project: Path, tmp_path: Pa
     assert revision == head
 
 
-def test_s2_eight_processes_times_fifty_runs_all_complete(project: Path) -> None:
+def test_eight_processes_times_fifty_runs_all_complete(project: Path) -> None:
     _use_default_experiment(project)
     procs = [_spawn(project, WORKER.format(i=i, runs=50)) for i in range(8)]
     (project / "go").touch()
@@ -123,7 +123,7 @@ def _hold_write_lock(db: Path, seconds: float) -> subprocess.Popen[str]:
     return proc
 
 
-def test_s3_value_logged_while_the_store_is_locked_lands(project: Path) -> None:
+def test_value_logged_while_the_store_is_locked_lands(project: Path) -> None:
     # Given a tracked run, and another process holding SQLite's write lock longer than the
     # connection's busy timeout (5 s)
     import nb_mlops
@@ -139,7 +139,7 @@ def test_s3_value_logged_while_the_store_is_locked_lands(project: Path) -> None:
     assert got.data.metrics == {"auc": 0.77} and got.info.status == "FINISHED"
 
 
-def test_s3_lock_outlasting_the_retry_window_fails_visibly(
+def test_lock_outlasting_the_retry_window_fails_visibly(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NB_MLOPS_WRITE_RETRY_SECONDS", "0.5")
@@ -155,7 +155,7 @@ def test_s3_lock_outlasting_the_retry_window_fails_visibly(
     tracking.flush()  # the run's end, queued after the failure, went through after the lock
 
 
-def test_s4_unreachable_tracking_server_is_one_clear_error(
+def test_unreachable_tracking_server_is_one_clear_error(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import socket
@@ -175,7 +175,7 @@ def test_s4_unreachable_tracking_server_is_one_clear_error(
     assert tracking.active_run_id() is None
 
 
-def test_s5_runs_of_a_dead_kernel_are_marked_killed_by_the_next_session(project: Path) -> None:
+def test_runs_of_a_dead_kernel_are_marked_killed_by_the_next_session(project: Path) -> None:
     # Given one process that dies inside a tracked run, and one that is alive inside another
     dies = _spawn(
         project,
