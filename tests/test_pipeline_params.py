@@ -54,8 +54,18 @@ HOSTILE = [
         ({"seed": "null"}, {"seed": None}),
         ({"seed": "7"}, {"seed": 7}),
         ({"name": "3"}, {"name": "3"}),
-        ({"extra": "[1, 2]"}, {"extra": [1, 2]}),
+        # untyped: text is read as papermill's -p reads it (JSON is for typed lists and dicts)
+        ({"extra": "[1, 2]"}, {"extra": "[1, 2]"}),
         ({"extra": "plain text"}, {"extra": "plain text"}),
+        ({"extra": '"Hello"'}, {"extra": '"Hello"'}),
+        ({"extra": "True"}, {"extra": True}),
+        ({"extra": "true"}, {"extra": "true"}),
+        ({"extra": "None"}, {"extra": None}),
+        ({"extra": "10"}, {"extra": 10}),
+        ({"extra": "12.51"}, {"extra": 12.51}),
+        ({"extra": "inf"}, {"extra": float("inf")}),
+        ({"C": "inf"}, {"C": float("inf")}),
+        ({"flag": "True"}, {"flag": True}),
     ],
 )
 def test_cli_strings_are_coerced_losslessly(given: dict, expected: dict) -> None:
@@ -94,7 +104,7 @@ def test_cli_strings_that_do_not_fit_are_refused(given: dict, message: str) -> N
         ({"weights": {"a": "x"}}, "parameter `weights['a']` expects float"),
         ({"extra": {1, 2}}, "parameter `extra`: a set is not JSON-like"),
         ({"extra": b"bytes"}, "parameter `extra`: a bytes is not JSON-like"),
-        ({"extra": float("inf")}, "parameter `extra`: inf is not a finite number"),
+        ({"C": float("nan")}, "parameter `C` expects float, got nan (float)"),
         ({"extra": {1: "a"}}, "parameter `extra`: dict key 1 is not a string"),
         ({"extra": object()}, "is not JSON-like"),
     ],
