@@ -224,6 +224,22 @@ def _comments(code: str) -> dict[int, str]:
     return found
 
 
+def _code_of(code: str, node: ast.expr) -> str:
+    """The source of a default as written, its comments left out (they are help, not code)."""
+    segment = ast.get_source_segment(code, node) or ast.unparse(node)
+    cuts: dict[int, int] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(segment).readline):
+            if tok.type == tokenize.COMMENT:
+                cuts[tok.start[0]] = tok.start[1]
+    except (tokenize.TokenError, SyntaxError):
+        return segment
+    lines = [
+        line[: cuts.get(i, len(line))].rstrip() for i, line in enumerate(segment.split("\n"), 1)
+    ]
+    return "\n".join(line for line in lines if line.strip())
+
+
 def _help(comment: str) -> tuple[str, str]:
     """papermill's reading of a trailing comment: `# type: T help text` → ("T", "help text")."""
     text = comment.lstrip("#").strip()
@@ -293,7 +309,7 @@ def _bindings(tree: ast.Module, code: str, comments: dict[int, str]) -> list[_Bi
                     if part is None:
                         binding.binds = False  # `x: int` alone declares, binds nothing
                     else:
-                        binding.code = ast.get_source_segment(code, part) or ast.unparse(part)
+                        binding.code = _code_of(code, part)
                         if split and not nested:
                             binding.literal, binding.value = _literal(part)
                     found.append(binding)
