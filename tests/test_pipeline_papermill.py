@@ -123,6 +123,10 @@ def test_parameter_cells_papermill_runs_build_run_and_take_values(
     assert seen["name"] == "'from-file'" and seen["p"] == "'out/dir'"
     assert seen["tag"] == "'x-1'"  # computed by the cell before the values arrive, as papermill
 
+    # When the same dict comes in another key order: not the cached run, the kernel sees it so
+    again = run_pipeline("kinds", {"cfg": {"a": 2, "b": 1}})
+    assert not again.steps["main"].cached and _seen(project)["cfg"] == "{'a': 2, 'b': 1}"
+
     # When a value does not fit the declared type: refused before anything runs
     runs = sorted((project / ".nb_mlops" / "runs" / "kinds").iterdir())
     assert main(["pipeline", "run", "kinds", "-p", "x", "1.5"]) == 1
