@@ -395,3 +395,34 @@ def test_random_parameter_cells_infer_at_least_what_papermill_infers(source: str
     assert set(theirs) <= set(ours)
     for name, param in theirs.items():
         _compatible(name, param, ours[name])
+
+
+THIRTEEN = [
+    ("import os\nn = 1", {"n"}),
+    ("t = (1, 2)", {"t"}),
+    ("n = 10**6", {"n"}),
+    ('name = "x"\ntag = f"{name}-1"', {"name", "tag"}),
+    ("a = b = 1", {"a", "b"}),
+    ("a, b = 1, 2", {"a", "b"}),
+    ('from pathlib import Path\np: Path = Path("data")', {"p"}),
+    ('m = {1: "a"}', {"m"}),
+    ("s = {1, 2}", {"s"}),
+    ('x = float("inf")', {"x"}),
+    ('raw = b"x"', {"raw"}),
+    ("x: int", {"x"}),
+    ('print("hi")\nn = 2', {"n"}),
+    ("%env MY_VAR=1\nn = 3  # three", {"n"}),
+]
+
+
+@pytest.mark.parametrize(("source", "names"), THIRTEEN, ids=[s for s, _ in THIRTEEN])
+def test_cells_papermill_runs_are_read_at_least_as_well(source: str, names: set[str]) -> None:
+    from papermill.translators import PythonTranslator
+
+    theirs = {
+        p.name: p._asdict() for p in PythonTranslator.inspect(nbformat.v4.new_code_cell(source))
+    }
+    ours = read_parameters(source, "cell").schema
+    assert set(ours) == names and set(theirs) <= names
+    for name, param in theirs.items():
+        _compatible(name, param, ours[name])
