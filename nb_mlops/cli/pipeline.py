@@ -407,7 +407,13 @@ class _Progress:
 @click.option(
     "--timeout", type=float, help="Watchdog: seconds a step may take before its kernel is killed."
 )
-@click.option("--cell-timeout", type=float, help="Seconds a single cell may take.")
+@click.option(
+    "--cell-timeout",
+    "--execution-timeout",
+    "cell_timeout",
+    type=float,
+    help="Seconds a single cell may take.",
+)
 @click.option(
     "--status-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -446,9 +452,10 @@ def run(
     """Run pipeline NAME (a name under pipelines/, or a folder): DAG order, independent steps in
     parallel, unchanged steps from the cache, everything tracked in MLflow.
 
-    Exit status 1 when a step fails; the message names the step and the cell. Parameter
-    options are papermill's (-p, -r, -f, -y, -b, --help-notebook), so a papermill command line
-    works with the program name changed; values are checked against the declared types first.
+    Exit status 1 when a step fails; the message names the step and the cell. The parameter
+    options are papermill's (-p NAME VALUE, -r, -f, -y, -b, --help-notebook, --execution-timeout):
+    a papermill command's options work unchanged; values are checked against the declared types
+    before anything runs.
 
     \b
     nb-mlops pipeline run train -p C=0.5 -f params.yaml --max-parallel 2
