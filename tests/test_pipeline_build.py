@@ -141,24 +141,18 @@ def test_magic_args_count_as_uses_and_load_the_extension(project: Path) -> None:
         ([("x = 1", ["imports", "step:a"])], "cell #1 (id cell-0): the cell has conflicting tags"),
         ([("x = 1", ["step:a", "prev:zz"])], "runs after unknown step 'zz'"),
         (["%%step\nx = 1"], "cell #1 (id cell-0): `%%step` needs a step name"),
-        ([("x = (", ["step:a"])], "cell #1 (id cell-0): syntax error"),
-        (
-            [("n = len('ab')", ["parameters"])],
-            "cell #1 (id cell-0): parameter `n` needs a literal default",
-        ),
-        (
-            [("t = (1, 2)", ["parameters"])],
-            "cell #1 (id cell-0): parameter `t`: a tuple is not JSON-like",
-        ),
         (
             [("n: int = 1.5", ["parameters"])],
             "cell #1 (id cell-0): the default of `n` does not fit its type",
         ),
         (
-            [("import os", ["parameters"])],
-            "cell #1 (id cell-0): the parameters cell may only assign literal values",
+            [("nb_mlops_x = 1", ["parameters"])],
+            "cell #1 (id cell-0): parameter names starting with 'nb_mlops_' are reserved",
         ),
-        ([("df: DataFrame = None", ["parameters"])], "parameter `df` has type `DataFrame`"),
+        (
+            ["BASE = 'd'", ("path = BASE + '/x'", ["parameters"]), "print(path)"],
+            "cell #2 (id cell-1): the parameters cell uses `BASE`, which cell #1 (id cell-0)",
+        ),
         ([("a = 1", ["step:a", "prev:b"]), ("b = 2", ["step:b", "prev:a"])], "in a cycle"),
         # at build time: values pickle cannot carry, seen statically
         (

@@ -213,7 +213,7 @@ def test_failures_are_failed_named_and_stop_descendants(
         "ok": "SUCCEEDED",
         "raises": "FAILED",
         "after_raise": "CANCELLED",
-        "sysexit": "FAILED",
+        "sysexit": "SUCCEEDED",  # papermill's successful early end (its own test covers it)
         "osexit": "FAILED",
         "sigkill": "FAILED",
         "slow_cell": "FAILED",
@@ -225,8 +225,7 @@ def test_failures_are_failed_named_and_stop_descendants(
     assert errors["raises"].startswith(
         "step 'raises' failed in cell #3 of the notebook: ValueError: boom in step"
     )
-    assert errors["sysexit"].startswith("step 'sysexit' failed in ")
-    assert "sys.exit(0)" in errors["sysexit"] or "cell #5" in errors["sysexit"]
+    assert errors["sysexit"] is None and steps["sysexit"]["cell"] == "stopped early: sys.exit(0)"
     assert errors["osexit"].startswith("step 'osexit' failed in cell #7 of the notebook")
     assert errors["sigkill"].startswith("step 'sigkill' failed in cell #8 of the notebook")
     assert errors["slow_cell"].startswith("step 'slow_cell' failed in cell #9 of the notebook")
@@ -236,7 +235,7 @@ def test_failures_are_failed_named_and_stop_descendants(
     assert "error: step" in captured.err and "failed in cell #" in captured.err
     # partial output notebooks are kept; the dead kernel's later cells never ran
     run_dir = Path(out["run_dir"])
-    for step in ("raises", "sysexit", "osexit", "sigkill", "slow_cell", "memory", "p7"):
+    for step in ("raises", "osexit", "sigkill", "slow_cell", "memory", "p7"):
         assert (run_dir / f"{step}.ipynb").is_file()
     assert not (run_dir / "values" / "osexit" / "_done.json").exists()
     # MLflow: failed child runs, no child run for steps that never ran, a FAILED parent

@@ -29,6 +29,9 @@ export function parseParameter(
     return { value: raw };
   }
   const text = raw.trim();
+  if (text === '' && param.has_default === false) {
+    return {}; // left empty: the notebook's parameters cell computes its default
+  }
   if (text === '' && (param.nullable || param.default === null) && type !== 'str') {
     return { value: null };
   }
@@ -139,7 +142,7 @@ export class PromoteForm
     const id = `nbm-param-${param.name}`;
     const error = h('div', { class: 'nbm-error', 'data-param-error': param.name });
     let input: HTMLInputElement | HTMLTextAreaElement;
-    if (type === 'bool') {
+    if (type === 'bool' && param.has_default !== false) {
       input = h('input', { type: 'checkbox', id, name: param.name }) as HTMLInputElement;
       (input as HTMLInputElement).checked =
         previous !== undefined ? Boolean(previous) : Boolean(param.default);
@@ -154,6 +157,9 @@ export class PromoteForm
             ? previous
             : JSON.stringify(previous)
           : initialText(param);
+    }
+    if (param.has_default === false) {
+      input.placeholder = param.computed ? `computed: ${param.computed}` : 'unset';
     }
     const read = () => {
       const raw =
@@ -209,7 +215,7 @@ export class PromoteForm
       const result = read();
       if (result.error) {
         errors.push(result.error);
-      } else {
+      } else if ('value' in result) {
         parameters[result.name] = result.value;
       }
     }

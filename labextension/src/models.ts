@@ -20,6 +20,8 @@ export interface IParameter {
   default: unknown;
   nullable?: boolean;
   help?: string | null;
+  has_default?: boolean; // false: the parameters cell computes the default (or leaves it unset)
+  computed?: string | null; // that default's code, shown as the field's placeholder
 }
 
 export interface IStep {

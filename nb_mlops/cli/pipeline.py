@@ -47,9 +47,21 @@ def build(notebook: Path, name: str | None, output: Path | None, as_json: bool) 
     skip, pipeline-metrics) or `%%step NAME --after A` lines; values passed between steps are
     found by def-use analysis.
     """
-    from nb_mlops.pipeline import build_pipeline
+    import warnings
 
-    spec = build_pipeline(notebook, name=name, output=output)
+    from nb_mlops.pipeline import build_pipeline
+    from nb_mlops.pipeline.convert import BuildWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BuildWarning)
+        spec = build_pipeline(notebook, name=name, output=output)
+    for warning in caught:
+        if issubclass(warning.category, BuildWarning):
+            click.echo(f"warning: {warning.message}", err=True)
+        else:
+            warnings.showwarning(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     if as_json:
         click.echo(json.dumps({**spec.as_dict(), "dir": str(spec.dir)}, indent=2))
         return
@@ -81,9 +93,14 @@ def show(name: str, as_json: bool) -> None:
     console.print(
         f"[bold]{escape(spec.name)}[/] from {escape(str(spec.notebook_path))}", highlight=False
     )
-    params = Table("parameter", "type", "default", title="parameters")
+    params = Table("parameter", "type", "default", "help", title="parameters")
     for pname, entry in spec.parameters.items():
-        params.add_row(pname, escape(str(entry["type"])), escape(json.dumps(entry["default"])))
+        params.add_row(
+            pname,
+            escape(str(entry["type"])),
+            escape(_default_text(entry)),
+            escape(str(entry.get("help") or "")),
+        )
     console.print(params)
     steps = Table("step", "after", "inputs", "outputs", "cells", title="steps")
     for step in spec.steps.values():
@@ -97,38 +114,173 @@ def show(name: str, as_json: bool) -> None:
     console.print(steps)
 
 
-def _read_param_file(path: Path) -> dict[str, Any]:
+def _yaml_mapping(text: str | bytes, where: str, hint: str) -> dict[str, Any]:
+    """A YAML (or JSON) mapping of parameter values; dates stay text, as papermill reads them."""
     import yaml
 
+    class NoDates(yaml.SafeLoader):
+        pass
+
+    NoDates.yaml_implicit_resolvers = {
+        first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise click.BadParameter(f"{path}: cannot be read ({exc})", param_hint="-f") from exc
+        data = yaml.load(text, Loader=NoDates)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"{where}: not valid YAML ({exc})", param_hint=hint) from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise click.BadParameter(
-            f"{path}: must hold a mapping of parameter names to values", param_hint="-f"
+            f"{where}: must hold a mapping of parameter names to values", param_hint=hint
         )
     return data
 
 
-def _params(name: str, pairs: tuple[str, ...], file: Path | None) -> dict[str, Any]:
-    """-f values (typed by YAML/JSON) overlaid with -p k=v strings (coerced losslessly)."""
-    from nb_mlops.pipeline import load_pipeline
-    from nb_mlops.pipeline.params import validate
+def _read_param_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: cannot be read ({exc})", param_hint="-f") from exc
+    return _yaml_mapping(text, str(path), "-f")
 
-    cli: dict[str, str] = {}
+
+def _pairs(pairs: tuple[str, ...], hint: str) -> dict[str, str]:
+    found: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="-p")
-        cli[key] = value
-    schema = load_pipeline(name).parameters
-    values = validate(schema, _read_param_file(file)) if file else {}
-    from_cli = validate(schema, cli, from_strings=True)
-    values.update({k: from_cli[k] for k in cli})
-    return values
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE (or NAME VALUE)", param_hint=hint)
+        found[key] = value
+    return found
+
+
+class _Given:
+    """Parameter values from papermill's sources, in papermill's order (a later one wins):
+    -b base64 YAML, -f files, -y YAML text (all typed by YAML), -p text, -r raw text."""
+
+    def __init__(
+        self,
+        pairs: tuple[str, ...] = (),
+        raw: tuple[str, ...] = (),
+        files: tuple[Path, ...] = (),
+        yamls: tuple[str, ...] = (),
+        b64: tuple[str, ...] = (),
+    ) -> None:
+        import base64
+        import binascii
+
+        self.typed: dict[str, Any] = {}
+        for text in b64:
+            try:
+                decoded = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise click.BadParameter(f"{text[:40]!r} is not base64", param_hint="-b") from exc
+            self.typed.update(_yaml_mapping(decoded, "the base64 YAML", "-b"))
+        for path in files:
+            self.typed.update(_read_param_file(path))
+        for text in yamls:
+            self.typed.update(_yaml_mapping(text, repr(text[:40]), "-y"))
+        self.text = _pairs(pairs, "-p")
+        self.raw = _pairs(raw, "-r")
+
+    def __bool__(self) -> bool:
+        return bool(self.typed or self.text or self.raw)
+
+    def strings(self) -> dict[str, Any]:
+        """Everything, text still text (for a run that converts it against its own schema)."""
+        return {**self.typed, **self.text, **self.raw}
+
+    def validated(self, schema: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """The values checked against `schema`: YAML values as typed, -p text converted to the
+        declared type (untyped: as papermill's -p reads it), -r text kept as text when untyped."""
+        from nb_mlops.pipeline.params import validate
+
+        values = dict(validate(schema, self.typed)) if self.typed else {}
+        values = {k: values[k] for k in self.typed}
+        untyped = {k for k, v in schema.items() if v.get("type") == "any"}
+        raw_text = {k: v for k, v in self.raw.items() if k in untyped}
+        from_text = validate(schema, {**self.text, **self.raw}, from_strings=True)
+        from_raw = validate(schema, raw_text)
+        for key in {**self.text, **self.raw}:
+            values.pop(key, None)
+            values[key] = from_raw[key] if key in raw_text else from_text[key]
+        return values
+
+
+def _params(name: str, given: _Given) -> dict[str, Any]:
+    from nb_mlops.pipeline import load_pipeline
+
+    return given.validated(load_pipeline(name).parameters)
+
+
+_PAIR_OPTIONS = ("-p", "--param", "--parameters", "-r", "--parameters_raw")
+
+
+def _join_pairs(args: list[str]) -> list[str]:
+    """papermill's `-p NAME VALUE` → `-p NAME=VALUE`. A first word holding `=` after a name
+    is the NAME=VALUE form already; any other first word takes the next word as its value."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            out += args[i:]
+            break
+        option, first = arg, None
+        if arg.startswith("--") and "=" in arg:
+            option, _, first = arg.partition("=")
+        elif arg[:2] in ("-p", "-r") and len(arg) > 2 and not arg.startswith("--"):
+            option, first = arg[:2], arg[2:]
+        if option not in _PAIR_OPTIONS:
+            out.append(arg)
+            i += 1
+            continue
+        i += 1
+        if first is None:
+            if i >= len(args):
+                out.append(arg)  # click says the option needs a value
+                continue
+            first, i = args[i], i + 1
+        name, sep, _ = first.partition("=")
+        if not (sep and name.isidentifier()) and i < len(args):
+            first, i = f"{first}={args[i]}", i + 1
+        out += [option, first]
+    return out
+
+
+class _RunCommand(click.Command):
+    """`run`, reading papermill's spellings of parameter options too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _join_pairs(args))
+
+
+def _default_text(entry: dict[str, Any]) -> str:
+    if "default" in entry:
+        return json.dumps(entry["default"])
+    if entry.get("computed"):
+        return " ".join(str(entry["computed"]).split()) + " (computed)"
+    return "(unset)"
+
+
+def _help_notebook(name: str) -> None:
+    """papermill's --help-notebook, for a pipeline: its parameters with type, default and help."""
+    from nb_mlops.pipeline import load_pipeline
+
+    spec = load_pipeline(name)
+    click.echo(f"Parameters of pipeline {spec.name!r} (from {spec.notebook_path}):")
+    if not spec.parameters:
+        click.echo("\n  none: the notebook has no `parameters` cell")
+    for pname, entry in spec.parameters.items():
+        line = f"  {pname}: {entry['type']} (default {_default_text(entry)})"
+        help_text = entry.get("help") or ""
+        if help_text and len(line) > 33:
+            line += "\n" + " " * 34 + help_text
+        elif help_text:
+            line = f"{line:<34}{help_text}"
+        click.echo(line)
 
 
 class _Progress:
@@ -190,22 +342,50 @@ class _Progress:
             self.live.stop()
 
 
-@pipeline.command()
+@pipeline.command(cls=_RunCommand)
 @click.argument("name", required=False)
 @click.option(
     "-p",
     "--param",
+    "--parameters",
     "pairs",
     multiple=True,
-    metavar="KEY=VALUE",
-    help="A parameter value (repeatable); text is converted to the declared type where lossless.",
+    metavar="NAME=VALUE",
+    help="A parameter value (repeatable; papermill's `-p NAME VALUE` works too). Text is "
+    "converted to the declared type where lossless; an untyped parameter reads it as papermill "
+    "does (True/False/None, int, float, else text).",
+)
+@click.option(
+    "-r",
+    "--parameters_raw",
+    "raw",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A parameter value kept as text when the parameter is untyped (repeatable).",
 )
 @click.option(
     "-f",
     "--params-file",
-    "file",
+    "--parameters_file",
+    "files",
+    multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A YAML or JSON file of parameter values.",
+    help="A YAML or JSON file of parameter values (repeatable).",
+)
+@click.option(
+    "-y", "--parameters_yaml", "yamls", multiple=True, help="YAML text of parameter values."
+)
+@click.option(
+    "-b",
+    "--parameters_base64",
+    "b64",
+    multiple=True,
+    help="Base64-encoded YAML text of parameter values.",
+)
+@click.option(
+    "--help-notebook",
+    is_flag=True,
+    help="List the pipeline's parameters (type, default, help) and exit.",
 )
 @click.option(
     "--executor",
@@ -227,7 +407,13 @@ class _Progress:
 @click.option(
     "--timeout", type=float, help="Watchdog: seconds a step may take before its kernel is killed."
 )
-@click.option("--cell-timeout", type=float, help="Seconds a single cell may take.")
+@click.option(
+    "--cell-timeout",
+    "--execution-timeout",
+    "cell_timeout",
+    type=float,
+    help="Seconds a single cell may take.",
+)
 @click.option(
     "--status-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -247,7 +433,11 @@ class _Progress:
 def run(
     name: str | None,
     pairs: tuple[str, ...],
-    file: Path | None,
+    raw: tuple[str, ...],
+    files: tuple[Path, ...],
+    yamls: tuple[str, ...],
+    b64: tuple[str, ...],
+    help_notebook: bool,
     executor: str,
     max_parallel: int | None,
     no_cache: bool,
@@ -262,14 +452,24 @@ def run(
     """Run pipeline NAME (a name under pipelines/, or a folder): DAG order, independent steps in
     parallel, unchanged steps from the cache, everything tracked in MLflow.
 
-    Exit status 1 when a step fails; the message names the step and the cell.
+    Exit status 1 when a step fails; the message names the step and the cell. The parameter
+    options are papermill's (-p NAME VALUE, -r, -f, -y, -b, --help-notebook, --execution-timeout):
+    a papermill command's options work unchanged; values are checked against the declared types
+    before anything runs.
 
     \b
     nb-mlops pipeline run train -p C=0.5 -f params.yaml --max-parallel 2
+    nb-mlops pipeline run train -p C 0.5 -y 'cols: [a, b]'
     nb-mlops pipeline run train --resume 3f2a... --json
     """
+    given = _Given(pairs, raw, files, yamls, b64)
+    if help_notebook:
+        if not name:
+            raise click.UsageError("--help-notebook lists the parameters of pipeline NAME")
+        _help_notebook(name)
+        return
     if production:
-        _run_production(production, name, pairs, file, executor, promote, as_json)
+        _run_production(production, name, given, executor, promote, as_json)
         return
     if promote:
         raise click.UsageError("--promote goes with --production MODEL")
@@ -277,7 +477,7 @@ def run(
         raise click.UsageError("give a pipeline NAME (or folder), or --production MODEL")
     from nb_mlops.pipeline import run_pipeline
 
-    values = _params(name, pairs, file) if (pairs or file) else None
+    values = _params(name, given) if given else None
     progress = _Progress(quiet=as_json)
     try:
         result = run_pipeline(
@@ -317,8 +517,7 @@ def run(
 def _run_production(
     model: str,
     name: str | None,
-    pairs: tuple[str, ...],
-    file: Path | None,
+    given: _Given,
     executor: str,
     promote: bool,
     as_json: bool,
@@ -330,12 +529,7 @@ def _run_production(
             f"production runs are not available in this installation ({exc}); "
             "nb_mlops.pipeline.production is missing"
         ) from exc
-    params: dict[str, Any] = dict(_read_param_file(file)) if file else {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="-p")
-        params[key] = value
+    params = given.strings()
     result = run_production(model, params or None, executor=executor, promote=promote)
     as_dict = getattr(result, "as_dict", None)
     if as_json:

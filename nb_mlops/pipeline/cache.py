@@ -38,10 +38,13 @@ def env_fingerprint() -> str:
 
 
 def cache_key(code_sha256: str, params: dict[str, Any], inputs: dict[str, str], env: str) -> str:
-    """The key of one step execution: sha256 over its code, parameters, input digests, environment."""
+    """The key of one step execution: sha256 over its code, parameters, input digests, environment.
+
+    Key order counts: a step sees a dict parameter in the order it was given (parameters come in
+    declaration order, inputs sorted by name, so equal runs still meet).
+    """
     payload = json.dumps(
         {"code": code_sha256, "params": params, "inputs": inputs, "env": env},
-        sort_keys=True,
         ensure_ascii=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()

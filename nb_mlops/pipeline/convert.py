@@ -6,9 +6,12 @@ cells, a saver). Deterministic: the same notebook gives byte-identical files.
 
 from __future__ import annotations
 
+import builtins
+import copy
 import hashlib
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +19,22 @@ import nbformat
 
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.errors import BuildError
-from nb_mlops.pipeline.defuse import Plan, StepPlan, plan_steps
-from nb_mlops.pipeline.grammar import Grammar, parse_cells
-from nb_mlops.pipeline.params import schema_from_source
+from nb_mlops.pipeline.defuse import Plan, StepPlan, analyze_source, plan_steps
+from nb_mlops.pipeline.grammar import DEFAULT_STEP, Cell, Grammar, StepDecl, parse_cells
+from nb_mlops.pipeline.params import read_parameters
 from nb_mlops.pipeline.spec import Pipeline, StepSpec, _write_if_changed, write_spec
 
-__all__ = ["build_pipeline", "pipeline_name"]
+__all__ = ["BuildWarning", "build_pipeline", "pipeline_name"]
 
+# Steps run in the python3 kernel of the environment nb_mlops runs in, whatever Python kernel
+# the notebook names: their setup and saver cells import nb_mlops, and a pipeline runs where
+# the notebook's own kernel may not be installed (CI, a Dask worker).
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+_PYTHON = re.compile(r"i?python\d*", re.IGNORECASE)
+
+
+class BuildWarning(UserWarning):
+    """The notebook builds, but a run will stop early (a cell that is not valid Python)."""
 
 
 def pipeline_name(notebook: Path) -> str:
@@ -40,11 +51,71 @@ def _code(source: str, tags: list[str] | None = None, source_cell: int | None = 
     return cell
 
 
-def _parameters_source(schema: dict[str, dict[str, Any]]) -> str:
-    lines = ["# Pipeline parameters (types are checked by the runner: see pipeline.yaml)"]
-    for name, entry in schema.items():
-        annotation = "" if entry["type"] == "any" else f": {entry['type']}"
-        lines.append(f"{name}{annotation} = {entry['default']!r}")
+def _check_kernel(nb: Any, path: Path) -> None:
+    """Refuse a notebook whose kernel is not Python: the steps' own cells are Python."""
+    meta = nb.get("metadata", {})
+    spec = meta.get("kernelspec") or {}
+    name = str(spec.get("name") or "")
+    language = str(spec.get("language") or (meta.get("language_info") or {}).get("name") or "")
+    if not language and name:
+        try:
+            from jupyter_client.kernelspec import KernelSpecManager
+
+            language = str(KernelSpecManager().get_kernel_spec(name).language)
+        except Exception:  # not installed here: nothing says it is not Python
+            language = ""
+    if language and not _PYTHON.fullmatch(language):
+        raise BuildError(
+            f"{path}: the notebook runs in kernel {name or '?'!r} (language {language!r}); "
+            "pipeline steps run in a Python kernel: convert the notebook to Python, or run it "
+            "with papermill"
+        )
+
+
+def _imports_for_parameters(grammar: Grammar, params: list[Cell], needs: list[str]) -> list[str]:
+    """The import lines the parameters cell needs from cells above it (each step runs the
+    parameters cell first, so it repeats them, as imports that cross steps are repeated).
+
+    Raises:
+        BuildError: the cell uses a name that a cell above it binds by other means than import.
+    """
+    if not params or not needs:
+        return []
+    first = params[0]
+    found: dict[str, tuple[str | None, Cell]] = {}  # the last binding above the parameters cell
+    for cell in grammar.cells:
+        if cell.index >= first.index or cell.role == "parameters":
+            continue
+        try:
+            stmts = analyze_source(cell.source, cell.ref)
+        except BuildError:
+            continue  # fails when it runs: reported as a problem of the notebook
+        for stmt in stmts:
+            for name in stmt.defs:
+                found[name] = (stmt.imports.get(name), cell)
+    lines: list[str] = []
+    for name in needs:
+        if name not in found:
+            continue
+        line, where = found[name]
+        if line is None:
+            raise BuildError(
+                f"{first.ref}: the parameters cell uses `{name}`, which {where.ref} above it "
+                "defines; every step runs the parameters cell first: define or import "
+                f"`{name}` in the parameters cell"
+            )
+        lines.append(line)
+    return list(dict.fromkeys(lines))
+
+
+def _parameters_source(sources: list[str], imports: list[str]) -> str:
+    """The step notebooks' `parameters` cell: the notebook's parameters cell as written (papermill
+    runs it too: computed defaults, magics, prints), then the runner's own three names."""
+    lines: list[str] = []
+    if imports:
+        lines += ["# imported above the parameters cell in the notebook:", *imports, ""]
+    for source in sources:
+        lines += [source.rstrip("\n"), ""]
     lines += [
         "# Set by the runner (its context, base64 JSON) or, for a plain papermill run, by you:",
         "# nb_mlops_inputs = a run's values folder, nb_mlops_outputs = where this step saves.",
@@ -55,8 +126,17 @@ def _parameters_source(schema: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _parameter_cells(params: list[Cell], imports: list[str]) -> list[Any]:
+    """The parameters cell of every step (a cell-magic parameters cell stays a cell of its own:
+    its magic must be its first line)."""
+    magic = [c for c in params if c.source.lstrip().startswith("%%")]
+    plain = [c.source for c in params if c not in magic]
+    cells = [_code(c.source, None, c.index + 1) for c in magic]
+    return [*cells, _code(_parameters_source(plain, imports), ["parameters"])]
+
+
 def _step_notebook(
-    name: str, source_rel: str, step: StepPlan, grammar: Grammar, plan: Plan, schema: dict[str, Any]
+    name: str, source_rel: str, step: StepPlan, grammar: Grammar, plan: Plan, parameters: list[Any]
 ) -> Any:
     nb = nbformat.v4.new_notebook()
     nb.metadata = {
@@ -70,7 +150,7 @@ def _step_notebook(
             f"Generated by `nb-mlops pipeline build` from `{source_rel}`: edit that notebook, "
             "not this file."
         ),
-        _code(_parameters_source(schema), ["parameters"]),
+        *copy.deepcopy(parameters),
     ]
     setup = (
         "from nb_mlops.pipeline import kernel as _nb_mlops_kernel\n\n"
@@ -141,13 +221,29 @@ def build_pipeline(
     if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", name):
         raise BuildError(f"pipeline name {name!r} is not valid; use letters, digits, '_', '-', '.'")
     out = Path(output) if output else cfg.root / "pipelines" / name
+    _check_kernel(nb, path)
     grammar = parse_cells(nb)
     schema: dict[str, dict[str, Any]] = {}
-    for cell in grammar.role("parameters"):
-        schema.update(schema_from_source(cell.source, cell.ref))
-    if not grammar.steps:
-        raise BuildError(f"{path}: the notebook has no code cells to run")
+    problems: list[str] = []
+    needs: list[str] = []
+    params = grammar.role("parameters")
+    for cell in params:
+        read = read_parameters(cell.source, cell.ref)
+        schema.update(read.schema)
+        problems += read.problems
+        needs += [n for n in read.needs if n not in needs and not hasattr(builtins, n)]
+    if not grammar.steps:  # papermill runs such a notebook: here, one step applies the parameters
+        grammar.steps[DEFAULT_STEP] = StepDecl(DEFAULT_STEP)
     plan = plan_steps(grammar)
+    refs = tuple(f"{c.ref}:" for c in params)
+    problems += [p for p in plan.problems if not p.startswith(refs)]
+    for problem in problems:
+        warnings.warn(
+            f"{path}: {problem}; a run stops at that cell with this error, as under papermill",
+            BuildWarning,
+            stacklevel=2,
+        )
+    parameters = _parameter_cells(params, _imports_for_parameters(grammar, params, needs))
 
     (out / "steps").mkdir(parents=True, exist_ok=True)
     source_rel = os.path.relpath(path.resolve(), out.resolve())
@@ -155,7 +251,7 @@ def build_pipeline(
     steps: dict[str, StepSpec] = {}
     for step in plan.steps.values():
         rel = f"steps/{step.name}.ipynb"
-        step_nb = _step_notebook(name, source_rel, step, grammar, plan, schema)
+        step_nb = _step_notebook(name, source_rel, step, grammar, plan, parameters)
         _write_if_changed(out / rel, nbformat.writes(step_nb).encode() + b"\n")
         steps[step.name] = StepSpec(
             name=step.name,

@@ -304,6 +304,7 @@ class Plan:
     steps: dict[str, StepPlan]
     metrics: list[str]
     uses_magics: bool
+    problems: list[str] = field(default_factory=list)  # cells that are not valid (I)Python
 
 
 def plan_steps(grammar: Grammar, generator_functions: set[str] | None = None) -> Plan:
@@ -325,6 +326,7 @@ def plan_steps(grammar: Grammar, generator_functions: set[str] | None = None) ->
     unpicklable: dict[tuple[str, str], tuple[str, Cell]] = {}
     metric_names: list[str] = []
     uses_magics = False
+    problems: list[str] = []
     gen_functions = set(generator_functions or ())
 
     def use(step: str | None, name: str, cell: Cell) -> None:
@@ -356,7 +358,14 @@ def plan_steps(grammar: Grammar, generator_functions: set[str] | None = None) ->
     for cell in grammar.cells:
         if re.search(r"^\s*[%!]", cell.source, re.M):
             uses_magics = True
-        for stmt in analyze_source(cell.source, cell.ref):
+        try:
+            stmts = analyze_source(cell.source, cell.ref)
+        except BuildError as exc:
+            # a cell that does not parse binds and reads nothing: it fails when it runs, with
+            # the error papermill reports, and only if the run gets that far
+            problems.append(str(exc))
+            stmts = []
+        for stmt in stmts:
             gen_functions |= stmt.gen_functions
             if cell.role in ("step", "metrics"):
                 for name in stmt.uses:
@@ -420,4 +429,4 @@ def plan_steps(grammar: Grammar, generator_functions: set[str] | None = None) ->
     for plan in plans.values():
         plan.inputs = dict(sorted(plan.inputs.items()))
         plan.imports = dict(sorted(plan.imports.items()))
-    return Plan({name: plans[name] for name in order}, metric_names, uses_magics)
+    return Plan({name: plans[name] for name in order}, metric_names, uses_magics, problems)

@@ -24,11 +24,16 @@ DONE_FILE = "_done.json"
 
 
 def encode_context(ctx: dict[str, Any]) -> str:
-    """The runner's context as base64 JSON: papermill's translator cannot mangle [A-Za-z0-9+/=]."""
-    return base64.b64encode(json.dumps(ctx, sort_keys=True).encode()).decode("ascii")
+    """The runner's context as base64 JSON: papermill's translator cannot mangle [A-Za-z0-9+/=].
+
+    Keys keep their order (a dict parameter arrives as it was given); NaN and infinities
+    travel as Python's json writes them.
+    """
+    return base64.b64encode(json.dumps(ctx).encode()).decode("ascii")
 
 
 def decode_context(text: str) -> dict[str, Any]:
+    """The context `encode_context` made (empty text: a plain papermill run, no context)."""
     if not text:
         return {}
     value = json.loads(base64.b64decode(text.encode("ascii"), validate=True))
@@ -70,13 +75,26 @@ class Step:
         self.outputs_dir = Path(
             ctx.get("outputs_dir") or outputs or Path.cwd() / "nb_mlops_values" / name
         )
-        self.exited: str | None = None
+        self.exited: str | None = None  # how a cell exited, e.g. "sys.exit(1)"
+        self.stopped = False  # the step ended early, successfully (its marker is written)
 
     def _on_cell(self, result: Any) -> None:
-        # sys.exit() in a cell is swallowed by IPython and papermill calls it success: remember it.
+        # A cell raising SystemExit ends the notebook: no later cell runs, the saver included.
+        # papermill calls `sys.exit()`, `sys.exit(0)` and `raise SystemExit` (the exception's
+        # text is "" or "0") a success: the step ends here, successfully, and nothing after it
+        # in the pipeline runs. Any other status is the failure papermill reports.
         error = getattr(result, "error_in_exec", None)
-        if isinstance(error, SystemExit) and self.exited is None:
-            self.exited = f"sys.exit({error.code!r})"
+        if not isinstance(error, SystemExit) or self.exited is not None:
+            return
+        self.exited = "sys.exit()" if error.code is None else f"sys.exit({error.code!r})"
+        if str(error) in ("", "0"):
+            flush = getattr(sys.modules.get("nb_mlops.core.tracking"), "flush", None)
+            if flush is not None:
+                flush()  # what nb_mlops.log() recorded so far is kept
+            self.stopped = True
+            marker = {"step": self.name, "outputs": {}, "metrics": {}, "stopped": self.exited}
+            self.outputs_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(self.outputs_dir / DONE_FILE, json.dumps(marker, sort_keys=True).encode())
 
     def load(self, ns: dict[str, Any], inputs: dict[str, str]) -> None:
         """Put each upstream value (name → producing step) into the namespace `ns`."""
@@ -97,6 +115,8 @@ class Step:
 
     def save(self, ns: dict[str, Any], outputs: list[str], metrics: list[str]) -> None:
         """Pickle each output, write `metrics.json` values and, last, the completion marker."""
+        if self.stopped:
+            return  # ended early by sys.exit(0): its marker says so, later steps do not run
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
         saved: dict[str, Any] = {}
         for name in outputs:

@@ -1,28 +1,35 @@
 """The typed parameter contract: a schema read from the `parameters` cell, and validation.
 
-Types come from annotations (`C: float = 1.0`, `cols: list[str] = [...]`, `x: int | None = None`)
-or from the literal default (`name = "x"` → str). Values are checked before anything runs:
-unknown or non-identifier names, wrong types and non-JSON-like values are refused with the
-declared parameters listed; CLI strings are coerced only where lossless.
+The parameters cell runs as written in every step (as papermill runs it); the schema says what
+may be passed in. Types come from annotations (`C: float = 1.0`, `x: int | None = None`), type
+comments, or the literal default (`name = "x"` → str); a default that is not a JSON-like literal
+(`n = 10**6`, `p: Path = Path("d")`) is computed by the cell in the kernel. Values passed in are
+checked first: unknown names and wrong types are refused with the declared parameters listed.
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import json
 import keyword
 import math
+import tokenize
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from nb_mlops.core.errors import BuildError, ParameterError
 
 __all__ = [
     "RESERVED_PREFIX",
+    "ParametersCell",
     "check_json_like",
     "coerce",
     "describe",
     "parse_type",
+    "read_parameters",
+    "resolve_text",
     "schema_from_source",
     "validate",
 ]
@@ -30,6 +37,8 @@ __all__ = [
 RESERVED_PREFIX = "nb_mlops_"
 _SCALARS = {"int", "float", "str", "bool", "any", "None"}
 _ALIASES = {"List": "list", "Dict": "dict", "Any": "any", "NoneType": "None", "Mapping": "dict"}
+# a path arrives as text from outside (papermill injects a str too)
+_PATHS = {"Path", "PurePath", "PosixPath", "WindowsPath", "PathLike"}
 _EXACT_FLOAT_INT = 2**53
 
 
@@ -73,7 +82,7 @@ def parse_type(text: str) -> Any:
 
 
 def _annotation(node: ast.expr) -> str:
-    """An annotation AST → our type string (raises ValueError for non-JSON-like types)."""
+    """An annotation AST → our type string (raises ValueError for types we cannot check)."""
     if isinstance(node, ast.Constant) and node.value is None:
         return "None"
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -81,6 +90,8 @@ def _annotation(node: ast.expr) -> str:
     if isinstance(node, ast.Name | ast.Attribute):
         name = node.id if isinstance(node, ast.Name) else node.attr
         name = _ALIASES.get(name, name)
+        if name in _PATHS:
+            return "str"
         if name in _SCALARS or name in ("list", "dict"):
             return name
         raise ValueError(ast.unparse(node))
@@ -104,6 +115,21 @@ def _annotation(node: ast.expr) -> str:
     raise ValueError(ast.unparse(node))
 
 
+def _type_of(node: ast.expr | None, comment_type: str) -> str | None:
+    """The declared type of an annotation (or a `# type:` comment): ours, `any`, or None if none."""
+    try:
+        if node is not None:
+            typ = _annotation(node)
+        elif comment_type:
+            typ = _annotation(ast.parse(comment_type, mode="eval").body)
+        else:
+            return None
+        parse_type(typ)
+        return typ
+    except (ValueError, SyntaxError):
+        return "any"  # a type we cannot check from outside (DataFrame, tuple[int, int], ...)
+
+
 def _infer(value: Any) -> str:
     if value is None:
         return "any"
@@ -125,97 +151,276 @@ def describe(schema: Mapping[str, Mapping[str, Any]]) -> str:
     """`C: float = 1.0, n: int = 3`: how messages list the declared parameters."""
     if not schema:
         return "(none: the notebook has no `parameters` cell)"
-    return ", ".join(f"{n}: {s['type']} = {json.dumps(s['default'])}" for n, s in schema.items())
+    parts = []
+    for name, entry in schema.items():
+        if "default" in entry:
+            parts.append(f"{name}: {entry['type']} = {json.dumps(entry['default'])}")
+        elif entry.get("computed"):
+            code = " ".join(str(entry["computed"]).split())
+            parts.append(f"{name}: {entry['type']} = {code} (computed)")
+        else:
+            parts.append(f"{name}: {entry['type']} (unset)")
+    return ", ".join(parts)
 
 
-def schema_from_source(source: str, ref: str) -> dict[str, dict[str, Any]]:
-    """Read `name: type = literal` / `name = literal` lines of a parameters cell.
+# --- reading the parameters cell ---------------------------------------------------------------
+
+
+@dataclass
+class ParametersCell:
+    """What a parameters cell declares.
+
+    Attributes:
+        schema: name → {"type", and "default" (a JSON-like literal the runner may pass again),
+            or "computed" (the default's code, run by the cell in the kernel), and "help"}.
+        problems: lines that are not valid (I)Python: the cell fails there when it runs, as it
+            does under papermill; the schema is read from the other lines.
+        needs: names the cell reads before it binds them (from cells above it, or builtins).
+    """
+
+    schema: dict[str, dict[str, Any]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    needs: list[str] = field(default_factory=list)
+
+
+def _python(source: str, ref: str) -> tuple[str, list[str]]:
+    """The cell as Python (IPython syntax translated); lines that do not parse blanked and named."""
+    try:
+        ast.parse(source)
+        return source, []
+    except SyntaxError:
+        pass
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    code = str(TransformerManager().transform_cell(source))  # type: ignore[no-untyped-call]
+    problems: list[str] = []
+    lines = code.split("\n")
+    for _ in range(len(lines) + 1):
+        try:
+            ast.parse("\n".join(lines))
+            break
+        except SyntaxError as exc:
+            number = max(1, min(exc.lineno or 1, len(lines)))
+            problems.append(
+                f"{ref}: line {number} of the parameters cell is not valid Python ({exc.msg})"
+            )
+            lines[number - 1] = ""
+    return "\n".join(lines), problems
+
+
+def _comments(code: str) -> dict[int, str]:
+    """Line number → the comment that ends that line, after code."""
+    found: dict[int, str] = {}
+    code_lines: set[int] = set()
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(code).readline):
+            if tok.type == tokenize.COMMENT and tok.start[0] in code_lines:
+                found.setdefault(tok.start[0], tok.string)
+            elif tok.type not in skip:
+                code_lines.update(range(tok.start[0], tok.end[0] + 1))
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return found
+
+
+def _code_of(code: str, node: ast.expr) -> str:
+    """The source of a default as written, its comments left out (they are help, not code)."""
+    segment = ast.get_source_segment(code, node) or ast.unparse(node)
+    cuts: dict[int, int] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(segment).readline):
+            if tok.type == tokenize.COMMENT:
+                cuts[tok.start[0]] = tok.start[1]
+    except (tokenize.TokenError, SyntaxError):
+        return segment
+    lines = [
+        line[: cuts.get(i, len(line))].rstrip() for i, line in enumerate(segment.split("\n"), 1)
+    ]
+    return "\n".join(line for line in lines if line.strip())
+
+
+def _help(comment: str) -> tuple[str, str]:
+    """papermill's reading of a trailing comment: `# type: T help text` → ("T", "help text")."""
+    text = comment.lstrip("#").strip()
+    if text.startswith("type:"):
+        words = text[5:].strip().split(None, 1)
+        return (words[0] if words else ""), (words[1].strip() if len(words) > 1 else "")
+    return "", text
+
+
+def _names(target: ast.expr) -> list[str]:
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, ast.Tuple | ast.List):
+        return [n for elt in target.elts for n in _names(elt)]
+    if isinstance(target, ast.Starred):
+        return _names(target.value)
+    return []  # x.attr = ..., x[0] = ...: a change, not a parameter
+
+
+def _literal(node: ast.expr) -> tuple[bool, Any]:
+    """(True, value) for a JSON-like literal; (False, None) for anything computed."""
+    try:
+        value = ast.literal_eval(node)
+        check_json_like(value, "_", finite=True)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, ParameterError):
+        return False, None
+    return True, value
+
+
+@dataclass
+class _Binding:
+    name: str
+    stmt: int
+    literal: bool = False
+    value: Any = None
+    code: str = ""
+    annotation: ast.expr | None = None
+    comment_type: str = ""
+    help: str = ""
+    binds: bool = True
+
+
+def _bindings(tree: ast.Module, code: str, comments: dict[int, str]) -> list[_Binding]:
+    """Every name the cell assigns (top level, or inside if/for/try/with blocks), in order."""
+    found: list[_Binding] = []
+
+    def note(node: ast.stmt, index: int, nested: bool) -> None:
+        comment_type, help_text = _help(comments.get(node.end_lineno or node.lineno, ""))
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            annotation = node.annotation if isinstance(node, ast.AnnAssign) else None
+            value = node.value
+            for target in targets:
+                names = _names(target)
+                parts: list[ast.expr | None] = [value] * len(names)
+                split = isinstance(target, ast.Name)
+                if (
+                    isinstance(target, ast.Tuple | ast.List)
+                    and isinstance(value, ast.Tuple | ast.List)
+                    and len(value.elts) == len(target.elts)
+                    and all(isinstance(e, ast.Name) for e in target.elts)
+                ):
+                    parts, split = list(value.elts), True  # a, b = 1, 2: one literal each
+                for name, part in zip(names, parts, strict=True):
+                    binding = _Binding(name, index, annotation=annotation)
+                    binding.comment_type, binding.help = comment_type, help_text
+                    if part is None:
+                        binding.binds = False  # `x: int` alone declares, binds nothing
+                    else:
+                        binding.code = _code_of(code, part)
+                        if split and not nested:
+                            binding.literal, binding.value = _literal(part)
+                    found.append(binding)
+            return
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            return
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.stmt):
+                note(child, index, True)
+            else:  # except handlers, match cases
+                for stmt in getattr(child, "body", None) or []:
+                    if isinstance(stmt, ast.stmt):
+                        note(stmt, index, True)
+
+    for index, node in enumerate(tree.body):
+        note(node, index, False)
+    return found
+
+
+def read_parameters(source: str, ref: str) -> ParametersCell:
+    """Read the parameters a `parameters` cell declares, as papermill's inspection reads them
+    (and more: annotations, `a = b = 1`, `a, b = 1, 2`, assignments inside `if` blocks).
 
     Raises:
-        BuildError: a statement that is not a literal assignment, a non-JSON-like type or default,
-            or a default that does not fit its annotation (names the cell and the parameter).
+        BuildError: a reserved name, or a literal default that does not fit its annotation.
     """
-    try:
-        tree = ast.parse(source)
-    except SyntaxError as exc:
-        raise BuildError(f"{ref}: syntax error in the parameters cell: {exc.msg}") from exc
+    from nb_mlops.pipeline.defuse import analyze_source
+
+    code, problems = _python(source, ref)
+    tree = ast.parse(code)
+    bindings = _bindings(tree, code, _comments(code))
+    touched: dict[str, set[int]] = {}  # which statements bind or change each name
+    needs: list[str] = []
+    for index, stmt in enumerate(analyze_source(code, ref)):
+        needs += [n for n in stmt.uses if n not in touched and n not in needs]
+        for name in (*stmt.defs, *stmt.deletes):
+            touched.setdefault(name, set()).add(index)
+    for binding in bindings:
+        if not binding.binds:  # an annotation alone is not a change of the value
+            touched.get(binding.name, set()).discard(binding.stmt)
+
     schema: dict[str, dict[str, Any]] = {}
-    for node in tree.body:
-        if (
-            isinstance(node, ast.Expr)
-            and isinstance(node.value, ast.Constant)
-            or isinstance(node, ast.Pass)
-        ):
-            continue
-        target: ast.expr | None = None
-        annotation: ast.expr | None = None
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            target, annotation = node.target, node.annotation
-        value_node = getattr(node, "value", None)
-        if not isinstance(target, ast.Name) or value_node is None:
-            raise BuildError(
-                f"{ref}: the parameters cell may only assign literal values "
-                f'(`n: int = 3`, `name = "x"`); `{ast.unparse(node)[:60]}` is not one'
-            )
-        name = target.id
+    for name in dict.fromkeys(b.name for b in bindings):
+        mine = [b for b in bindings if b.name == name]
         if name.startswith(RESERVED_PREFIX):
             raise BuildError(
                 f"{ref}: parameter names starting with {RESERVED_PREFIX!r} are reserved ({name})"
             )
-        try:
-            default = ast.literal_eval(value_node)
-        except ValueError as exc:
-            raise BuildError(
-                f"{ref}: parameter `{name}` needs a literal default (number, string, bool, None, "
-                f"list or dict), not `{ast.unparse(value_node)[:60]}`"
-            ) from exc
-        try:
-            check_json_like(default, name)
-        except ParameterError as exc:
-            raise BuildError(f"{ref}: {exc}") from exc
-        if annotation is None:
-            typ = _infer(default)
-        else:
+        assigned = [b for b in mine if b.binds]
+        declared = next(
+            (t for b in reversed(mine) if (t := _type_of(b.annotation, b.comment_type))), None
+        )
+        entry: dict[str, Any] = {}
+        last = assigned[-1] if assigned else None
+        pure = (
+            len(assigned) == 1
+            and last is not None
+            and last.literal
+            and touched.get(name, set()) == {last.stmt}
+        )
+        if pure and last is not None:
+            default = last.value
+            typ = declared or _infer(default)
             try:
-                typ = _annotation(annotation)
-                parse_type(typ)
-            except (ValueError, SyntaxError) as exc:
-                raise BuildError(
-                    f"{ref}: parameter `{name}` has type `{ast.unparse(annotation)}`, which is not "
-                    "JSON-like; use int, float, str, bool, list[...], dict[str, ...] or `X | None`"
-                ) from exc
-        try:
-            default = coerce(parse_type(typ), default, name=name)
-        except ParameterError as exc:
-            raise BuildError(
-                f"{ref}: the default of `{name}` does not fit its type: {exc}"
-            ) from exc
-        schema[name] = {"type": typ, "default": default}
-    return schema
+                coerce(parse_type(typ), default, name=name)
+            except ParameterError as exc:
+                if default is not None:
+                    raise BuildError(
+                        f"{ref}: the default of `{name}` does not fit its type: {exc}"
+                    ) from exc
+                typ = f"{typ} | None"  # `x: int = None`: optional, as PEP 484 first read it
+            entry = {"type": typ, "default": default}
+        else:
+            entry = {"type": declared or "any"}
+            if last is not None:
+                entry["computed"] = last.code
+        text = next((b.help for b in reversed(mine) if b.help), "")
+        if text:
+            entry["help"] = text
+        schema[name] = entry
+    return ParametersCell(schema, problems, needs)
+
+
+def schema_from_source(source: str, ref: str) -> dict[str, dict[str, Any]]:
+    """The schema of one parameters cell (see `read_parameters`)."""
+    return read_parameters(source, ref).schema
 
 
 # --- values ----------------------------------------------------------------------------------
 
 
-def check_json_like(value: Any, name: str) -> None:
-    """Refuse anything but str, int, float (finite), bool, None, and lists / str-keyed dicts of them."""
+def check_json_like(value: Any, name: str, *, finite: bool = False) -> None:
+    """Refuse anything but str, int, float, bool, None, and lists / str-keyed dicts of them.
+
+    NaN and infinities pass (papermill passes them too) unless `finite`.
+    """
     if value is None or isinstance(value, bool | int | str):
         return
     if isinstance(value, float):
-        if not math.isfinite(value):
+        if finite and not math.isfinite(value):
             raise ParameterError(f"parameter `{name}`: {value!r} is not a finite number")
         return
     if isinstance(value, list):
         for item in value:
-            check_json_like(item, name)
+            check_json_like(item, name, finite=finite)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ParameterError(f"parameter `{name}`: dict key {key!r} is not a string")
-            check_json_like(item, name)
+            check_json_like(item, name, finite=finite)
         return
     raise ParameterError(
         f"parameter `{name}`: a {type(value).__name__} is not JSON-like; "
@@ -231,6 +436,30 @@ def _type_str(typ: Any) -> str:
     return f"{typ[0]}[{'str, ' if typ[0] == 'dict' else ''}{_type_str(typ[1])}]"
 
 
+def resolve_text(text: str) -> Any:
+    """Command-line text for an untyped parameter, read as papermill's `-p` reads it:
+    `True`/`False`/`None`, then an int, then a float (`NaN` and `inf` included), else the text.
+
+    Example:
+        >>> [resolve_text(t) for t in ("True", "10", "1e3", '"Hello"')]
+        [True, 10, 1000.0, '"Hello"']
+    """
+    if text == "True":
+        return True
+    if text == "False":
+        return False
+    if text == "None":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _from_string(typ: Any, text: str) -> Any:
     """CLI text → a value of `typ`, only where the reading is unambiguous and lossless."""
     if typ == "str":
@@ -242,7 +471,7 @@ def _from_string(typ: Any, text: str) -> Any:
         raise ValueError
     if typ == "float":
         value = float(text)
-        if not math.isfinite(value):
+        if math.isnan(value):
             raise ValueError
         return value
     if typ == "bool":
@@ -257,10 +486,7 @@ def _from_string(typ: Any, text: str) -> Any:
             return None
         raise ValueError
     if typ == "any":
-        try:
-            return json.loads(text)
-        except ValueError:
-            return text
+        return resolve_text(text)
     return json.loads(text)  # list / dict: JSON text
 
 
@@ -309,7 +535,8 @@ def coerce(typ: Any, value: Any, *, name: str, from_string: bool = False) -> Any
             return int(value)
         raise fail()
     if typ == "float":
-        if isinstance(value, float) and math.isfinite(value):
+        # NaN is refused: every comparison with it is False, so it breaks a run silently
+        if isinstance(value, float) and not math.isnan(value):
             return value
         if (
             isinstance(value, int)
@@ -338,15 +565,17 @@ def validate(
     *,
     from_strings: bool = False,
 ) -> dict[str, Any]:
-    """Validate `values` against `schema` and fill in defaults.
+    """Validate `values` against `schema` and fill in literal defaults.
 
     Args:
-        schema: name → {"type", "default"} (from pipeline.yaml).
+        schema: name → {"type", "default" | "computed", "help"} (from pipeline.yaml).
         values: the caller's values; with `from_strings`, str values are CLI text to convert.
-        from_strings: coerce strings losslessly to the declared type (`"3"` → 3 for an int).
+        from_strings: coerce strings losslessly to the declared type (`"3"` → 3 for an int);
+            text for an untyped (`any`) parameter is read as papermill's `-p` reads it.
 
     Returns:
-        Every declared parameter, in declaration order, with its validated value.
+        In declaration order, every parameter given a value or declaring a literal default;
+        a parameter whose default the cell computes is left to the cell unless given.
 
     Raises:
         ParameterError: an unknown, non-identifier or keyword name, or a value of the wrong type.
@@ -375,6 +604,6 @@ def validate(
             value = values[name]
             strings = from_strings and isinstance(value, str)
             result[name] = coerce(typ, value, name=name, from_string=strings)
-        else:
+        elif "default" in entry:
             result[name] = entry["default"]
     return result

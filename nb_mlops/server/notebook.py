@@ -32,6 +32,7 @@ class NotebookSpec:
     steps: list[dict[str, Any]] = field(default_factory=list)
     schema: dict[str, dict[str, Any]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # lines a run would stop at
 
 
 def spec_of(notebook: Path) -> NotebookSpec:
@@ -44,7 +45,7 @@ def spec_of(notebook: Path) -> NotebookSpec:
 
     from nb_mlops.pipeline.convert import pipeline_name
     from nb_mlops.pipeline.grammar import parse_cells
-    from nb_mlops.pipeline.params import schema_from_source
+    from nb_mlops.pipeline.params import read_parameters
 
     try:
         nb = nbformat.reads(notebook.read_text(encoding="utf-8"), as_version=4)  # type: ignore[no-untyped-call]
@@ -54,8 +55,11 @@ def spec_of(notebook: Path) -> NotebookSpec:
         ) from exc
     grammar = parse_cells(nb)
     schema: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
     for cell in grammar.role("parameters"):
-        schema.update(schema_from_source(cell.source, cell.ref))
+        read = read_parameters(cell.source, cell.ref)
+        schema.update(read.schema)
+        problems += read.problems
     cfg = load_config(notebook.parent)
     pipeline = pipeline_name(notebook)
     return NotebookSpec(
@@ -66,6 +70,7 @@ def spec_of(notebook: Path) -> NotebookSpec:
         steps=[{"name": s.name, "after": list(s.after)} for s in grammar.steps.values()],
         schema=schema,
         settings=dict(cfg.settings),
+        problems=problems,
     )
 
 
@@ -98,7 +103,7 @@ def describe(notebook: Path, root_dir: Path) -> dict[str, Any]:
         `{pipeline, model, steps, parameters, champion, gates, runs, ui_url, warnings}`.
     """
     spec = spec_of(notebook)
-    warnings: list[str] = []
+    warnings = [f"{p}: a run stops there with this error" for p in spec.problems]
     parameters = [
         {
             "name": name,
@@ -106,6 +111,11 @@ def describe(notebook: Path, root_dir: Path) -> dict[str, Any]:
             "declared_type": str(entry["type"]),
             "default": entry.get("default"),
             "nullable": "None" in str(entry["type"]),
+            "help": entry.get("help") or None,
+            # no default of its own: the parameters cell computes it (or leaves it unset),
+            # and the dialog sends a value only when one is typed
+            "has_default": "default" in entry,
+            "computed": entry.get("computed"),
         }
         for name, entry in spec.schema.items()
     ]
