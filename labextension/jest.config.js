@@ -22,6 +22,11 @@ const baseConfig = jestJupyterLab(__dirname);
 
 module.exports = {
   ...baseConfig,
+  transform: {
+    ...baseConfig.transform,
+    // transpile only (isolatedModules in tsconfig.test.json): `jlpm lint:check` type-checks
+    '^.+\\.tsx?$': ['ts-jest', { tsconfig: './tsconfig.test.json' }]
+  },
   automock: false,
   collectCoverageFrom: ['src/**/*.ts', '!src/**/*.d.ts', '!src/__tests__/**'],
   coverageReporters: ['text-summary'],

@@ -143,16 +143,31 @@ export class MlopsPanel extends Widget {
     }
   }
 
+  protected onAfterAttach(): void {
+    // attached already visible (a restored sidebar) gets no after-show message
+    if (this.isVisible) {
+      this.startPolling();
+    }
+  }
+
   protected onAfterShow(): void {
-    // a stopped poll starts with an immediate tick; a running one ticks now
-    void (this.poll.state.phase === 'stopped' ||
-    this.poll.state.phase === 'constructed'
-      ? this.poll.start()
-      : this.poll.refresh());
+    this.startPolling();
   }
 
   protected onBeforeHide(): void {
     void this.poll.stop();
+  }
+
+  protected onBeforeDetach(): void {
+    void this.poll.stop();
+  }
+
+  /** A stopped poll starts with an immediate tick; a running one ticks now. */
+  private startPolling(): void {
+    const phase = this.poll.state.phase;
+    void (phase === 'stopped' || phase === 'constructed'
+      ? this.poll.start()
+      : this.poll.refresh());
   }
 
   dispose(): void {

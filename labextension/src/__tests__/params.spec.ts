@@ -136,11 +136,18 @@ describe('checkValue', () => {
     ['dict[str, int]', null, 'p must be a JSON object, e.g. {"a": 1}'],
     ['dict[str, int]', { a: 1, b: 'two' }, 'p["b"] must be an integer'],
     ['int | None', 'x', 'p must be int | None'],
-    ['list[dict[str, bool]]', [{ ok: true }, { ok: 1 }], 'p[1]["ok"] must be true or false']
+    [
+      'list[dict[str, bool]]',
+      [{ ok: true }, { ok: 1 }],
+      'p[1]["ok"] must be true or false'
+    ]
   ];
-  it.each(refused)('refuses for %s the value %j: "%s"', (type, value, message) => {
-    expect(checkValue(parseType(type), value, 'p', plain)).toBe(message);
-  });
+  it.each(refused)(
+    'refuses for %s the value %j: "%s"',
+    (type, value, message) => {
+      expect(checkValue(parseType(type), value, 'p', plain)).toBe(message);
+    }
+  );
 });
 
 describe('parseParameter', () => {
@@ -248,39 +255,49 @@ describe('fields', () => {
 
 /** A declared type the pipeline accepts, and a value that fits it. */
 function typeAndValue(): fc.Arbitrary<[string, unknown]> {
-  const { tree } = fc.letrec<{ tree: [ParamType, fc.Arbitrary<unknown>] }>(tie => ({
-    tree: fc.oneof(
-      { depthSize: 'small', withCrossShrink: true },
-      fc.constant<[ParamType, fc.Arbitrary<unknown>]>([
-        { kind: 'int' },
-        fc.integer({ min: -(2 ** 53) + 1, max: 2 ** 53 - 1 })
-      ]),
-      fc.constant<[ParamType, fc.Arbitrary<unknown>]>([
-        { kind: 'float' },
-        fc
-          .double({ noNaN: true, noDefaultInfinity: true })
-          .map(x => (Object.is(x, -0) ? 0 : x))
-      ]),
-      fc.constant<[ParamType, fc.Arbitrary<unknown>]>([{ kind: 'str' }, fc.string()]),
-      fc.constant<[ParamType, fc.Arbitrary<unknown>]>([{ kind: 'bool' }, fc.boolean()]),
-      fc.constant<[ParamType, fc.Arbitrary<unknown>]>([
-        { kind: 'any' },
-        fc.jsonValue().map(v => JSON.parse(JSON.stringify(v)) as unknown)
-      ]),
-      tie('tree').map(([of, values]): [ParamType, fc.Arbitrary<unknown>] => [
-        { kind: 'list', of },
-        fc.array(values, { maxLength: 4 })
-      ]),
-      tie('tree').map(([of, values]): [ParamType, fc.Arbitrary<unknown>] => [
-        { kind: 'dict', of },
-        fc.dictionary(fc.string({ maxLength: 5 }), values, { maxKeys: 4 })
-      ]),
-      tie('tree').map(([member, values]): [ParamType, fc.Arbitrary<unknown>] => [
-        { kind: 'union', members: [member, { kind: 'None' }] },
-        fc.option(values, { nil: null })
-      ])
-    )
-  })) as { tree: fc.Arbitrary<[ParamType, fc.Arbitrary<unknown>]> };
+  const { tree } = fc.letrec<{ tree: [ParamType, fc.Arbitrary<unknown>] }>(
+    tie => ({
+      tree: fc.oneof(
+        { depthSize: 'small', withCrossShrink: true },
+        fc.constant<[ParamType, fc.Arbitrary<unknown>]>([
+          { kind: 'int' },
+          fc.integer({ min: -(2 ** 53) + 1, max: 2 ** 53 - 1 })
+        ]),
+        fc.constant<[ParamType, fc.Arbitrary<unknown>]>([
+          { kind: 'float' },
+          fc
+            .double({ noNaN: true, noDefaultInfinity: true })
+            .map(x => (Object.is(x, -0) ? 0 : x))
+        ]),
+        fc.constant<[ParamType, fc.Arbitrary<unknown>]>([
+          { kind: 'str' },
+          fc.string()
+        ]),
+        fc.constant<[ParamType, fc.Arbitrary<unknown>]>([
+          { kind: 'bool' },
+          fc.boolean()
+        ]),
+        fc.constant<[ParamType, fc.Arbitrary<unknown>]>([
+          { kind: 'any' },
+          fc.jsonValue().map(v => JSON.parse(JSON.stringify(v)) as unknown)
+        ]),
+        tie('tree').map(([of, values]): [ParamType, fc.Arbitrary<unknown>] => [
+          { kind: 'list', of },
+          fc.array(values, { maxLength: 4 })
+        ]),
+        tie('tree').map(([of, values]): [ParamType, fc.Arbitrary<unknown>] => [
+          { kind: 'dict', of },
+          fc.dictionary(fc.string({ maxLength: 5 }), values, { maxKeys: 4 })
+        ]),
+        tie('tree').map(
+          ([member, values]): [ParamType, fc.Arbitrary<unknown>] => [
+            { kind: 'union', members: [member, { kind: 'None' }] },
+            fc.option(values, { nil: null })
+          ]
+        )
+      )
+    })
+  ) as { tree: fc.Arbitrary<[ParamType, fc.Arbitrary<unknown>]> };
   return tree.chain(([type, values]) =>
     values.map((value): [string, unknown] => [typeText(type), value])
   );
@@ -307,7 +324,11 @@ describe('a field reads back what it shows', () => {
     fc.assert(
       fc.property(typeAndValue(), ([type, value]) => {
         const p = param('p', type);
-        const read = parseParameter(p, rawOf(p, value, previousText(p, value)), plain);
+        const read = parseParameter(
+          p,
+          rawOf(p, value, previousText(p, value)),
+          plain
+        );
         expect(read).toEqual({ value: expectedBack(p, value) });
       }),
       { numRuns: 400 }
@@ -330,8 +351,13 @@ describe('a field reads back what it shows', () => {
       fc.property(typeAndValue(), fc.string(), ([type], text) => {
         const p = param('p', type);
         const read = parseParameter(p, text, plain);
-        if (read.error === undefined && !(p.type === 'str' || p.type === 'bool')) {
-          expect(checkValue(parseType(type), read.value, 'p', plain)).toBeNull();
+        if (
+          read.error === undefined &&
+          !(p.type === 'str' || p.type === 'bool')
+        ) {
+          expect(
+            checkValue(parseType(type), read.value, 'p', plain)
+          ).toBeNull();
         }
       }),
       { numRuns: 400 }

@@ -13,20 +13,41 @@ export const plain: TranslationBundle = nullTranslator.load('nb_mlops');
 /** A bundle whose every answer is the plain answer wrapped in « ». */
 export function markingBundle(): TranslationBundle {
   const mark = (text: string) => `${OPEN}${text}${CLOSE}`;
+  type Args = unknown[];
   return {
-    __: (msgid, ...args) => mark(plain.__(msgid, ...args)),
-    _n: (msgid, plural, n, ...args) => mark(plain._n(msgid, plural, n, ...args)),
-    _p: (ctx, msgid, ...args) => mark(plain._p(ctx, msgid, ...args)),
-    _np: (ctx, msgid, plural, n, ...args) =>
-      mark(plain._np(ctx, msgid, plural, n, ...args)),
-    gettext: (msgid, ...args) => mark(plain.gettext(msgid, ...args)),
-    ngettext: (msgid, plural, n, ...args) =>
+    __: (msgid: string, ...args: Args) => mark(plain.__(msgid, ...args)),
+    _n: (msgid: string, plural: string, n: number, ...args: Args) =>
+      mark(plain._n(msgid, plural, n, ...args)),
+    _p: (ctx: string, msgid: string, ...args: Args) =>
+      mark(plain._p(ctx, msgid, ...args)),
+    _np: (
+      ctx: string,
+      msgid: string,
+      plural: string,
+      n: number,
+      ...args: Args
+    ) => mark(plain._np(ctx, msgid, plural, n, ...args)),
+    gettext: (msgid: string, ...args: Args) =>
+      mark(plain.gettext(msgid, ...args)),
+    ngettext: (msgid: string, plural: string, n: number, ...args: Args) =>
       mark(plain.ngettext(msgid, plural, n, ...args)),
-    pgettext: (ctx, msgid, ...args) => mark(plain.pgettext(ctx, msgid, ...args)),
-    npgettext: (ctx, msgid, plural, n, ...args) =>
-      mark(plain.npgettext(ctx, msgid, plural, n, ...args)),
-    dcnpgettext: (domain, ctx, msgid, plural, n, ...args) =>
-      mark(plain.dcnpgettext(domain, ctx, msgid, plural, n, ...args))
+    pgettext: (ctx: string, msgid: string, ...args: Args) =>
+      mark(plain.pgettext(ctx, msgid, ...args)),
+    npgettext: (
+      ctx: string,
+      msgid: string,
+      plural: string,
+      n: number,
+      ...args: Args
+    ) => mark(plain.npgettext(ctx, msgid, plural, n, ...args)),
+    dcnpgettext: (
+      domain: string,
+      ctx: string,
+      msgid: string,
+      plural: string,
+      n: number,
+      ...args: Args
+    ) => mark(plain.dcnpgettext(domain, ctx, msgid, plural, n, ...args))
   };
 }
 
