@@ -32,7 +32,21 @@ browser:
 pytest: setup browser
 	$(BIN)/python -m pytest
 
-test: lint typecheck pytest
+# The labextension's TypeScript: dependencies exactly as locked (yarn.lock is committed; CI
+# refuses to write one), then prettier, eslint and tsc, then the jest unit tests.
+JLPM := PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/jlpm
+.PHONY: ts-deps lint-ts test-ts
+
+ts-deps: setup
+	cd labextension && $(JLPM) install --immutable
+
+lint-ts: ts-deps
+	cd labextension && $(JLPM) lint:check
+
+test-ts: ts-deps
+	cd labextension && $(JLPM) test
+
+test: lint typecheck lint-ts test-ts pytest
 
 bench: setup
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done

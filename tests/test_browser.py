@@ -91,8 +91,15 @@ def lab(tmp_path: Path) -> Any:
     """A project with a first champion (v1, from the CLI) served by `jupyter lab`."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run scripts/ensure_chromium.sh (make test does)")
-    bundle = Path(sys.prefix, "share", "jupyter", "labextensions", "nb_mlops", "package.json")
-    assert bundle.exists(), "the nb_mlops labextension is not installed: pip install -e ."
+    chosen = os.environ.get("NB_MLOPS_TEST_LABEXTENSION")
+    bundle = (
+        Path(chosen)
+        if chosen
+        else Path(sys.prefix, "share", "jupyter", "labextensions", "nb_mlops")
+    )
+    assert (bundle / "package.json").exists(), (
+        f"no nb_mlops labextension at {bundle}: pip install -e . (or build labextension/)"
+    )
     project = tmp_path / "project"
     project.mkdir()
     (project / "pyproject.toml").write_text(PYPROJECT)
@@ -108,6 +115,12 @@ def lab(tmp_path: Path) -> Any:
     env["JUPYTER_CONFIG_DIR"] = str(tmp_path / "jupyter-config")
     env["JUPYTERLAB_SETTINGS_DIR"] = str(jupyter_proc.quiet_settings(tmp_path / "lab-settings"))
     env["JUPYTERLAB_WORKSPACES_DIR"] = str(tmp_path / "lab-workspaces")
+    if chosen:
+        # a data folder searched before the installed ones: its nb_mlops wins
+        data = tmp_path / "jupyter-data"
+        (data / "labextensions").mkdir(parents=True)
+        (data / "labextensions" / "nb_mlops").symlink_to(bundle.resolve())
+        env["JUPYTER_PATH"] = str(data)
     proc, port = jupyter_proc.start(project, token=TOKEN, env=env, log=tmp_path / "jupyter.log")
     try:
         yield {
@@ -115,6 +128,9 @@ def lab(tmp_path: Path) -> Any:
             "port": port,
             "notebook": "notebooks/quickstart.ipynb",
             "log": tmp_path / "jupyter.log",
+            "bundle_entry": json.loads((bundle / "package.json").read_text())["jupyterlab"][
+                "_build"
+            ]["load"],
         }
     finally:
         jupyter_proc.stop(proc)
@@ -144,6 +160,10 @@ def test_promote_and_rollback_from_jupyterlab(lab: dict[str, Any]) -> None:
             button = page.locator(".nbm-promote-button button, button.nbm-promote-button").first
             expect(button).to_be_visible(timeout=60_000)
             timings["page_to_promote_button_s"] = time.monotonic() - start
+            # the page runs the bundle under test (its entry file name carries a content hash)
+            config = json.loads(page.locator("#jupyter-config-data").text_content() or "{}")
+            loaded = {e["name"]: e["load"] for e in config.get("federated_extensions", [])}
+            assert loaded.get("nb_mlops") == lab["bundle_entry"], loaded.get("nb_mlops")
             expect(button).to_be_enabled(timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "browser-1-notebook.png"))
 

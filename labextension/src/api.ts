@@ -1,36 +1,49 @@
 /**
  * Calls to the nb_mlops server extension (`/nb-mlops/api/...`) through JupyterLab's
- * ServerConnection, which adds the token and the XSRF header.
+ * ServerConnection, which adds the token and the XSRF header; replies are checked against
+ * the shapes in `models.ts` before anyone reads them.
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import { IHistory, IJob, IJobList, INotebookInfo } from './models';
+import { ApiError } from './errors';
+import {
+  IHistory,
+  IJob,
+  IJobList,
+  INotebookInfo,
+  parseHistory,
+  parseJob,
+  parseJobList,
+  parseNotebookInfo
+} from './models';
 
-/** An API error carrying the server's one-line message. */
-export class ApiError extends Error {
-  constructor(
-    message: string,
-    readonly status: number
-  ) {
-    super(message);
+export { ApiError };
+
+/** The server's message in an error reply, if it sent one. */
+function messageOf(data: unknown): string | null {
+  if (data !== null && typeof data === 'object' && 'message' in data) {
+    const message = data.message;
+    return typeof message === 'string' && message ? message : null;
   }
+  return null;
 }
 
-export async function requestAPI<T>(
+/** Call `endpoint`; resolve with the JSON reply, reject with an ApiError. */
+export async function requestAPI(
   endpoint: string,
   init: RequestInit = {}
-): Promise<T> {
+): Promise<unknown> {
   const settings = ServerConnection.makeSettings();
   const url = URLExt.join(settings.baseUrl, 'nb-mlops', 'api', endpoint);
   let response: Response;
   try {
     response = await ServerConnection.makeRequest(url, init, settings);
   } catch (error) {
-    throw new ApiError(`cannot reach the Jupyter server: ${String(error)}`, 0);
+    throw new ApiError(String(error), 0);
   }
   const text = await response.text();
-  let data: any = {};
+  let data: unknown = {};
   if (text.length > 0) {
     try {
       data = JSON.parse(text);
@@ -40,54 +53,55 @@ export async function requestAPI<T>(
   }
   if (!response.ok) {
     throw new ApiError(
-      (data && typeof data.message === 'string' && data.message) ||
-        response.statusText ||
-        `HTTP ${response.status}`,
+      messageOf(data) || response.statusText || `HTTP ${response.status}`,
       response.status
     );
   }
-  return data as T;
+  return data;
 }
 
 const enc = encodeURIComponent;
 
-export function getNotebook(path: string): Promise<INotebookInfo> {
-  return requestAPI<INotebookInfo>(`notebook?path=${enc(path)}`);
+export async function getNotebook(path: string): Promise<INotebookInfo> {
+  return parseNotebookInfo(await requestAPI(`notebook?path=${enc(path)}`));
 }
 
-export function startJob(body: {
+export async function startJob(body: {
   path: string;
   parameters: { [name: string]: unknown };
   model: string | null;
   action: 'run' | 'promote';
 }): Promise<IJob> {
-  return requestAPI<IJob>('jobs', {
+  const data = await requestAPI('jobs', {
     method: 'POST',
     body: JSON.stringify(body)
   });
+  return parseJob(data);
 }
 
-export function listJobs(): Promise<IJobList> {
-  return requestAPI<IJobList>('jobs');
+export async function listJobs(): Promise<IJobList> {
+  return parseJobList(await requestAPI('jobs'));
 }
 
-export function getJob(id: string): Promise<IJob> {
-  return requestAPI<IJob>(`jobs/${enc(id)}`);
+export async function getJob(id: string): Promise<IJob> {
+  return parseJob(await requestAPI(`jobs/${enc(id)}`));
 }
 
-export function cancelJob(id: string): Promise<IJob> {
-  return requestAPI<IJob>(`jobs/${enc(id)}/cancel`, { method: 'POST' });
+export async function cancelJob(id: string): Promise<IJob> {
+  return parseJob(
+    await requestAPI(`jobs/${enc(id)}/cancel`, { method: 'POST' })
+  );
 }
 
-export function getHistory(model: string): Promise<IHistory> {
-  return requestAPI<IHistory>(`models/${enc(model)}/history`);
+export async function getHistory(model: string): Promise<IHistory> {
+  return parseHistory(await requestAPI(`models/${enc(model)}/history`));
 }
 
-export function rollback(
+export async function rollback(
   model: string,
   reason: string,
   version?: string
-): Promise<{ [key: string]: unknown }> {
+): Promise<unknown> {
   const body: { [key: string]: unknown } = { reason };
   if (version) {
     body.version = version;

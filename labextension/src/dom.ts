@@ -69,9 +69,9 @@ export function asText(value: unknown): string {
     return value;
   }
   try {
-    return JSON.stringify(value);
+    return JSON.stringify(value) ?? '—'; // undefined for a function or a symbol
   } catch {
-    return String(value);
+    return '—'; // a cycle or a bigint: never in JSON from the server
   }
 }
 

@@ -1,13 +1,24 @@
 /**
  * The Promote dialog's body: a form generated from the notebook's typed parameter schema
  * (defaults filled, types checked as you type), the target model, and a preview of the gates
- * with the current champion's values.
+ * with the current champion's values. The rules per parameter live in `params.ts`.
  */
-import { Dialog } from '@jupyterlab/apputils';
+import type { Dialog } from '@jupyterlab/apputils';
+import type { TranslationBundle } from '@jupyterlab/translation';
 import { Widget } from '@lumino/widgets';
 
 import { asText, h } from './dom';
 import { INotebookInfo, IParameter } from './models';
+import {
+  fieldKind,
+  IParsed,
+  initialChecked,
+  initialText,
+  isModelName,
+  parseParameter,
+  previousText,
+  typeLabel
+} from './params';
 
 export interface IPromoteValue {
   parameters: { [name: string]: unknown };
@@ -15,92 +26,37 @@ export interface IPromoteValue {
   errors: string[];
 }
 
-const INT = /^[-+]?\d+$/;
-const FLOAT = /^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?(inf|nan)$/i;
-const MODEL = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/;
-
-/** Parse the text typed for one parameter; returns the value or an error message. */
-export function parseParameter(
-  param: IParameter,
-  raw: string | boolean
-): { value?: unknown; error?: string } {
-  const type = (param.type || 'any').toLowerCase();
-  if (typeof raw === 'boolean') {
-    return { value: raw };
-  }
-  const text = raw.trim();
-  if (text === '' && param.has_default === false) {
-    return {}; // left empty: the notebook's parameters cell computes its default
-  }
-  if (text === '' && (param.nullable || param.default === null) && type !== 'str') {
-    return { value: null };
-  }
-  switch (type) {
-    case 'int':
-      return INT.test(text)
-        ? { value: parseInt(text, 10) }
-        : { error: `${param.name} must be an integer` };
-    case 'float':
-      return FLOAT.test(text) && !Number.isNaN(Number(text))
-        ? { value: Number(text) }
-        : { error: `${param.name} must be a number` };
-    case 'str':
-      return { value: raw };
-    case 'bool':
-      return /^(true|false)$/i.test(text)
-        ? { value: text.toLowerCase() === 'true' }
-        : { error: `${param.name} must be true or false` };
-    default:
-      try {
-        const value = JSON.parse(text);
-        if (type === 'list' && !Array.isArray(value)) {
-          return { error: `${param.name} must be a JSON list, e.g. [1, 2]` };
-        }
-        if (
-          type === 'dict' &&
-          (value === null || typeof value !== 'object' || Array.isArray(value))
-        ) {
-          return { error: `${param.name} must be a JSON object, e.g. {"a": 1}` };
-        }
-        return { value };
-      } catch {
-        return { error: `${param.name} must be JSON (${type})` };
-      }
-  }
-}
-
-function initialText(param: IParameter): string {
-  const type = (param.type || 'any').toLowerCase();
-  if (param.default === null || param.default === undefined) {
-    return '';
-  }
-  if (type === 'str' && typeof param.default === 'string') {
-    return param.default;
-  }
-  if (type === 'float' && typeof param.default === 'number' && Number.isInteger(param.default)) {
-    return param.default.toFixed(1); // 1.0, not 1: the field shows it is a float
-  }
-  return JSON.stringify(param.default);
-}
+type Reader = () => IParsed & { name: string };
 
 export class PromoteForm
   extends Widget
   implements Dialog.IBodyWidget<IPromoteValue>
 {
-  private readonly readers: Array<() => { name: string; value?: unknown; error?: string }> =
-    [];
+  private readonly readers: Reader[] = [];
   private readonly modelInput: HTMLInputElement;
 
   constructor(
     private readonly info: INotebookInfo,
+    private readonly trans: TranslationBundle,
     previous?: IPromoteValue
   ) {
     super();
     this.addClass('nbm-form');
     const node = this.node;
     node.appendChild(
-      h('p', { class: 'nbm-muted' }, 'Notebook: ', h('code', {}, info.path), ' · pipeline ',
-        h('code', {}, info.pipeline), ` · ${info.steps.length} step(s)`)
+      h(
+        'p',
+        { class: 'nbm-muted' },
+        trans.__('Notebook:'),
+        ' ',
+        h('code', {}, info.path),
+        ' · ',
+        trans.__('pipeline'),
+        ' ',
+        h('code', {}, info.pipeline),
+        ' · ',
+        trans._n('%1 step', '%1 steps', info.steps.length)
+      )
     );
     for (const warning of info.warnings || []) {
       node.appendChild(h('p', { class: 'nbm-warning' }, warning));
@@ -108,63 +64,80 @@ export class PromoteForm
 
     const table = h('div', { class: 'nbm-params' });
     if (info.parameters.length === 0) {
-      table.appendChild(h('p', { class: 'nbm-muted' }, 'This notebook declares no parameters.'));
+      table.appendChild(
+        h(
+          'p',
+          { class: 'nbm-muted' },
+          trans.__('This notebook declares no parameters.')
+        )
+      );
     }
     for (const param of info.parameters) {
       table.appendChild(this.field(param, previous?.parameters[param.name]));
     }
-    node.appendChild(h('h3', {}, 'Parameters'));
+    node.appendChild(h('h3', {}, trans.__('Parameters')));
     node.appendChild(table);
 
-    node.appendChild(h('h3', {}, 'Target model'));
+    node.appendChild(h('h3', {}, trans.__('Target model')));
     this.modelInput = h('input', {
       type: 'text',
       class: 'jp-mod-styled nbm-model',
       name: 'model',
-      'aria-label': 'model name'
+      'aria-label': trans.__('model name')
     }) as HTMLInputElement;
     this.modelInput.value = previous?.model ?? info.model;
     const modelError = h('div', { class: 'nbm-error' });
     this.modelInput.addEventListener('input', () => {
-      modelError.textContent = MODEL.test(this.modelInput.value.trim())
+      modelError.textContent = isModelName(this.modelInput.value)
         ? ''
-        : 'letters, digits, "_", ".", "-"';
+        : trans.__('letters, digits, "_", ".", "-"');
     });
     node.appendChild(this.modelInput);
     node.appendChild(modelError);
 
-    node.appendChild(h('h3', {}, 'Gates'));
+    node.appendChild(h('h3', {}, trans.__('Gates')));
     node.appendChild(this.gates());
   }
 
   private field(param: IParameter, previous: unknown): HTMLElement {
-    const type = (param.type || 'any').toLowerCase();
     const id = `nbm-param-${param.name}`;
-    const error = h('div', { class: 'nbm-error', 'data-param-error': param.name });
+    const error = h('div', {
+      class: 'nbm-error',
+      'data-param-error': param.name
+    });
     let input: HTMLInputElement | HTMLTextAreaElement;
-    if (type === 'bool' && param.has_default !== false) {
-      input = h('input', { type: 'checkbox', id, name: param.name }) as HTMLInputElement;
-      (input as HTMLInputElement).checked =
-        previous !== undefined ? Boolean(previous) : Boolean(param.default);
-    } else if (type === 'list' || type === 'dict' || type === 'any') {
-      input = h('textarea', { id, name: param.name, rows: '2', class: 'jp-mod-styled' }) as HTMLTextAreaElement;
-      input.value = previous !== undefined ? JSON.stringify(previous) : initialText(param);
+    const kind = fieldKind(param);
+    if (kind === 'checkbox') {
+      const box = h('input', {
+        type: 'checkbox',
+        id,
+        name: param.name
+      }) as HTMLInputElement;
+      box.checked = initialChecked(param, previous);
+      input = box;
     } else {
-      input = h('input', { type: 'text', id, name: param.name, class: 'jp-mod-styled' }) as HTMLInputElement;
+      input = h(kind === 'textarea' ? 'textarea' : 'input', {
+        ...(kind === 'textarea' ? { rows: '2' } : { type: 'text' }),
+        id,
+        name: param.name,
+        class: 'jp-mod-styled'
+      }) as HTMLInputElement | HTMLTextAreaElement;
       input.value =
         previous !== undefined
-          ? type === 'str' && typeof previous === 'string'
-            ? previous
-            : JSON.stringify(previous)
+          ? previousText(param, previous)
           : initialText(param);
     }
     if (param.has_default === false) {
-      input.placeholder = param.computed ? `computed: ${param.computed}` : 'unset';
+      input.placeholder = param.computed
+        ? this.trans.__('computed: %1', param.computed)
+        : this.trans.__('unset');
     }
-    const read = () => {
+    const read: Reader = () => {
       const raw =
-        input instanceof HTMLInputElement && input.type === 'checkbox' ? input.checked : input.value;
-      return { name: param.name, ...parseParameter(param, raw) };
+        input instanceof HTMLInputElement && input.type === 'checkbox'
+          ? input.checked
+          : input.value;
+      return { name: param.name, ...parseParameter(param, raw, this.trans) };
     };
     const check = () => {
       const result = read();
@@ -177,7 +150,13 @@ export class PromoteForm
     return h(
       'div',
       { class: 'nbm-field' },
-      h('label', { for: id }, param.name, ' ', h('span', { class: 'nbm-type' }, type)),
+      h(
+        'label',
+        { for: id },
+        param.name,
+        ' ',
+        h('span', { class: 'nbm-type' }, typeLabel(param))
+      ),
       input,
       param.help ? h('div', { class: 'nbm-muted' }, param.help) : null,
       error
@@ -185,24 +164,48 @@ export class PromoteForm
   }
 
   private gates(): HTMLElement {
-    const info = this.info;
+    const { info, trans } = this;
     if (!info.gates || info.gates.length === 0) {
-      return h('p', { class: 'nbm-muted' }, 'No gates configured ([tool.nb_mlops.gates]).');
+      return h(
+        'p',
+        { class: 'nbm-muted' },
+        trans.__('No gates configured ([tool.nb_mlops.gates]).')
+      );
     }
     const champion = info.champion
-      ? `champion: version ${info.champion.version}`
-      : 'no champion yet';
+      ? trans.__(
+          '%1: champion is version %2',
+          info.model,
+          info.champion.version
+        )
+      : trans.__('%1: no champion yet', info.model);
     const rows = info.gates.map(g =>
-      h('tr', {}, h('td', {}, g.gate), h('td', {}, asText(g.expected)), h('td', {}, asText(g.champion)))
+      h(
+        'tr',
+        {},
+        h('td', {}, g.gate),
+        h('td', {}, asText(g.expected)),
+        h('td', {}, asText(g.champion))
+      )
     );
     return h(
       'div',
       {},
-      h('p', { class: 'nbm-muted' }, `${info.model}: ${champion}`),
+      h('p', { class: 'nbm-muted' }, champion),
       h(
         'table',
         { class: 'nbm-table nbm-gate-preview' },
-        h('thead', {}, h('tr', {}, h('th', {}, 'gate'), h('th', {}, 'requires'), h('th', {}, 'champion'))),
+        h(
+          'thead',
+          {},
+          h(
+            'tr',
+            {},
+            h('th', {}, trans.__('gate')),
+            h('th', {}, trans.__('requires')),
+            h('th', {}, trans.__('champion'))
+          )
+        ),
         h('tbody', {}, ...rows)
       )
     );
@@ -216,12 +219,14 @@ export class PromoteForm
       if (result.error) {
         errors.push(result.error);
       } else if ('value' in result) {
-        parameters[result.name] = result.value;
+        parameters[result.name] = result.value; // absent: the notebook computes the default
       }
     }
     const model = this.modelInput.value.trim();
-    if (!MODEL.test(model)) {
-      errors.push('the model name may hold letters, digits, "_", ".", "-"');
+    if (!isModelName(model)) {
+      errors.push(
+        this.trans.__('the model name may hold letters, digits, "_", ".", "-"')
+      );
     }
     return { parameters, model, errors };
   }

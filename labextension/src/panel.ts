@@ -1,31 +1,62 @@
 /**
  * The MLOps panel (right sidebar): jobs with live step progress, the final gate table, result
- * links, and the model's promotion history with a Rollback button. Polls every second while a job
- * is active, every five seconds otherwise (only while the panel is visible).
+ * links, and the model's promotion history with a Rollback button. A `Poll` refreshes the jobs
+ * every second while one is active and every five seconds otherwise, backs off while the
+ * server does not answer, stands by while the page is hidden and stops while the panel is.
  */
 import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import type { TranslationBundle } from '@jupyterlab/translation';
+import { Poll } from '@lumino/polling';
 import { Widget } from '@lumino/widgets';
 
 import * as api from './api';
 import { asText, clear, h, link } from './dom';
-import { ACTIVE_STATUSES, IHistory, IJob } from './models';
+import { describeError } from './errors';
+import {
+  actionWord,
+  anyActive,
+  championVersion,
+  gateVerdict,
+  IGateResult,
+  IHistory,
+  IJob,
+  isActive,
+  justFinished,
+  needsDetail,
+  recentEntries,
+  resultLinks,
+  statusClass,
+  statusWord
+} from './models';
 
-const FAST_MS = 1000;
-const SLOW_MS = 5000;
+/** Poll intervals (ms): a job is active, nothing is active, the longest backoff. */
+export const FAST_MS = 1000;
+export const SLOW_MS = 5000;
+export const MAX_MS = 60000;
+const MAX_JOBS = 20;
 
 class ReasonForm extends Widget implements Dialog.IBodyWidget<string> {
   private readonly input: HTMLTextAreaElement;
-  constructor(model: string, target: string) {
+  constructor(model: string, trans: TranslationBundle) {
     super();
     this.addClass('nbm-form');
     this.input = h('textarea', {
       class: 'jp-mod-styled nbm-reason',
       rows: '3',
-      'aria-label': 'reason',
-      placeholder: 'why roll back? (recorded in the promotion journal)'
+      'aria-label': trans.__('reason'),
+      placeholder: trans.__(
+        'why roll back? (recorded in the promotion journal)'
+      )
     }) as HTMLTextAreaElement;
     this.node.appendChild(
-      h('p', {}, `Move the champion alias of ${model} back to ${target}.`)
+      h(
+        'p',
+        {},
+        trans.__(
+          'Move the champion alias of %1 back to the previous champion.',
+          model
+        )
+      )
     );
     this.node.appendChild(this.input);
   }
@@ -40,32 +71,50 @@ export class MlopsPanel extends Widget {
   private historyError = '';
   private model = '';
   private uiUrl = '';
-  private timer: number | undefined;
+  private readonly poll: Poll;
   private readonly jobsNode = h('div', { class: 'nbm-jobs' });
   private readonly historyNode = h('div', { class: 'nbm-history' });
   private readonly modelInput: HTMLInputElement;
   private readonly errorNode = h('div', { class: 'nbm-error' });
 
-  constructor() {
+  constructor(private readonly trans: TranslationBundle) {
     super();
     this.id = 'nb-mlops-panel';
     this.addClass('nbm-panel');
-    this.title.caption = 'MLOps: jobs and model history';
+    this.title.caption = trans.__('MLOps: jobs and model history');
+    this.poll = new Poll({
+      auto: false,
+      factory: () => this.refresh(),
+      frequency: { interval: SLOW_MS, backoff: true, max: MAX_MS },
+      name: 'nb_mlops:jobs',
+      standby: 'when-hidden'
+    });
     this.modelInput = h('input', {
       type: 'text',
       class: 'jp-mod-styled',
-      placeholder: 'model name',
-      'aria-label': 'model name for history'
+      placeholder: trans.__('model name'),
+      'aria-label': trans.__('model name for history')
     }) as HTMLInputElement;
-    this.modelInput.addEventListener('change', () => this.setModel(this.modelInput.value.trim()));
-    const refresh = h('button', { class: 'jp-Button jp-mod-styled', type: 'button' }, 'Refresh');
-    refresh.addEventListener('click', () => void this.refresh());
-    this.node.appendChild(h('h2', {}, 'MLOps'));
+    this.modelInput.addEventListener('change', () =>
+      this.setModel(this.modelInput.value.trim())
+    );
+    const refresh = h(
+      'button',
+      { class: 'jp-Button jp-mod-styled', type: 'button' },
+      trans.__('Refresh')
+    );
+    refresh.addEventListener('click', () => {
+      void this.loadHistory();
+      void this.poll.refresh();
+    });
+    this.node.appendChild(h('h2', {}, trans.__('MLOps')));
     this.node.appendChild(this.errorNode);
-    this.node.appendChild(h('h3', {}, 'Jobs'));
+    this.node.appendChild(h('h3', {}, trans.__('Jobs')));
     this.node.appendChild(this.jobsNode);
-    this.node.appendChild(h('h3', {}, 'Model history'));
-    this.node.appendChild(h('div', { class: 'nbm-row' }, this.modelInput, refresh));
+    this.node.appendChild(h('h3', {}, trans.__('Model history')));
+    this.node.appendChild(
+      h('div', { class: 'nbm-row' }, this.modelInput, refresh)
+    );
     this.node.appendChild(this.historyNode);
     this.renderJobs();
     this.renderHistory();
@@ -88,50 +137,80 @@ export class MlopsPanel extends Widget {
   track(job: IJob): void {
     this.jobs = [job, ...this.jobs.filter(j => j.id !== job.id)];
     this.renderJobs();
-    this.schedule(FAST_MS);
+    this.pace();
+    if (this.isVisible) {
+      void this.poll.refresh();
+    }
+  }
+
+  protected onAfterAttach(): void {
+    // attached already visible (a restored sidebar) gets no after-show message
+    if (this.isVisible) {
+      this.startPolling();
+    }
   }
 
   protected onAfterShow(): void {
-    void this.refresh();
+    this.startPolling();
   }
 
   protected onBeforeHide(): void {
-    window.clearTimeout(this.timer);
-    this.timer = undefined;
+    void this.poll.stop();
+  }
+
+  protected onBeforeDetach(): void {
+    void this.poll.stop();
+  }
+
+  /** A stopped poll starts with an immediate tick; a running one ticks now. */
+  private startPolling(): void {
+    const phase = this.poll.state.phase;
+    void (phase === 'stopped' || phase === 'constructed'
+      ? this.poll.start()
+      : this.poll.refresh());
   }
 
   dispose(): void {
-    window.clearTimeout(this.timer);
+    if (this.isDisposed) {
+      return;
+    }
+    this.poll.dispose();
     super.dispose();
   }
 
-  private schedule(ms: number): void {
-    window.clearTimeout(this.timer);
-    this.timer = window.setTimeout(() => void this.refresh(), ms);
+  /** Fast while a job is active, slow otherwise (read by the poll's next tick). */
+  private pace(): void {
+    this.poll.frequency = {
+      ...this.poll.frequency,
+      interval: anyActive(this.jobs) ? FAST_MS : SLOW_MS
+    };
   }
 
-  async refresh(): Promise<void> {
+  /** One poll tick: the job list, with details for active jobs; rejects so the poll backs off. */
+  private async refresh(): Promise<void> {
     try {
       const { jobs } = await api.listJobs();
       // Active jobs get their full view (step progress, log tail) at every tick.
+      const detail = needsDetail(jobs);
       const detailed = await Promise.all(
-        jobs.map(j => (ACTIVE_STATUSES.includes(j.status) || j.id === jobs[0]?.id ? api.getJob(j.id) : j))
+        jobs.map(j =>
+          detail.has(j.id) ? api.getJob(j.id) : Promise.resolve(j)
+        )
       );
-      const finishedNow = this.jobs.some(
-        old => ACTIVE_STATUSES.includes(old.status) &&
-          detailed.some(j => j.id === old.id && !ACTIVE_STATUSES.includes(j.status))
-      );
+      const finished = justFinished(this.jobs, detailed);
       this.jobs = detailed;
       this.errorNode.textContent = '';
-      if (finishedNow && this.model) {
+      if (finished.length > 0 && this.model) {
         await this.loadHistory();
       }
     } catch (error) {
-      this.errorNode.textContent = String((error as Error).message ?? error);
-    }
-    this.renderJobs();
-    if (!this.isDisposed && (this.isVisible || this.jobs.some(j => ACTIVE_STATUSES.includes(j.status)))) {
-      this.schedule(this.jobs.some(j => ACTIVE_STATUSES.includes(j.status)) ? FAST_MS : SLOW_MS);
+      this.errorNode.textContent = describeError(error, this.trans);
+      throw error;
+    } finally {
+      if (!this.isDisposed) {
+        this.renderJobs();
+        this.pace();
+      }
     }
   }
 
@@ -144,7 +223,7 @@ export class MlopsPanel extends Widget {
       this.historyError = '';
     } catch (error) {
       this.history = null;
-      this.historyError = String((error as Error).message ?? error);
+      this.historyError = describeError(error, this.trans);
     }
     this.renderHistory();
   }
@@ -152,92 +231,159 @@ export class MlopsPanel extends Widget {
   private renderJobs(): void {
     clear(this.jobsNode);
     if (this.jobs.length === 0) {
-      this.jobsNode.appendChild(h('p', { class: 'nbm-muted' }, 'No jobs yet. Click Promote in a notebook toolbar.'));
+      this.jobsNode.appendChild(
+        h(
+          'p',
+          { class: 'nbm-muted' },
+          this.trans.__('No jobs yet. Click Promote in a notebook toolbar.')
+        )
+      );
       return;
     }
-    for (const job of this.jobs.slice(0, 20)) {
+    for (const job of this.jobs.slice(0, MAX_JOBS)) {
       this.jobsNode.appendChild(this.renderJob(job));
     }
   }
 
+  private statusBadge(status: string): HTMLElement {
+    return h(
+      'span',
+      { class: `nbm-status nbm-status-${statusClass(status)}` },
+      statusWord(status, this.trans)
+    );
+  }
+
   private renderJob(job: IJob): HTMLElement {
-    const active = ACTIVE_STATUSES.includes(job.status);
-    const card = h('div', { class: 'nbm-job', 'data-job-id': job.id, 'data-status': job.status });
+    const trans = this.trans;
+    const active = isActive(job.status);
+    const card = h('div', {
+      class: 'nbm-job',
+      'data-job-id': job.id,
+      'data-status': job.status
+    });
     card.appendChild(
       h(
         'div',
         { class: 'nbm-row' },
-        h('span', { class: `nbm-status nbm-status-${job.status.toLowerCase()}` }, job.status),
-        h('span', { class: 'nbm-job-title' }, `${job.action} ${job.path}`),
+        this.statusBadge(job.status),
+        h(
+          'span',
+          { class: 'nbm-job-title' },
+          `${actionWord(job.action, trans)} ${job.path}`
+        ),
         job.model ? h('span', { class: 'nbm-muted' }, `→ ${job.model}`) : null
       )
     );
-    const steps = Object.entries(job.steps || {});
+    const steps = Object.entries(job.steps);
     if (steps.length > 0) {
       const list = h('ul', { class: 'nbm-steps' });
       for (const [name, step] of steps) {
         const status = String(step.status ?? 'PENDING');
+        const duration =
+          typeof step.duration === 'number'
+            ? trans.__('%1 s', step.duration.toFixed(1))
+            : null;
         list.appendChild(
           h(
             'li',
             { 'data-step': name, 'data-status': status },
-            h('span', { class: `nbm-status nbm-status-${status.toLowerCase()}` }, status),
+            this.statusBadge(status),
             ' ',
             name,
-            step.cached ? h('span', { class: 'nbm-muted' }, ' (cached)') : null,
-            step.duration != null ? h('span', { class: 'nbm-muted' }, ` ${Number(step.duration).toFixed(1)} s`) : null,
-            step.error ? h('div', { class: 'nbm-error' }, String(step.error)) : null
+            step.cached
+              ? h('span', { class: 'nbm-muted' }, ' ', trans.__('(cached)'))
+              : null,
+            duration ? h('span', { class: 'nbm-muted' }, ' ', duration) : null,
+            step.error
+              ? h('div', { class: 'nbm-error' }, String(step.error))
+              : null
           )
         );
       }
       card.appendChild(list);
     }
-    if (job.gates && job.gates.length > 0) {
-      card.appendChild(this.renderGates(job));
+    if (job.gates.length > 0) {
+      card.appendChild(this.renderGates(job.gates));
     }
     if (job.error && !active) {
       card.appendChild(h('div', { class: 'nbm-error' }, job.error));
     }
-    const links = h('div', { class: 'nbm-row nbm-links' });
-    if (job.model_version) {
-      links.appendChild(h('span', {}, `${job.model} version ${job.model_version}`));
-    }
-    if (this.uiUrl && job.links) {
-      for (const [name, fragment] of Object.entries(job.links)) {
-        if (typeof fragment === 'string' && fragment.startsWith('#/')) {
-          links.appendChild(link(name === 'run' ? 'MLflow run' : 'model version', this.uiUrl.replace(/\/$/, '') + '/' + fragment));
-        }
-      }
-    } else if (job.run_id) {
-      links.appendChild(h('span', { class: 'nbm-muted' }, `run ${job.run_id}`));
-    }
-    if (active) {
-      const cancel = h('button', { class: 'jp-Button jp-mod-styled jp-mod-warn nbm-cancel', type: 'button' }, 'Cancel');
-      cancel.addEventListener('click', async () => {
-        try {
-          this.track(await api.cancelJob(job.id));
-        } catch (error) {
-          void showErrorMessage('Cancel failed', String((error as Error).message));
-        }
-      });
-      links.appendChild(cancel);
-    }
-    card.appendChild(links);
+    card.appendChild(this.renderLinks(job, active));
     if (job.log_tail && job.log_tail.length > 0) {
-      const details = h('details', {}, h('summary', {}, 'log'), h('pre', { class: 'nbm-log' }, job.log_tail.join('\n')));
-      card.appendChild(details);
+      card.appendChild(
+        h(
+          'details',
+          {},
+          h('summary', {}, trans.__('log')),
+          h('pre', { class: 'nbm-log' }, job.log_tail.join('\n'))
+        )
+      );
     }
     return card;
   }
 
-  private renderGates(job: IJob): HTMLElement {
-    const rows = job.gates.map(g => {
-      const verdict = String(g.verdict ?? (g.passed === false ? 'FAIL' : 'PASS'));
+  private renderLinks(job: IJob, active: boolean): HTMLElement {
+    const trans = this.trans;
+    const links = h('div', { class: 'nbm-row nbm-links' });
+    if (job.model_version) {
+      links.appendChild(
+        h(
+          'span',
+          {},
+          trans.__('%1 version %2', job.model ?? '', job.model_version)
+        )
+      );
+    }
+    if (this.uiUrl && job.links) {
+      for (const { kind, url } of resultLinks(job, this.uiUrl)) {
+        const text =
+          kind === 'run' ? trans.__('MLflow run') : trans.__('model version');
+        links.appendChild(link(text, url));
+      }
+    } else if (job.run_id) {
+      links.appendChild(
+        h('span', { class: 'nbm-muted' }, trans.__('run %1', job.run_id))
+      );
+    }
+    if (active) {
+      const cancel = h(
+        'button',
+        {
+          class: 'jp-Button jp-mod-styled jp-mod-warn nbm-cancel',
+          type: 'button'
+        },
+        trans.__('Cancel')
+      );
+      cancel.addEventListener('click', () => void this.cancel(job));
+      links.appendChild(cancel);
+    }
+    return links;
+  }
+
+  private async cancel(job: IJob): Promise<void> {
+    try {
+      this.track(await api.cancelJob(job.id));
+    } catch (error) {
+      await showErrorMessage(
+        this.trans.__('Cancel failed'),
+        describeError(error, this.trans)
+      );
+    }
+  }
+
+  private renderGates(gates: IGateResult[]): HTMLElement {
+    const trans = this.trans;
+    const rows = gates.map(g => {
+      const verdict = gateVerdict(g);
       return h(
         'tr',
         { 'data-verdict': verdict },
         h('td', {}, asText(g.gate ?? g.name)),
-        h('td', { class: `nbm-verdict nbm-verdict-${verdict.toLowerCase()}` }, verdict),
+        h(
+          'td',
+          { class: `nbm-verdict nbm-verdict-${statusClass(verdict)}` },
+          statusWord(verdict, trans)
+        ),
         h('td', {}, asText(g.measured)),
         h('td', {}, asText(g.expected)),
         h('td', { class: 'nbm-muted' }, asText(g.detail ?? ''))
@@ -246,31 +392,56 @@ export class MlopsPanel extends Widget {
     return h(
       'table',
       { class: 'nbm-table nbm-gates' },
-      h('thead', {}, h('tr', {}, h('th', {}, 'gate'), h('th', {}, 'verdict'), h('th', {}, 'measured'), h('th', {}, 'expected'), h('th', {}, ''))),
+      h(
+        'thead',
+        {},
+        h(
+          'tr',
+          {},
+          h('th', {}, trans.__('gate')),
+          h('th', {}, trans.__('verdict')),
+          h('th', {}, trans.__('measured')),
+          h('th', {}, trans.__('expected')),
+          h('th', {}, '')
+        )
+      ),
       h('tbody', {}, ...rows)
     );
   }
 
   private renderHistory(): void {
+    const trans = this.trans;
     clear(this.historyNode);
     if (!this.model) {
-      this.historyNode.appendChild(h('p', { class: 'nbm-muted' }, 'Type a model name, or promote a notebook.'));
+      this.historyNode.appendChild(
+        h(
+          'p',
+          { class: 'nbm-muted' },
+          trans.__('Type a model name, or promote a notebook.')
+        )
+      );
       return;
     }
     if (this.historyError) {
-      this.historyNode.appendChild(h('div', { class: 'nbm-error' }, this.historyError));
+      this.historyNode.appendChild(
+        h('div', { class: 'nbm-error' }, this.historyError)
+      );
     }
     const history = this.history;
     if (!history) {
       return;
     }
-    const champion = history.champion;
+    const version = asText(championVersion(history.champion));
     this.historyNode.appendChild(
-      h('p', { class: 'nbm-champion' }, `${this.model} champion: `,
-        h('b', { 'data-champion': asText(championVersion(champion)) }, asText(championVersion(champion))))
+      h(
+        'p',
+        { class: 'nbm-champion' },
+        trans.__('%1 champion:', this.model),
+        ' ',
+        h('b', { 'data-champion': version }, version)
+      )
     );
-    const entries = Array.isArray(history.entries) ? history.entries : [];
-    const rows = entries.slice().reverse().slice(0, 30).map(e =>
+    const rows = recentEntries(history).map(e =>
       h(
         'tr',
         {},
@@ -285,35 +456,63 @@ export class MlopsPanel extends Widget {
       h(
         'table',
         { class: 'nbm-table' },
-        h('thead', {}, h('tr', {}, h('th', {}, 'when'), h('th', {}, 'action'), h('th', {}, 'version'), h('th', {}, 'who'), h('th', {}, 'reason'))),
+        h(
+          'thead',
+          {},
+          h(
+            'tr',
+            {},
+            h('th', {}, trans.__('when')),
+            h('th', {}, trans.__('action')),
+            h('th', {}, trans.__('version')),
+            h('th', {}, trans.__('who')),
+            h('th', {}, trans.__('reason'))
+          )
+        ),
         h('tbody', {}, ...rows)
       )
     );
-    const button = h('button', { class: 'jp-Button jp-mod-styled jp-mod-warn nbm-rollback', type: 'button' }, 'Rollback');
+    const button = h(
+      'button',
+      {
+        class: 'jp-Button jp-mod-styled jp-mod-warn nbm-rollback',
+        type: 'button'
+      },
+      trans.__('Rollback')
+    );
     button.addEventListener('click', () => void this.rollback());
     this.historyNode.appendChild(button);
   }
 
   private async rollback(): Promise<void> {
-    const model = this.model;
+    const { model, trans } = this;
     for (;;) {
       const result = await showDialog({
-        title: `Roll back ${model}?`,
-        body: new ReasonForm(model, 'the previous champion'),
-        buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Rollback' })]
+        title: trans.__('Roll back %1?', model),
+        body: new ReasonForm(model, trans),
+        buttons: [
+          Dialog.cancelButton({ label: trans.__('Cancel') }),
+          Dialog.warnButton({ label: trans.__('Rollback') })
+        ]
       });
       if (!result.button.accept) {
         return;
       }
       const reason = (result.value ?? '').trim();
       if (!reason) {
-        await showErrorMessage('A reason is required', 'The journal records why the champion moved back.');
+        await showErrorMessage(
+          trans.__('A reason is required'),
+          trans.__('The journal records why the champion moved back.')
+        );
         continue;
       }
       try {
         await api.rollback(model, reason);
       } catch (error) {
-        await showErrorMessage('Rollback failed', String((error as Error).message));
+        await showErrorMessage(
+          trans.__('Rollback failed'),
+          describeError(error, trans)
+        );
       }
       await this.loadHistory();
       return;
@@ -321,17 +520,16 @@ export class MlopsPanel extends Widget {
   }
 }
 
-function championVersion(champion: unknown): unknown {
-  if (champion && typeof champion === 'object' && 'version' in (champion as object)) {
-    return (champion as { version: unknown }).version;
-  }
-  return champion;
-}
-
 /** "Nov 26, 2026, 06:05 PM" in the user's locale (the ISO time stays in the cell's tooltip). */
 function shortTime(value: unknown): string {
   const when = new Date(asText(value));
   return Number.isNaN(when.getTime())
     ? asText(value)
-    : when.toLocaleString(undefined, { year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+    : when.toLocaleString(undefined, {
+        year: 'numeric',
+        month: 'short',
+        day: 'numeric',
+        hour: '2-digit',
+        minute: '2-digit'
+      });
 }
