@@ -313,6 +313,7 @@ def run_step(
     reap: Callable[[Any], None] | None = None,
     zygote: Any = None,
     zygote_wait: float = 0.0,
+    on_kernel: Callable[[Any], None] | None = None,
 ) -> StepResult:
     """Execute one step notebook; never raises for a failing step (the result says FAILED).
 
@@ -326,6 +327,8 @@ def run_step(
             must call `stop_kernel(km)` before the run ends.
         zygote: a `Zygote` ready within `zygote_wait` seconds forks the fresh kernel, when one
             is needed.
+        on_kernel: called with the kernel manager as soon as the step has its kernel (an
+            executor that must stop at once kills it).
     """
     import papermill
 
@@ -365,6 +368,8 @@ def run_step(
                 zygote=zygote,
                 zygote_wait=zygote_wait,
             )
+        if on_kernel is not None:
+            on_kernel(km)
         papermill.execute_notebook(
             task.notebook,
             task.output,
