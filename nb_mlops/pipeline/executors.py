@@ -332,7 +332,7 @@ def check_spec(spec: str) -> None:
         raise PipelineError(
             f"unknown executor {spec!r}; use one of: {', '.join(known)} (e.g. dask://HOST:PORT)"
         )
-    if scheme == "dask" and not re.match(r"^dask://[^:/]+:\d+$", spec):
+    if scheme == "dask" and not re.match(r"^dask://[^:/]+:\d+\Z", spec):
         raise PipelineError(f"executor {spec!r} is not dask://HOST:PORT")
 
 
