@@ -110,7 +110,11 @@ VALIDATORS: list[tuple[str, Callable[[Path, str], Any], str]] = [
     ),
     ("snapshot name", _call("nb_mlops.core.data.names", "check_name"), "train"),
     # a model reference is stripped first (surrounding blanks are layout): a newline inside
-    ("model reference", lambda _t, v: _call("nb_mlops.core.lineage", "parse_ref")(_t, v + "x"), "m"),
+    (
+        "model reference",
+        lambda _t, v: _call("nb_mlops.core.lineage", "parse_ref")(_t, v + "x"),
+        "m",
+    ),
 ]
 
 
