@@ -164,6 +164,10 @@ def test_kill_9_of_the_runner_leaves_no_process_and_the_next_run_settles_and_res
     assert wait_gone(tree, BOUND) == []
     # and its runs stay RUNNING until the next command looks
     assert runs_by_status(load_config().db_path)[run_id] == "RUNNING"
+    if kernels == "forked":
+        # When the next command is any pipeline command, Then it marks them KILLED
+        assert main(["pipeline", "show", "slow", "--json"]) == 0
+        assert runs_by_status(load_config().db_path)[run_id] == "KILLED"
     # When the next command resumes it
     _resume_completes(slow, run_id, capsys)
     # Then the killed run and its step runs were marked KILLED (the finished one stays FINISHED)

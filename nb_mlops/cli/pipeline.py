@@ -32,6 +32,22 @@ def pipeline() -> None:
     nb-mlops pipeline show train
     nb-mlops pipeline run train -p C=0.5 -p n_features=10
     """
+    _settle_dead_runs()
+
+
+def _settle_dead_runs() -> None:
+    """Every pipeline command first marks KILLED the runs of runners that died (costs a folder
+    listing when none did); a failure here must not stop the command itself."""
+    from nb_mlops.core.config import load_config
+    from nb_mlops.pipeline.settle import LIVE_DIR
+
+    with contextlib.suppress(Exception):
+        cfg = load_config()
+        if any((cfg.runs_dir / LIVE_DIR).glob("*.json")):
+            from nb_mlops.pipeline.record import Recorder
+            from nb_mlops.pipeline.settle import settle_dead_runs
+
+            settle_dead_runs(cfg, Recorder(cfg))
 
 
 @pipeline.command()

@@ -51,6 +51,7 @@ def end(*_):
 
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the runner's to handle
 signal.signal(signal.SIGTERM, end)
+signal.signal(signal.SIGHUP, end)  # the terminal closed
 die_with_parent(int(sys.argv[1]), signal.SIGTERM)
 import ipykernel.kernelapp, ipykernel.ipkernel, IPython.core.interactiveshell
 # what a kernel imports while it initialises (the debugger's debugpy alone is ≈ 0.3 s), then what
@@ -72,14 +73,15 @@ zygote = os.getpid()
 for line in requests:
     job = json.loads(line)
     ready_r, ready_w = os.pipe()
-    # no SIGTERM between fork() and the child's own handler: ours would kill its siblings
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    # no SIGTERM/SIGHUP between fork() and the child's own handlers: ours kill its siblings
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})
     pid = os.fork()
     if pid == 0:
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP})
             os.close(ready_r)
             os.setsid()  # its own process group: killing the kernel kills what it starts
             die_with_parent(zygote, signal.SIGKILL)
@@ -100,7 +102,7 @@ for line in requests:
             os._exit(1)
         os._exit(0)
     kids.add(pid)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP})
     os.close(ready_w)
     os.read(ready_r, 1)  # the child has its own session before anyone may signal its group
     os.close(ready_r)
