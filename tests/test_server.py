@@ -578,6 +578,43 @@ def test_cancel_kills_the_whole_process_tree(tmp_path: Path) -> None:
     assert service.cancel(job["id"])["status"] == "CANCELLED"  # idempotent
 
 
+def test_cancelling_a_running_pipeline_job_ends_its_mlflow_runs_killed(tmp_path: Path) -> None:
+    """Cancel stops the runner the way SIGTERM does: its running step is killed at once, the
+    MLflow runs it started end KILLED (not RUNNING for ever), nothing it started is left."""
+    from nb_mlops.server.jobs import JobService
+    from tests.crashutil import descendants, runs_by_status, wait_gone
+    from tests.test_pipeline_stop import SLOW_CELLS
+
+    # Given a run job whose second step waits in its cell
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "pyproject.toml").write_text("[tool.nb_mlops]\n")
+    nb = new_notebook(root / "slow.ipynb", SLOW_CELLS)
+    service = JobService(root / ".nb_mlops" / "jobs")
+    job = service.create(
+        notebook=nb,
+        rel_path="slow.ipynb",
+        project_root=root,
+        pipeline="slow",
+        parameters={},
+        model=None,
+        action="run",
+        user="tester",
+    )
+    deadline = time.monotonic() + 180
+    while not list(root.rglob("in_cell")):  # the staged copy runs in the job's folder
+        assert time.monotonic() < deadline, service.get(job["id"])
+        time.sleep(0.1)
+    record = json.loads((root / ".nb_mlops" / "jobs" / f"{job['id']}.json").read_text())
+    tree = descendants(record["pid"])
+    # When it is cancelled
+    assert service.cancel(job["id"])["status"] == "CANCELLED"
+    # Then nothing is left and its runs are KILLED, the finished step's FINISHED
+    assert wait_gone(tree, 30) == []
+    statuses = sorted(runs_by_status(root / ".nb_mlops" / "mlflow.db").values())
+    assert statuses == ["FINISHED", "KILLED", "KILLED"]
+
+
 async def test_promoting_the_same_parameters_twice_promotes_a_fresh_model(
     jp_fetch: Any, jp_root_dir: Path
 ) -> None:
