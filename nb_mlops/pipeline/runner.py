@@ -213,6 +213,8 @@ class _Run:
         self.t0 = time.monotonic()
         self.states = {name: StepState(name) for name in spec.steps}
         self.markers: dict[str, dict[str, Any]] = {}
+        self.stopped: dict[str, str] = {}  # step → how it ended the run early (sys.exit(0))
+        self.skipped: set[str] = set()  # steps not run because of such an early end
         self.step_metrics: dict[str, dict[str, float]] = {}
         self.step_data_tags: dict[str, dict[str, str]] = {}
         self.status = "RUNNING"
@@ -448,12 +450,44 @@ class _Run:
             self.markers[result.step] = result.marker
             self.collect(result.step)
 
+    def done(self, sorter: graphlib.TopologicalSorter[str], step: str) -> None:
+        """Let the steps after a succeeded `step` run, unless it ended the run early: papermill
+        calls sys.exit(0) a successful end of the notebook, so nothing after it runs."""
+        how = self.markers.get(step, {}).get("stopped")
+        if not how:
+            sorter.done(step)
+            return
+        self.stopped[step] = how
+        state = self.states[step]
+        state.cell = (
+            f"{state.cell}, stopped early: {how}" if state.cell else f"stopped early: {how}"
+        )
+
+    def not_run(self, step: str) -> None:
+        """A step that never started: after a failure, or after a step that ended the run early."""
+        state = self.states[step]
+        state.status = "CANCELLED"
+        seen, todo = set(), list(self.spec.steps[step].after)
+        while todo:
+            before = todo.pop()
+            if before not in seen:
+                seen.add(before)
+                todo.extend(self.spec.steps[before].after)
+        if any(self.states[b].status == "FAILED" for b in seen) or not self.stopped.keys() & seen:
+            state.error = "not run: an upstream step failed"
+            return
+        first = next(b for b in self.spec.steps if b in seen and b in self.stopped)
+        self.skipped.add(step)
+        state.cell = f"not run: step {first!r} ended the run early ({self.stopped[first]})"
+
     # --- the end -----------------------------------------------------------------------------
 
     def finish(self) -> PipelineRun:
         from nb_mlops.pipeline.repro import check_reproduction
 
-        failed = any(s.status != "SUCCEEDED" for s in self.states.values())
+        failed = any(
+            s.status != "SUCCEEDED" and s.name not in self.skipped for s in self.states.values()
+        )
         self.status = "FAILED" if failed else "SUCCEEDED"
         metrics: dict[str, float] = {}
         data_tags: dict[str, str] = {}
@@ -605,8 +639,7 @@ def run_pipeline(
             pool.close()
         for state in run.states.values():
             if state.status == "QUEUED":
-                state.status = "CANCELLED"
-                state.error = "not run: an upstream step failed"
+                run.not_run(state.name)
         return run.finish()
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
@@ -663,7 +696,7 @@ def _walk(
                 entry = step_cache.lookup(cfg, run.key(step))
             if entry is not None:
                 run.reuse(step, entry, "resumed" if prior is not None else "cached")
-                sorter.done(step)
+                run.done(sorter, step)
                 run.publish()
                 continue
             if pool is None:
@@ -710,5 +743,5 @@ def _walk(
                 "output_notebook": str(run.run_dir / f"{payload.step}.ipynb"),
             }
             step_cache.remember(cfg, run.key(payload.step), entry)
-            sorter.done(payload.step)
+            run.done(sorter, payload.step)
         run.publish()
