@@ -231,3 +231,14 @@ def test_a_keyboard_interrupt_in_the_pipeline_magic_stops_the_run_the_same_way(
     kernels = [p for p in descendants(os.getpid()) if "ipykernel" in " ".join(p.cmdline())]
     assert alive(wait_gone(kernels, BOUND)) == []
     _resume_completes(slow, stopped.run_id, capsys)
+
+
+def test_an_unreadable_state_is_one_clear_error(project: Path) -> None:
+    # Given a finished run whose state file a machine crash left empty
+    new_notebook(project / "one.ipynb", [("x = 1", ["step:only"])])
+    build_pipeline(project / "one.ipynb")
+    run = run_pipeline("one")
+    (run.run_dir / "state.json").write_text("")
+    # When it is resumed, Then one line says what is wrong and what to do
+    with pytest.raises(PipelineError, match="cannot be read .* run the pipeline afresh"):
+        run_pipeline("one", resume=run.run_id)

@@ -527,7 +527,16 @@ class _Run:
 
 def _prior_state(cfg: Config, resume: str) -> dict[str, Any]:
     folder = find_run_dir(cfg, resume)
-    state: dict[str, Any] = json.loads((folder / STATE_FILE).read_text())
+    try:
+        state: dict[str, Any] = json.loads((folder / STATE_FILE).read_text())
+        if not isinstance(state.get("steps"), dict):
+            raise ValueError("no steps")
+    except (OSError, ValueError) as exc:
+        # written atomically, never half: only a crash of the machine itself leaves this
+        raise PipelineError(
+            f"the state of pipeline run {resume} ({folder / STATE_FILE}) cannot be read ({exc}); "
+            "run the pipeline afresh (the step cache still reuses its finished steps)"
+        ) from None
     state["_dir"] = str(folder)
     return state
 
