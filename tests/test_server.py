@@ -344,6 +344,7 @@ async def test_validation_errors_are_400_with_a_reason(jp_fetch: Any, jp_root_di
         ({"parameters": [1, 2]}, "parameters"),
         ({"action": "destroy"}, "action"),
         ({"model": "bad name/<x>", "action": "promote"}, "model name"),
+        ({"model": "nl\n", "action": "promote"}, "model name"),  # `$` would let it through
     ]
     for extra, needle in cases:
         body = {"path": "nb/train.ipynb", "action": "run", **extra}
@@ -360,6 +361,88 @@ async def test_validation_errors_are_400_with_a_reason(jp_fetch: Any, jp_root_di
     )
     assert code == 400 and "reason" in data["message"]
     assert _files(jp_root_dir) == {}
+
+
+async def test_oversized_values_and_bodies_are_refused_with_413(
+    jp_fetch: Any, jp_root_dir: Path
+) -> None:
+    """A parameter value over its limit, or a body over the request limit, is a 413 that says
+    what was too large and what to do; nothing is stored."""
+    # Given a list parameter given 1.5 MB of text (a data set, not a setting)
+    big = ["x" * 1000] * 1500
+    body = {"path": "nb/train.ipynb", "action": "run", "parameters": {"tags": big}}
+    code, data = await _json_error(jp_fetch(*API, "jobs", method="POST", body=json.dumps(body)))
+    # Then it is refused with 413, naming the parameter, its size and the way out
+    assert code == 413, data
+    assert "'tags'" in data["message"] and "limit" in data["message"]
+    assert "snapshot" in data["message"]
+    # Given a 6 MB body: refused as a whole, without being kept
+    body = {"path": "nb/train.ipynb", "action": "run", "model": "m" * (6 * 1024 * 1024)}
+    code, data = await _json_error(jp_fetch(*API, "jobs", method="POST", body=json.dumps(body)))
+    assert code == 413 and "request body" in data["message"], data
+    huge_path = {"path": "a/" * 5000 + "x.ipynb", "action": "run"}
+    code, data = await _json_error(
+        jp_fetch(*API, "jobs", method="POST", body=json.dumps(huge_path))
+    )
+    assert code == 400 and "longer than" in data["message"]
+    assert _files(jp_root_dir) == {}
+
+
+def _stored_job(jobs: Path, index: int, parameters: dict[str, Any]) -> str:
+    """A finished job record as the job service stores it (no process involved)."""
+    job_id = f"2025010{1 + index // 10}T0000{index % 10:02d}-{index:08x}"
+    record = {
+        "id": job_id,
+        "action": "run",
+        "status": "SUCCEEDED",
+        "path": "nb/train.ipynb",
+        "pipeline": "train",
+        "model": None,
+        "parameters": parameters,
+        "user": "u",
+        "created": "2025-01-01T00:00:00Z",
+        "started": None,
+        "finished": None,
+        "run_id": "r" * 32,
+        "steps": {"train": {"status": "SUCCEEDED", "duration": 1.0, "error": "e" * 10_000}},
+        "gates": [],
+        "model_version": None,
+        "result": {"echo": parameters},
+        "error": None,
+    }
+    jobs.mkdir(parents=True, exist_ok=True)
+    (jobs / f"{job_id}.json").write_text(json.dumps(record))
+    return job_id
+
+
+async def test_the_jobs_list_is_paged_and_never_echoes_values(
+    jp_fetch: Any, jp_root_dir: Path
+) -> None:
+    """GET jobs answers a page of bounded summaries, newest first; GET jobs/{id} the record."""
+    # Given seven finished jobs, one of them given 3 MB of parameter values (before any limit)
+    jobs = jp_root_dir / ".nb_mlops" / "jobs"
+    ids = [_stored_job(jobs, i, {"alpha": 0.5}) for i in range(6)]
+    ids.append(_stored_job(jobs, 6, {"tags": ["y" * 1000] * 3000}))
+    newest_first = sorted(ids, reverse=True)
+    # When the list is read, Then it is small, holds no parameter values, and pages
+    response = await jp_fetch(*API, "jobs", params={"limit": "3"})
+    assert len(response.body) < 20_000
+    page = json.loads(response.body)
+    assert page["total"] == 7 and page["limit"] == 3 and page["offset"] == 0
+    assert [j["id"] for j in page["jobs"]] == newest_first[:3]
+    for job in page["jobs"]:
+        assert "parameters" not in job and "result" not in job
+        assert len(job["steps"]["train"]["error"]) <= 500
+    rest = json.loads((await jp_fetch(*API, "jobs", params={"offset": "3"})).body)
+    assert [j["id"] for j in rest["jobs"]] == newest_first[3:]
+    everything = json.loads((await jp_fetch(*API, "jobs")).body)
+    assert len(everything["jobs"]) == 7 and len(json.dumps(everything)) < 40_000
+    # the full record, values included, is one GET away
+    full = json.loads((await jp_fetch(*API, "jobs", ids[-1])).body)
+    assert len(full["parameters"]["tags"]) == 3000
+    # a bad page is a 400 naming the argument
+    code, data = await _json_error(jp_fetch(*API, "jobs", params={"limit": "100000"}))
+    assert code == 400 and "limit" in data["message"]
 
 
 def test_scrubber_hides_paths_tokens_and_uris(tmp_path: Path) -> None:
@@ -410,6 +493,7 @@ async def test_post_job_stages_a_copy_and_is_queued(jp_fetch: Any, jp_root_dir: 
     assert staged.read_bytes() == original
     listed = json.loads((await jp_fetch(*API, "jobs")).body)["jobs"]
     assert [j["id"] for j in listed] == [job["id"]]
+    assert "parameters" not in listed[0]  # summaries only: the values are in GET jobs/{id}
     # the job ends by itself (the pipeline CLI decides how); it never stays QUEUED/RUNNING
     final = await _wait_final(jp_fetch, job["id"])
     assert final["status"] in ("SUCCEEDED", "FAILED"), final
@@ -492,6 +576,43 @@ def test_cancel_kills_the_whole_process_tree(tmp_path: Path) -> None:
     time.sleep(0.5)
     assert service.get(job["id"])["status"] == "CANCELLED"
     assert service.cancel(job["id"])["status"] == "CANCELLED"  # idempotent
+
+
+def test_cancelling_a_running_pipeline_job_ends_its_mlflow_runs_killed(tmp_path: Path) -> None:
+    """Cancel stops the runner the way SIGTERM does: its running step is killed at once, the
+    MLflow runs it started end KILLED (not RUNNING for ever), nothing it started is left."""
+    from nb_mlops.server.jobs import JobService
+    from tests.crashutil import descendants, runs_by_status, wait_gone
+    from tests.test_pipeline_stop import SLOW_CELLS
+
+    # Given a run job whose second step waits in its cell
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "pyproject.toml").write_text("[tool.nb_mlops]\n")
+    nb = new_notebook(root / "slow.ipynb", SLOW_CELLS)
+    service = JobService(root / ".nb_mlops" / "jobs")
+    job = service.create(
+        notebook=nb,
+        rel_path="slow.ipynb",
+        project_root=root,
+        pipeline="slow",
+        parameters={},
+        model=None,
+        action="run",
+        user="tester",
+    )
+    deadline = time.monotonic() + 180
+    while not list(root.rglob("in_cell")):  # the staged copy runs in the job's folder
+        assert time.monotonic() < deadline, service.get(job["id"])
+        time.sleep(0.1)
+    record = json.loads((root / ".nb_mlops" / "jobs" / f"{job['id']}.json").read_text())
+    tree = descendants(record["pid"])
+    # When it is cancelled
+    assert service.cancel(job["id"])["status"] == "CANCELLED"
+    # Then nothing is left and its runs are KILLED, the finished step's FINISHED
+    assert wait_gone(tree, 30) == []
+    statuses = sorted(runs_by_status(root / ".nb_mlops" / "mlflow.db").values())
+    assert statuses == ["FINISHED", "KILLED", "KILLED"]
 
 
 async def test_promoting_the_same_parameters_twice_promotes_a_fresh_model(

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from nb_mlops.cli.stopping import interruptible, settle_dead_runs
+
 STATUS_STYLE = {
     "QUEUED": "dim",
     "RUNNING": "yellow",
@@ -28,6 +30,7 @@ def pipeline() -> None:
     nb-mlops pipeline show train
     nb-mlops pipeline run train -p C=0.5 -p n_features=10
     """
+    settle_dead_runs()
 
 
 @pipeline.command()
@@ -541,3 +544,6 @@ def _run_production(
         from nb_mlops.core.errors import StepFailed
 
         raise StepFailed(f"production run of {model!r} failed")
+
+
+interruptible(run)

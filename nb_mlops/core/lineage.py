@@ -19,7 +19,7 @@ from nb_mlops.core.promotion.registry import CHAMPION, check_model_name, source_
 
 __all__ = ["Lineage", "lineage", "parse_ref"]
 
-_REF = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[A-Za-z0-9_\-]+)|/v?(?P<version>\d+))?$")
+_REF = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[A-Za-z0-9_\-]+)|/v?(?P<version>\d+))?\Z")
 
 
 def parse_ref(ref: str) -> tuple[str, str | None, str | None]:

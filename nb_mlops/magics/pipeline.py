@@ -14,7 +14,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 __all__ = ["PipelineMagics"]
 
-_STEP_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_STEP_NAME = re.compile(r"^[a-z_][a-z0-9_]*\Z")
 
 
 @magics_class

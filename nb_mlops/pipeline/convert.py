@@ -218,7 +218,7 @@ def build_pipeline(
         raise BuildError(f"{path}: not a readable notebook ({exc})") from exc
     cfg = cfg or load_config(path.resolve().parent)
     name = name or pipeline_name(path)
-    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", name):
+    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z", name):
         raise BuildError(f"pipeline name {name!r} is not valid; use letters, digits, '_', '-', '.'")
     out = Path(output) if output else cfg.root / "pipelines" / name
     _check_kernel(nb, path)

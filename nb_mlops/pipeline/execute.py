@@ -89,6 +89,8 @@ def _pid(km: Any) -> int | None:
 # modules every generated step imports (its setup and saver cells): a pre-started kernel loads
 # them while it waits, so the step does not pay for them (no name is bound in the namespace)
 _PRELOAD = "__import__('nb_mlops.pipeline.kernel'); __import__('blake3'); __import__('cloudpickle')"
+# a launched kernel kills its process group when this process dies (a forked one's zygote does)
+_GUARD = "__import__('nb_mlops.pipeline.guard').pipeline.guard.watch({pid})"
 
 
 def _fast_client_class() -> type:
@@ -169,7 +171,8 @@ def start_kernel(
 
     An async kernel manager, so that nbclient's kernel-death poller keeps running while a cell
     waits for output (a blocking client would wait forever on a dead kernel). The kernel
-    process's own stdout/stderr (not the cells' output) go to `log` when given. With `preload`
+    process's own stdout/stderr (not the cells' output) go to `log` when given. A launched
+    kernel watches this process and kills its own process group when it dies. With `preload`
     (a kernel started ahead of its step) the modules every step imports are loaded, silently.
     With a `zygote` (`nb_mlops.pipeline.zygote.Zygote`) ready within `zygote_wait` seconds, the
     kernel process is forked from it rather than launched.
@@ -177,11 +180,14 @@ def start_kernel(
     from jupyter_core.utils import run_sync
 
     km = new_kernel_manager()
+    code = [_GUARD.format(pid=os.getpid())]
     if zygote is not None and zygote.usable(zygote_wait):
         from nb_mlops.pipeline.zygote import use_zygote
 
         use_zygote(km, zygote, log)
-        preload = False  # the zygote has imported them already
+        code = []  # the zygote has imported the modules and watches us
+    elif preload:
+        code.append(_PRELOAD)
 
     async def start() -> None:
         # IPython's history in memory, as nbclient does for the kernels it starts: concurrent
@@ -198,8 +204,8 @@ def start_kernel(
         client.start_channels()
         try:
             await client.wait_for_ready(timeout=timeout)
-            if preload:
-                msg_id = client.execute(_PRELOAD, silent=True, store_history=False)
+            if code:
+                msg_id = client.execute("; ".join(code), silent=True, store_history=False)
                 await client._async_recv_reply(msg_id, timeout=timeout)
         finally:
             client.stop_channels()
@@ -313,6 +319,7 @@ def run_step(
     reap: Callable[[Any], None] | None = None,
     zygote: Any = None,
     zygote_wait: float = 0.0,
+    on_kernel: Callable[[Any], None] | None = None,
 ) -> StepResult:
     """Execute one step notebook; never raises for a failing step (the result says FAILED).
 
@@ -326,6 +333,8 @@ def run_step(
             must call `stop_kernel(km)` before the run ends.
         zygote: a `Zygote` ready within `zygote_wait` seconds forks the fresh kernel, when one
             is needed.
+        on_kernel: called with the kernel manager as soon as the step has its kernel (an
+            executor that must stop at once kills it).
     """
     import papermill
 
@@ -365,6 +374,8 @@ def run_step(
                 zygote=zygote,
                 zygote_wait=zygote_wait,
             )
+        if on_kernel is not None:
+            on_kernel(km)
         papermill.execute_notebook(
             task.notebook,
             task.output,

@@ -14,7 +14,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from nb_mlops.pipeline.execute import (
     StepResult,
     StepTask,
     kernel_env,
+    kill_kernel,
     prepare,
     run_step,
     start_kernel,
@@ -49,6 +50,12 @@ class Executor(Protocol):
     def close(self) -> None:
         """Release everything (no kernel may outlive this call)."""
 
+    def abort(self) -> None:
+        """Stop at once (Ctrl-C): kill the running steps' kernels, wait for nothing.
+
+        Optional for plugins: the runner falls back to `close()`.
+        """
+
 
 def _failed(task: StepTask, exc: BaseException) -> StepResult:
     return StepResult(
@@ -59,12 +66,36 @@ def _failed(task: StepTask, exc: BaseException) -> StepResult:
     )
 
 
+def _in_thread(fn: Callable[[], Any], name: str, gate: threading.Semaphore) -> Future[Any]:
+    """`fn()` in a daemon thread once `gate` lets it in; a Future of its result.
+
+    Not a ThreadPoolExecutor: the interpreter joins those threads at exit, so a process that
+    stops on Ctrl-C would wait for the step a killed kernel leaves behind.
+    """
+    future: Future[Any] = Future()
+
+    def body() -> None:
+        with gate:
+            if not future.set_running_or_notify_cancel():
+                return  # cancelled while it waited for the gate
+            try:
+                result = fn()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    threading.Thread(target=body, name=name, daemon=True).start()
+    return future
+
+
 class LocalExecutor:
     """Steps run in threads of this process; each drives papermill against its own kernel.
 
     Every step gets a fresh kernel, started ahead while earlier steps run (the runner says how
     many steps may become ready next: `warm`), so a step rarely waits for one; a finished step's
-    kernel is killed at once and reaped after its result is reported.
+    kernel is killed at once and reaped after its result is reported. `abort` kills every
+    kernel at once and returns without waiting for the step threads.
     """
 
     def __init__(
@@ -83,31 +114,45 @@ class LocalExecutor:
         # the executor is made when the first step must run: its kernel, too, is forked from the
         # zygote, whose imports take less than a launched kernel's start (and overlap ours)
         self._zygote: Any = None  # without one, kernels are launched the usual way
-        if os.environ.get("NB_MLOPS_FORK_KERNELS", "1").strip().lower() not in ("0", "false", "no"):
-            from nb_mlops.pipeline.zygote import Zygote
+        try:
+            if os.environ.get("NB_MLOPS_FORK_KERNELS", "1").strip().lower() not in (
+                "0",
+                "false",
+                "no",
+            ):
+                from nb_mlops.pipeline.zygote import Zygote
 
-            with contextlib.suppress(OSError):
-                self._zygote = Zygote(self.env, self.cwd)
-        prepare()
-        self._steps = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="nb-mlops-step")
+                with contextlib.suppress(OSError):
+                    self._zygote = Zygote(self.env, self.cwd)
+            prepare()
+        except BaseException:  # Ctrl-C while starting: the zygote must not outlive us
+            if self._zygote is not None:
+                self._zygote.close(wait=1.0)
+            raise
+        self._slots = threading.Semaphore(self.max_parallel)
         # two spares start at once: a forked kernel takes longer to answer (≈ 0.2 s) than a
         # trivial step takes to run, so one at a time would leave a linear chain waiting; a
         # step that finds no spare starts its own kernel in its own thread at once
-        self._starter = ThreadPoolExecutor(2, thread_name_prefix="nb-mlops-kernel")
+        self._starts = threading.Semaphore(2)
         self._spares: list[Future[Any]] = []
         self._lock = threading.Lock()
         self._closed = False
         self._waiting = 0  # submitted steps that have not taken their kernel yet
+        self._kernels: dict[int, Any] = {}  # kernels the running steps use, by thread id
+        self._threads: list[threading.Thread] = []
 
     def _start(self) -> Future[Any]:
-        return self._starter.submit(
-            start_kernel,
-            self.env,
-            self.cwd,
-            log=self.log,
-            preload=True,
-            zygote=self._zygote,
-            zygote_wait=ZYGOTE_WAIT,
+        return _in_thread(
+            lambda: start_kernel(
+                self.env,
+                self.cwd,
+                log=self.log,
+                preload=True,
+                zygote=self._zygote,
+                zygote_wait=ZYGOTE_WAIT,
+            ),
+            "nb-mlops-kernel",
+            self._starts,
         )
 
     def warm(self, count: int) -> None:
@@ -124,51 +169,95 @@ class LocalExecutor:
             self._waiting -= 1
             return self._spares.pop(0) if self._spares else None
 
+    def _using(self, km: Any) -> None:
+        """A step thread's kernel, known to `abort` (killed at once if it already ran)."""
+        with self._lock:
+            if not self._closed:
+                self._kernels[threading.get_ident()] = km
+                return
+        kill_kernel(km)
+
     def submit(self, task: StepTask, on_cell: OnCell, done: Done) -> None:
         with self._lock:
             self._waiting += 1
 
         def work() -> None:
-            km = None
-            dead: list[Any] = []
-            spare = self._take()  # when a slot is free: a spare started meanwhile is used
-            try:
-                if spare is not None:
-                    try:
-                        km = spare.result()
-                    except Exception:
-                        km = None  # the spare failed to start: run_step starts (and reports) one
-                result = run_step(
-                    task,
-                    km=km,
-                    on_cell=on_cell,
-                    log=self.log,
-                    reap=dead.append,
-                    zygote=self._zygote,
-                    zygote_wait=ZYGOTE_WAIT,
-                )
-            except BaseException as exc:  # never leave the runner waiting
-                if km is not None and not dead:
-                    stop_kernel(km)
-                result = _failed(task, exc)
-            done(result)
-            for gone in dead:  # already killed; reaping waits for no one
-                stop_kernel(gone)
+            with self._slots:
+                self._work(task, on_cell, done)
 
-        self._steps.submit(work)
+        thread = threading.Thread(target=work, name=f"nb-mlops-step-{task.step}", daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _work(self, task: StepTask, on_cell: OnCell, done: Done) -> None:
+        km = None
+        dead: list[Any] = []
+        spare = self._take()  # when a slot is free: a spare started meanwhile is used
+        try:
+            if spare is not None:
+                try:
+                    km = spare.result()
+                except Exception:
+                    km = None  # the spare failed to start: run_step starts (and reports) one
+            if self._closed:
+                raise RuntimeError("the run was stopped")
+            result = run_step(
+                task,
+                km=km,
+                on_cell=on_cell,
+                log=self.log,
+                reap=dead.append,
+                zygote=self._zygote,
+                zygote_wait=ZYGOTE_WAIT,
+                on_kernel=self._using,
+            )
+        except BaseException as exc:  # never leave the runner waiting
+            if km is not None and not dead:
+                stop_kernel(km)
+            result = _failed(task, exc)
+        finally:
+            with self._lock:
+                self._kernels.pop(threading.get_ident(), None)
+        done(result)
+        for gone in dead:  # already killed; reaping waits for no one
+            stop_kernel(gone)
 
     def close(self) -> None:
         with self._lock:
             spares, self._spares = self._spares, []
             self._closed = True
+            threads = list(self._threads)
         for spare in spares:
             if not spare.cancel():
                 with contextlib.suppress(Exception):
                     stop_kernel(spare.result())
-        self._steps.shutdown(wait=True)
-        self._starter.shutdown(wait=True)
+        for thread in threads:
+            thread.join()
         if self._zygote:
             self._zygote.close()
+
+    def abort(self) -> None:
+        with self._lock:
+            spares, self._spares = self._spares, []
+            self._closed = True
+            running = list(self._kernels.values())
+        for km in running:
+            kill_kernel(km)  # the step's papermill sees a dead kernel; nobody waits for it
+        for spare in spares:
+            if not spare.cancel():
+                spare.add_done_callback(_kill_started)
+        if self._zygote:
+            # the kernels it forked, started or starting, die with it
+            self._zygote.close(wait=1.0)
+
+
+def _kill_started(future: Future[Any]) -> None:
+    if future.exception() is None:
+        km = future.result()
+        kill_kernel(km)
+        # reaping (connection file, the process entry) off the caller's path
+        threading.Thread(target=stop_kernel, args=(km,), daemon=True).start()
 
 
 class DaskExecutor:
@@ -212,6 +301,10 @@ class DaskExecutor:
     def close(self) -> None:
         self.client.close()
 
+    def abort(self) -> None:
+        # a task already running on a worker runs on there (its watchdog still bounds it)
+        self.client.close(timeout=2)
+
 
 _REGISTRY: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "dask": DaskExecutor}
 
@@ -239,7 +332,7 @@ def check_spec(spec: str) -> None:
         raise PipelineError(
             f"unknown executor {spec!r}; use one of: {', '.join(known)} (e.g. dask://HOST:PORT)"
         )
-    if scheme == "dask" and not re.match(r"^dask://[^:/]+:\d+$", spec):
+    if scheme == "dask" and not re.match(r"^dask://[^:/]+:\d+\Z", spec):
         raise PipelineError(f"executor {spec!r} is not dask://HOST:PORT")
 
 

@@ -17,7 +17,7 @@ from nb_mlops.core.errors import BuildError
 
 __all__ = ["Cell", "Grammar", "StepDecl", "STEP_NAME", "cell_ref", "parse_cells"]
 
-STEP_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+STEP_NAME = re.compile(r"^[a-z_][a-z0-9_]*\Z")
 DEFAULT_STEP = "main"
 _ROLE_TAGS = {
     "parameters": "parameters",

@@ -114,6 +114,58 @@ class Recorder:
         else:
             self.client.set_terminated(run_id, status)
 
+    def kill_tree(self, run_id: str, reason: str) -> list[str]:
+        """Mark KILLED the runs of a pipeline run that are still RUNNING: the parent `run_id`,
+        its step runs and the runs tracked inside the steps (a finished run keeps its status).
+
+        Returns:
+            The ids of the runs marked.
+        """
+        now = _now_ms()
+        if self.sqlite is not None:
+            con = self.sqlite._con()
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                found = [
+                    str(row[0])
+                    for row in con.execute(
+                        "WITH RECURSIVE tree(id) AS (SELECT ? UNION SELECT t.run_uuid FROM tags t "
+                        "JOIN tree ON t.key = 'mlflow.parentRunId' AND t.value = tree.id) "
+                        "SELECT r.run_uuid FROM runs r JOIN tree ON r.run_uuid = tree.id "
+                        "WHERE r.status = 'RUNNING'",
+                        (run_id,),
+                    )
+                ]
+                for one in found:
+                    con.execute(
+                        "UPDATE runs SET status = 'KILLED', end_time = ? "
+                        "WHERE run_uuid = ? AND status = 'RUNNING'",
+                        (now, one),
+                    )
+                    con.execute(
+                        "INSERT OR REPLACE INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
+                        ("nb_mlops.killed_reason", reason, one),
+                    )
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+            return found
+        found = []
+        todo = [run_id]
+        while todo:
+            one = todo.pop()
+            run = self.client.get_run(one)
+            if run.info.status == "RUNNING":
+                self.client.set_tag(one, "nb_mlops.killed_reason", reason)
+                self.client.set_terminated(one, "KILLED")
+                found.append(one)
+            children = self.client.search_runs(
+                [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{one}'"
+            )
+            todo.extend(str(child.info.run_id) for child in children)
+        return found
+
     def log_artifact(
         self, run_id: str, exp_id: str, path: Path, artifact_path: str | None = None
     ) -> None:

@@ -2,11 +2,15 @@
 parallel through an executor, reuse cached steps, record everything in MLflow (a parent run, one
 child run per step), keep a status file up to date, and support `resume`.
 
-All MLflow calls happen on the calling thread; executors only report events through a queue.
+The run's `state.json` is rewritten (atomically) at every change, so `--resume` works after the
+runner is killed at any moment; Ctrl-C (or SIGTERM through the CLI) kills the running kernels at
+once and leaves the run resumable. All MLflow calls happen on the calling thread; executors only
+report events through a queue.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import graphlib
 import hashlib
@@ -14,27 +18,33 @@ import json
 import os
 import queue
 import shutil
+import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.errors import PipelineError
+from nb_mlops.core.writer import owner_token
 from nb_mlops.pipeline import cache as step_cache
 from nb_mlops.pipeline.execute import StepResult, StepTask
-from nb_mlops.pipeline.executors import check_spec, get_executor
+from nb_mlops.pipeline.executors import Executor, check_spec, get_executor
 from nb_mlops.pipeline.kernel import DONE_FILE
 from nb_mlops.pipeline.params import validate
 from nb_mlops.pipeline.record import Recorder
+from nb_mlops.pipeline.settle import forget, mark_live, owner_alive, settle_dead_runs, write_json
 from nb_mlops.pipeline.spec import Pipeline, load_pipeline, pipeline_hash
 
-__all__ = ["PipelineRun", "StepState", "find_run_dir", "run_pipeline"]
+__all__ = ["PipelineInterrupted", "PipelineRun", "StepState", "find_run_dir", "run_pipeline"]
 
 STATE_FILE = "state.json"
 _PARAM_LIMIT = 6000  # MLflow's param value limit
+# how often the waiting runner wakes up: a signal handled by another thread (zmq's, a step's)
+# would otherwise leave Ctrl-C pending until the next step event
+_POLL = 0.1
 
 
 @dataclass
@@ -100,16 +110,41 @@ class PipelineRun:
         }
 
 
+class PipelineInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM through the CLI) stopped a pipeline run: its kernels are killed, its
+    MLflow runs KILLED, and `run` (a `PipelineRun`, status CANCELLED) can be resumed."""
+
+    def __init__(self, run: PipelineRun) -> None:
+        super().__init__(f"pipeline run {run.run_id} interrupted")
+        self.run = run
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic: readers (the server polling a status file) never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+_write_json = write_json  # atomic: readers (the server polling a status file) never see half
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """A second Ctrl-C must not cut the clean-up short: SIGINT and SIGTERM wait until it ends
+    (only the main thread can change handlers; elsewhere nothing is deferred)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    saved = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if callable(handler):
+            saved[sig] = handler
+            signal.signal(sig, lambda signum, _frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def find_run_dir(cfg: Config, run_id: str) -> Path:
@@ -148,6 +183,7 @@ class _Run:
         spec: Pipeline,
         params: dict[str, Any],
         *,
+        rec: Recorder,
         mode: str,
         tags: Mapping[str, str] | None,
         status_file: Path | None,
@@ -155,24 +191,24 @@ class _Run:
     ) -> None:
         self.cfg, self.spec, self.params = cfg, spec, params
         self.mode = mode
-        self.rec = Recorder(cfg)
+        self.rec = rec
         self.experiment = cfg.experiment or spec.notebook_path.stem
         self.exp_id = self.rec.experiment(self.experiment)
         self.source_name = spec.source_name(cfg)
+        # who runs it: a later command marks the run KILLED once this process is gone
+        self.owner = owner_token(os.getpid())
         self.base_tags = {
             "nb_mlops.mode": mode,
             "nb_mlops.pipeline": spec.name,
             "mlflow.source.type": "NOTEBOOK",
             "mlflow.source.name": self.source_name,
             "nb_mlops.notebook_sha256": spec.notebook_sha256,
+            "nb_mlops.owner": self.owner,
         }
-        self.run_id: str = self.rec.create_run(
-            self.exp_id, spec.name, {**self.base_tags, **dict(tags or {})}
-        )
+        self.extra_tags = dict(tags or {})
+        self.run_id = ""  # set by `start`
+        self.run_dir = cfg.runs_dir / spec.name
         self.param_strs = {k: _param_str(v) for k, v in params.items()}
-        self.rec.log(self.run_id, params=self.param_strs)
-        self.run_dir: Path = cfg.runs_dir / spec.name / self.run_id
-        (self.run_dir / "values").mkdir(parents=True, exist_ok=True)
         self.started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         self.t0 = time.monotonic()
         self.states = {name: StepState(name) for name in spec.steps}
@@ -182,12 +218,25 @@ class _Run:
         self.step_metrics: dict[str, dict[str, float]] = {}
         self.step_data_tags: dict[str, dict[str, str]] = {}
         self.status = "RUNNING"
+        self.error: str | None = None
         self.status_file = status_file
         self.progress = progress
+        self.pool: Executor | None = None  # made when the first step must run
         self.code_sha = {
             name: hashlib.sha256(spec.step_path(name).read_bytes()).hexdigest()
             for name in spec.steps
         }
+
+    def start(self) -> None:
+        """Create the parent MLflow run, the run folder, its first state and its live marker."""
+        self.run_id = self.rec.create_run(
+            self.exp_id, self.spec.name, {**self.base_tags, **self.extra_tags}
+        )
+        self.run_dir = self.cfg.runs_dir / self.spec.name / self.run_id
+        mark_live(self.cfg, self.run_id, self.owner, self.run_dir / STATE_FILE)
+        (self.run_dir / "values").mkdir(parents=True, exist_ok=True)
+        self.save_state()
+        self.rec.log(self.run_id, params=self.param_strs)
 
     @property
     def client(self) -> Any:
@@ -205,7 +254,30 @@ class _Run:
             "steps": {name: s.as_dict() for name, s in self.states.items()},
         }
 
-    def publish(self) -> None:
+    def state(self) -> dict[str, Any]:
+        """What `state.json` holds: enough to resume (markers of the finished steps) and to tell
+        whether the run's owner still runs it."""
+        return {
+            **self.snapshot(),
+            "duration": round(time.monotonic() - self.t0, 3),
+            "run_dir": str(self.run_dir),
+            "params": self.params,
+            "owner": self.owner,
+            "experiment_id": self.exp_id,
+            "error": self.error,
+            "markers": self.markers,
+            "step_metrics": self.step_metrics,
+            "step_data_tags": self.step_data_tags,
+        }
+
+    def save_state(self) -> None:
+        if self.run_id:
+            _write_json(self.run_dir / STATE_FILE, self.state())
+
+    def publish(self, save: bool = True) -> None:
+        """Tell the status file and the progress display; with `save`, the state file too."""
+        if save:
+            self.save_state()
         snap = self.snapshot()
         if self.status_file is not None:
             _write_json(self.status_file, snap)
@@ -214,6 +286,42 @@ class _Run:
                 self.progress(snap)
             except Exception:  # a broken progress display must not break the run
                 self.progress = None
+
+    def abandon(self, status: str, reason: str) -> PipelineRun:
+        """The run stops before its end (Ctrl-C, an internal error): the steps that ran or
+        waited are CANCELLED, every MLflow run still RUNNING is KILLED, the state is saved
+        (resumable) and the live marker removed."""
+        self.status = status
+        self.error = reason
+        for state in self.states.values():
+            if state.status == "RUNNING":
+                state.status, state.error = "CANCELLED", f"interrupted: {reason}"
+            elif state.status == "QUEUED":
+                state.status, state.error = "CANCELLED", "not run: the run was interrupted"
+        if self.run_id:
+            # best effort, each on its own: the first error (the one raised) says what failed
+            with contextlib.suppress(Exception):
+                if self.run_id in self.rec.kill_tree(self.run_id, reason):
+                    self.rec.log(self.run_id, tags={"nb_mlops.status": status})
+            with contextlib.suppress(Exception):
+                self.publish()
+            forget(self.cfg, self.run_id)
+        return self.result(None, {})
+
+    def result(self, reproduced: bool | None, metrics: dict[str, float]) -> PipelineRun:
+        return PipelineRun(
+            run_id=self.run_id,
+            pipeline=self.spec.name,
+            status=self.status,
+            run_dir=self.run_dir,
+            params=self.params,
+            started=self.started,
+            steps=self.states,
+            duration=time.monotonic() - self.t0,
+            metrics=metrics,
+            reproduced=reproduced,
+            experiment_id=self.exp_id,
+        )
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -403,33 +511,52 @@ class _Run:
                 self.run_id, self.exp_id, path, "pipeline" if rel == "." else f"pipeline/{rel}"
             )
         self.rec.end(self.run_id, "FAILED" if failed else "FINISHED")
-        result = PipelineRun(
-            run_id=self.run_id,
-            pipeline=self.spec.name,
-            status=self.status,
-            run_dir=self.run_dir,
-            params=self.params,
-            started=self.started,
-            steps=self.states,
-            duration=duration,
-            metrics=metrics,
-            reproduced=reproduced,
-            experiment_id=self.exp_id,
-        )
+        result = self.result(reproduced, metrics)
+        result.duration = duration
         state = result.as_dict()
         state["markers"] = self.markers
         state["step_metrics"] = self.step_metrics
         state["step_data_tags"] = self.step_data_tags
+        state["owner"] = self.owner
+        state["experiment_id"] = self.exp_id
         _write_json(self.run_dir / STATE_FILE, state)
-        self.publish()
+        forget(self.cfg, self.run_id)
+        self.publish(save=False)
         return result
 
 
 def _prior_state(cfg: Config, resume: str) -> dict[str, Any]:
     folder = find_run_dir(cfg, resume)
-    state: dict[str, Any] = json.loads((folder / STATE_FILE).read_text())
+    try:
+        state: dict[str, Any] = json.loads((folder / STATE_FILE).read_text())
+        if not isinstance(state.get("steps"), dict):
+            raise ValueError("no steps")
+    except (OSError, ValueError) as exc:
+        # written atomically, never half: only a crash of the machine itself leaves this
+        raise PipelineError(
+            f"the state of pipeline run {resume} ({folder / STATE_FILE}) cannot be read ({exc}); "
+            "run the pipeline afresh (the step cache still reuses its finished steps)"
+        ) from None
     state["_dir"] = str(folder)
     return state
+
+
+def _check_resumable(state: dict[str, Any], resume: str) -> None:
+    if state.get("status") == "RUNNING" and owner_alive(str(state.get("owner", ""))):
+        host, _, rest = str(state.get("owner", "")).partition(":")
+        pid = rest.partition(":")[0]
+        raise PipelineError(
+            f"pipeline run {resume} is still running (process {pid} on {host}); "
+            "wait for it to end or stop it, then resume it"
+        )
+
+
+def _next_event(events: queue.Queue[tuple[str, Any]]) -> tuple[str, Any]:
+    while True:
+        try:
+            return events.get(timeout=_POLL)
+        except queue.Empty:
+            continue
 
 
 def run_pipeline(
@@ -495,113 +622,135 @@ def run_pipeline(
     timeout = timeout if timeout is not None else cfg.settings.get("step_timeout")
     cell_timeout = cell_timeout if cell_timeout is not None else cfg.settings.get("cell_timeout")
     extra_tags = dict(tags or {})
+    rec = Recorder(cfg)
+    settle_dead_runs(cfg, rec)  # runs of runners that died: KILLED, and resumable
     if resume:
+        assert prior is not None
+        prior = {**_prior_state(cfg, resume), "_dir": prior["_dir"]}  # as settled
+        _check_resumable(prior, resume)
         extra_tags["nb_mlops.resumed_from"] = resume
     run = _Run(
         cfg,
         spec,
         values,
+        rec=rec,
         mode=mode,
         tags=extra_tags,
         status_file=Path(status_file) if status_file else None,
         progress=progress,
     )
-    run.publish()
+    try:
+        run.start()
+        run.publish()
+        _walk(run, prior, executor, max_parallel, cache, timeout, cell_timeout)
+        pool, run.pool = run.pool, None
+        if pool is not None:
+            pool.close()
+        for state in run.states.values():
+            if state.status == "QUEUED":
+                run.not_run(state.name)
+        return run.finish()
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        with _signals_deferred():
+            if run.pool is not None:
+                getattr(run.pool, "abort", run.pool.close)()
+            if interrupted:
+                # a KeyboardInterrupt raised for a signal other than SIGINT names it
+                reason = f"interrupted ({exc or 'Ctrl-C'})"
+            else:
+                reason = f"the runner failed: {type(exc).__name__}: {exc}"
+            stopped = run.abandon("CANCELLED" if interrupted else "FAILED", reason)
+        if interrupted:
+            raise PipelineInterrupted(stopped) from exc
+        raise
+
+
+def _walk(
+    run: _Run,
+    prior: dict[str, Any] | None,
+    executor: str,
+    max_parallel: int | None,
+    cache: bool,
+    timeout: float | None,
+    cell_timeout: float | None,
+) -> None:
+    """Run the DAG to its end (or to a failure that blocks the rest). The executor, made when
+    the first step must run, is `run.pool`: the caller closes it, or aborts it when this
+    raises."""
+    cfg, spec = run.cfg, run.spec
     graph = {name: set(s.after) for name, s in spec.steps.items()}
     sorter = graphlib.TopologicalSorter(graph)
     sorter.prepare()
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
-    pool = None
+    pool: Executor | None = None
     running = 0
-    try:
-        while sorter.is_active():
-            ready = sorted(sorter.get_ready(), key=list(spec.steps).index)
-            for step in ready:
-                entry = None
-                if prior is not None and prior["steps"].get(step, {}).get("status") == "SUCCEEDED":
-                    old_dir = Path(prior["_dir"]) / "values" / step
-                    marker = prior.get("markers", {}).get(step)
-                    if marker and step_cache.verify_outputs(old_dir, marker):
-                        entry = {
-                            "values_dir": str(old_dir),
-                            "marker": marker,
-                            "metrics": prior.get("step_metrics", {}).get(step, {}),
-                            "data_tags": prior.get("step_data_tags", {}).get(step, {}),
-                            "step_run_id": prior["steps"][step].get("run_id"),
-                            "output_notebook": str(Path(prior["_dir"]) / f"{step}.ipynb"),
-                        }
-                if entry is None and cache:
-                    entry = step_cache.lookup(cfg, run.key(step))
-                if entry is not None:
-                    run.reuse(step, entry, "resumed" if prior is not None else "cached")
-                    run.done(sorter, step)
-                    run.publish()
-                    continue
-                if pool is None:
-                    pool = get_executor(
-                        executor,
-                        max_parallel=max_parallel or os.cpu_count() or 2,
-                        env=run.kernel_env(),
-                        cwd=run.cwd(),
-                        log=str(run.run_dir / "kernels.log"),
-                    )
-                state = run.states[step]
-                state.run_id = run.create_step_run(step)
-                state.status = "RUNNING"
-                running += 1
-                pool.submit(
-                    run.task(step, timeout, cell_timeout),
-                    lambda s, i, d: events.put(("cell", (s, d))),
-                    lambda result: events.put(("done", result)),
-                )
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready(), key=list(spec.steps).index)
+        for step in ready:
+            entry = None
+            if prior is not None and prior["steps"].get(step, {}).get("status") == "SUCCEEDED":
+                old_dir = Path(prior["_dir"]) / "values" / step
+                marker = prior.get("markers", {}).get(step)
+                if marker and step_cache.verify_outputs(old_dir, marker):
+                    entry = {
+                        "values_dir": str(old_dir),
+                        "marker": marker,
+                        "metrics": prior.get("step_metrics", {}).get(step, {}),
+                        "data_tags": prior.get("step_data_tags", {}).get(step, {}),
+                        "step_run_id": prior["steps"][step].get("run_id"),
+                        "output_notebook": str(Path(prior["_dir"]) / f"{step}.ipynb"),
+                    }
+            if entry is None and cache:
+                entry = step_cache.lookup(cfg, run.key(step))
+            if entry is not None:
+                run.reuse(step, entry, "resumed" if prior is not None else "cached")
+                run.done(sorter, step)
                 run.publish()
-            if pool is not None:
-                # pre-start kernels for what comes later, while the submitted steps run
-                pool.warm(sum(1 for s in run.states.values() if s.status == "QUEUED"))
-            if ready and all(run.states[s].status == "SUCCEEDED" for s in ready):
-                continue  # all reused: they may have made other steps ready
-            if running == 0:
-                break  # nothing runs and nothing is ready: a failure blocks the rest
-            kind, payload = events.get()
-            if kind == "cell":
-                step, where = payload
-                if run.states[step].status == "RUNNING":
-                    run.states[step].cell = where
-                    run.publish()
                 continue
-            running -= 1
-            run.finish_step(payload)
-            if payload.status == "SUCCEEDED":
-                entry = {
-                    "values_dir": str(run.values_dir(payload.step)),
-                    "marker": payload.marker,
-                    "metrics": run.step_metrics.get(payload.step, {}),
-                    "data_tags": run.step_data_tags.get(payload.step, {}),
-                    "step_run_id": run.states[payload.step].run_id,
-                    "output_notebook": str(run.run_dir / f"{payload.step}.ipynb"),
-                }
-                step_cache.remember(cfg, run.key(payload.step), entry)
-                run.done(sorter, payload.step)
+            if pool is None:
+                pool = run.pool = get_executor(
+                    executor,
+                    max_parallel=max_parallel or os.cpu_count() or 2,
+                    env=run.kernel_env(),
+                    cwd=run.cwd(),
+                    log=str(run.run_dir / "kernels.log"),
+                )
+            state = run.states[step]
+            state.run_id = run.create_step_run(step)
+            state.status = "RUNNING"
+            running += 1
+            pool.submit(
+                run.task(step, timeout, cell_timeout),
+                lambda s, i, d: events.put(("cell", (s, d))),
+                lambda result: events.put(("done", result)),
+            )
             run.publish()
-    except BaseException:
-        run.status = "FAILED"
-        for state in run.states.values():
-            if state.status in ("QUEUED", "RUNNING"):
-                state.status = "CANCELLED"
         if pool is not None:
-            pool.close()
-            pool = None
-        for state in run.states.values():
-            if state.run_id and state.status == "CANCELLED":
-                run.rec.end(state.run_id, "KILLED")
-        run.rec.log(run.run_id, tags={"nb_mlops.status": "FAILED"})
-        run.rec.end(run.run_id, "KILLED")
+            # pre-start kernels for what comes later, while the submitted steps run
+            pool.warm(sum(1 for s in run.states.values() if s.status == "QUEUED"))
+        if ready and all(run.states[s].status == "SUCCEEDED" for s in ready):
+            continue  # all reused: they may have made other steps ready
+        if running == 0:
+            break  # nothing runs and nothing is ready: a failure blocks the rest
+        kind, payload = _next_event(events)
+        if kind == "cell":
+            step, where = payload
+            if run.states[step].status == "RUNNING":
+                run.states[step].cell = where
+                run.publish(save=False)
+            continue
+        running -= 1
+        run.finish_step(payload)
+        if payload.status == "SUCCEEDED":
+            entry = {
+                "values_dir": str(run.values_dir(payload.step)),
+                "marker": payload.marker,
+                "metrics": run.step_metrics.get(payload.step, {}),
+                "data_tags": run.step_data_tags.get(payload.step, {}),
+                "step_run_id": run.states[payload.step].run_id,
+                "output_notebook": str(run.run_dir / f"{payload.step}.ipynb"),
+            }
+            step_cache.remember(cfg, run.key(payload.step), entry)
+            run.done(sorter, payload.step)
         run.publish()
-        raise
-    finally:
-        if pool is not None:
-            pool.close()
-    for state in run.states.values():
-        if state.status == "QUEUED":
-            run.not_run(state.name)
-    return run.finish()

@@ -5,7 +5,9 @@ process per kernel, which starts an ordinary IPython kernel from that state.
 A forked kernel is as fresh as a launched one (a new process, its own session and process group,
 an empty namespace, the step's environment and working folder); it skips only the interpreter
 start and the imports (≈ 0.5 s of CPU per step). The zygote lives as long as the executor that
-started it; the kernels it forks are killed like any other kernel (their process group).
+started it, and never longer than its runner (a parent-death signal, and the end of its input);
+when it ends, it kills the process groups of the kernels it forked, and each of them also dies
+with the zygote (its own parent-death signal): a runner killed with SIGKILL leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -25,7 +27,32 @@ __all__ = ["Zygote", "ZygoteProvisioner"]
 # Runs in the zygote: import what a kernel imports, then serve fork requests (one JSON line each:
 # argv, env, cwd, log) answering each with the child's pid. No thread may exist before fork().
 _SERVER = r"""
-import json, os, signal, sys
+import ctypes, json, os, signal, sys
+
+def die_with_parent(expected, sig):
+    # the kernel's parent-death signal (Linux); if the parent is already gone, act now
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != expected:
+        os.kill(os.getpid(), sig)
+
+kids = set()
+
+def end(*_):
+    # the runner is gone or closed us: the kernels' whole process groups go with us
+    for pid in kids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(0)
+
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the runner's to handle
+signal.signal(signal.SIGTERM, end)
+signal.signal(signal.SIGHUP, end)  # the terminal closed
+die_with_parent(int(sys.argv[1]), signal.SIGTERM)
 import ipykernel.kernelapp, ipykernel.ipkernel, IPython.core.interactiveshell
 # what a kernel imports while it initialises (the debugger's debugpy alone is ≈ 0.3 s), then what
 # every generated step imports; none of these starts a thread (fork() would lose it)
@@ -42,14 +69,22 @@ for name in (
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernels are reaped as they die
 requests, replies = sys.stdin.buffer, sys.stdout.buffer
 replies.write(b"ready\n"); replies.flush()
+zygote = os.getpid()
 for line in requests:
     job = json.loads(line)
     ready_r, ready_w = os.pipe()
+    # no SIGTERM/SIGHUP between fork() and the child's own handlers: ours kill its siblings
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})
     pid = os.fork()
     if pid == 0:
         try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP})
             os.close(ready_r)
             os.setsid()  # its own process group: killing the kernel kills what it starts
+            die_with_parent(zygote, signal.SIGKILL)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             null = os.open(os.devnull, os.O_RDWR)
             out = os.open(job["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if job["log"] else 2
@@ -66,10 +101,13 @@ for line in requests:
             import traceback; traceback.print_exc()
             os._exit(1)
         os._exit(0)
+    kids.add(pid)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGHUP})
     os.close(ready_w)
     os.read(ready_r, 1)  # the child has its own session before anyone may signal its group
     os.close(ready_r)
     replies.write(b"%d\n" % pid); replies.flush()
+end()
 """
 
 
@@ -81,7 +119,7 @@ class Zygote:
         self._ready = threading.Event()
         self._failed = False
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVER],
+            [sys.executable, "-c", _SERVER, str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -118,16 +156,31 @@ class Zygote:
             raise OSError("the kernel zygote is gone")
         return _Forked(int(answer))
 
-    def close(self) -> None:
-        """Stop the zygote (the kernels it forked are stopped on their own)."""
-        with contextlib.suppress(OSError):
-            self._proc.kill()
+    def close(self, wait: float = 5.0) -> None:
+        """Stop the zygote: at the end of its input it kills the kernels it forked that still
+        run, then exits (killed after `wait` seconds if it does not)."""
         with contextlib.suppress(Exception):
-            self._proc.wait(10)
-        for stream in (self._proc.stdin, self._proc.stdout):
-            with contextlib.suppress(Exception):
-                if stream is not None:
-                    stream.close()
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
+        try:
+            self._proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                self._proc.send_signal(signal.SIGTERM)  # its handler kills the kernels too
+            try:
+                self._proc.wait(1.0)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(OSError):
+                    self._proc.kill()
+                with contextlib.suppress(Exception):
+                    self._proc.wait(5)
+        with contextlib.suppress(Exception):
+            if self._proc.stdout is not None:
+                self._proc.stdout.close()
+
+    @property
+    def pid(self) -> int:
+        return int(self._proc.pid)
 
 
 class _Forked:

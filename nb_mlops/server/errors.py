@@ -1,7 +1,7 @@
 """The one place where server-side errors become HTTP statuses and safe JSON messages.
 
-validation → 400, not found → 404, refused or unauthorised → 403, anything else → 500 with a
-generic message. Every message is scrubbed: no traceback, no path outside the root, no token, no
+validation → 400, not found → 404, refused or unauthorised → 403, too large → 413, anything else
+→ 500 with a generic message. Every message is scrubbed: no traceback, no path outside the root, no token, no
 database URI.
 """
 
@@ -24,7 +24,14 @@ from nb_mlops.core.errors import (
 from nb_mlops.server.jobs import JobNotFound
 from nb_mlops.server.paths import PathNotFound, PathRefused
 
-__all__ = ["BadRequest", "CommandFailed", "NotFound", "Scrubber", "status_and_message"]
+__all__ = [
+    "BadRequest",
+    "CommandFailed",
+    "NotFound",
+    "PayloadTooLarge",
+    "Scrubber",
+    "status_and_message",
+]
 
 INTERNAL = "internal error in the nb_mlops server extension; the server log has the details"
 
@@ -35,6 +42,10 @@ class BadRequest(ValueError):
 
 class NotFound(LookupError):
     """A model, job or notebook does not exist (404)."""
+
+
+class PayloadTooLarge(ValueError):
+    """A request body or one of its values is over the server's size limit (413)."""
 
 
 class CommandFailed(NbMlopsError):
@@ -50,6 +61,7 @@ _TABLE: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
     ((BadRequest, ParameterError, BuildError, ConfigError, RollbackError), 400),
     ((PathRefused,), 403),
     ((NotFound, PathNotFound, JobNotFound, SnapshotNotFound), 404),
+    ((PayloadTooLarge,), 413),
 )
 
 

@@ -3,7 +3,9 @@
 Every handler is an `APIHandler` whose verbs carry `@tornado.web.authenticated` and `@authorized`
 (resource `nb_mlops`). Errors are mapped to statuses in one place (`errors.status_and_message`,
 via `write_error`). GET handlers never change state. Slow work (notebook parsing, MLflow
-queries, CLI calls) runs off the event loop.
+queries, CLI calls) runs off the event loop. Request bodies are streamed and kept only up to a
+size limit (413 beyond it, as for a parameter value over its own limit); names are checked with
+full matches.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
 from nb_mlops.server import notebook as nbinfo
-from nb_mlops.server.errors import BadRequest, CommandFailed, Scrubber, status_and_message
+from nb_mlops.server.errors import (
+    BadRequest,
+    CommandFailed,
+    PayloadTooLarge,
+    Scrubber,
+    status_and_message,
+)
 from nb_mlops.server.jobs import ACTIONS, JobService
 from nb_mlops.server.paths import relative_to_root, resolve_notebook
 
@@ -32,8 +40,17 @@ __all__ = ["AUTH_RESOURCE", "ROUTES", "ServerState", "setup_handlers"]
 
 AUTH_RESOURCE = "nb_mlops"
 API = "nb-mlops/api"
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}\Z")
 CLI_TIMEOUT = 300.0
+# a notebook's parameters are settings, not data: data goes through snapshots or files
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+MAX_VALUE_BYTES = 1024 * 1024
+MAX_PATH_CHARS = 4096
+PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
 
 
 @dataclass
@@ -48,12 +65,25 @@ class ServerState:
     ui_url: str = ""
 
 
+@tornado.web.stream_request_body
 class BaseHandler(APIHandler):
-    """Shared plumbing: state, JSON bodies, and the single error → status mapping."""
+    """Shared plumbing: state, JSON bodies, and the single error → status mapping.
+
+    Bodies are streamed (`data_received`): bytes past `MAX_REQUEST_BYTES` are counted and
+    dropped, never held in memory, and `body()` then answers 413.
+    """
 
     auth_resource = AUTH_RESOURCE
+    _body_size = 0
+    _chunks: list[bytes]
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        if self._body_size <= MAX_REQUEST_BYTES:
+            self._chunks.append(chunk)
 
     async def prepare(self) -> None:  # type: ignore[override]
+        self._chunks = []
         await super().prepare()
         if self.request.method not in ("GET", "HEAD", "OPTIONS") and not self._origin_allowed():
             # jupyter_server skips the Origin check for token-authenticated requests; a promotion
@@ -80,8 +110,14 @@ class BaseHandler(APIHandler):
         return state
 
     def body(self) -> dict[str, Any]:
+        if self._body_size > MAX_REQUEST_BYTES:
+            raise PayloadTooLarge(
+                f"the request body is {_megabytes(self._body_size)}; the limit is "
+                f"{_megabytes(MAX_REQUEST_BYTES)}: pass large data as a data snapshot "
+                "(nb_mlops.snapshot) or a file the notebook reads, not as a parameter value"
+            )
         try:
-            data = json.loads(self.request.body or b"{}")
+            data = json.loads(b"".join(self._chunks) or b"{}")
         except ValueError:
             raise BadRequest("the request body must be a JSON object") from None
         if not isinstance(data, dict):
@@ -171,6 +207,25 @@ class BaseHandler(APIHandler):
             return {"output": self.state.scrub(text[-4000:])}
 
 
+def _check_sizes(parameters: dict[str, Any]) -> None:
+    """Each value within `MAX_VALUE_BYTES` (as JSON) before anything parses or stores it."""
+    for name, value in parameters.items():
+        size = len(json.dumps(value, default=str).encode())
+        if size > MAX_VALUE_BYTES:
+            raise PayloadTooLarge(
+                f"parameter {str(name)[:60]!r} is {_megabytes(size)} as JSON; the limit is "
+                f"{_megabytes(MAX_VALUE_BYTES)} per value: pass large data as a data snapshot "
+                "(nb_mlops.snapshot) or a file the notebook reads"
+            )
+
+
+def _page_argument(handler: BaseHandler, name: str, default: int, most: int) -> int:
+    text = handler.get_query_argument(name, str(default))
+    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) > most:
+        raise BadRequest(f"{name} must be a whole number from 0 to {most}, got {text[:20]!r}")
+    return int(text)
+
+
 def _model_name(name: Any) -> str:
     if not isinstance(name, str) or not MODEL_NAME.match(name):
         raise BadRequest(
@@ -193,13 +248,17 @@ class NotebookHandler(BaseHandler):
 
 
 class JobsHandler(BaseHandler):
-    """GET jobs: every job. POST jobs: start a run or promote job (→ QUEUED)."""
+    """GET jobs?offset=0&limit=50: a page of job summaries, newest first (no parameter values,
+    no results: GET jobs/{id} has the full record). POST jobs: start a run or promote job
+    (→ QUEUED)."""
 
     @tornado.web.authenticated
     @authorized
     async def get(self) -> None:
-        jobs = await asyncio.to_thread(self.state.jobs.list)
-        self.reply({"jobs": jobs})
+        offset = _page_argument(self, "offset", 0, 10**9)
+        limit = _page_argument(self, "limit", PAGE_SIZE, MAX_PAGE_SIZE)
+        jobs, total = await asyncio.to_thread(self.state.jobs.list, offset, limit)
+        self.reply({"jobs": jobs, "total": total, "offset": offset, "limit": limit})
 
     @tornado.web.authenticated
     @authorized
@@ -213,7 +272,11 @@ class JobsHandler(BaseHandler):
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise BadRequest("parameters must be a JSON object of name → value")
-        notebook = resolve_notebook(self.state.root_dir, body.get("path", ""))
+        _check_sizes(parameters)
+        path = body.get("path", "")
+        if isinstance(path, str) and len(path) > MAX_PATH_CHARS:
+            raise BadRequest(f"the notebook path is longer than {MAX_PATH_CHARS} characters")
+        notebook = resolve_notebook(self.state.root_dir, path)
         spec = await asyncio.to_thread(nbinfo.spec_of, notebook)
         values = nbinfo.validate(spec, parameters)
         model = body.get("model") or (spec.default_model if action == "promote" else None)

@@ -4,7 +4,9 @@ A job is one JSON file `<jobs_dir>/<id>.json` plus a folder `<jobs_dir>/<id>/` h
 copy of the notebook, the built pipeline, the runner's status file and the log. Each job runs
 `python -m nb_mlops.server.worker` in its own process group, never inside the server process. The
 worker writes progress into the JSON file; the service reads it, and shows a job whose process is
-gone (server restart, crash, kill) as FAILED rather than RUNNING for ever.
+gone (server restart, crash, kill) as FAILED rather than RUNNING for ever. The jobs list is paged
+and made of bounded summaries (no parameter values, no results), cached while a record is
+unchanged: a poll never re-reads nor re-sends what a job was given.
 """
 
 from __future__ import annotations
@@ -39,10 +41,29 @@ __all__ = [
 ACTIVE = ("QUEUED", "RUNNING")
 TERMINAL = ("SUCCEEDED", "PROMOTED", "BLOCKED", "FAILED", "CANCELLED")
 ACTIONS = ("run", "promote")
-_JOB_ID = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{8}$")
+_JOB_ID = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{8}\Z")
 # Fields kept for the service itself; never sent to the browser (no paths outside the root).
 _PRIVATE = ("pid", "pid_started", "project_root", "staged", "jobs_dir", "cli")
 LOG_TAIL_LINES = 40
+# what a jobs-list entry keeps of a record (each text clipped): what the jobs panel shows
+_SUMMARY = (
+    "id",
+    "action",
+    "status",
+    "path",
+    "pipeline",
+    "model",
+    "user",
+    "created",
+    "started",
+    "finished",
+    "run_id",
+    "model_version",
+    "error",
+    "links",
+)
+_TEXT = 500  # characters of any text in a summary
+_MANY = 50  # entries of any list or mapping in a summary
 
 
 class JobNotFound(LookupError):
@@ -69,7 +90,7 @@ def read_job(jobs_dir: Path, job_id: str) -> dict[str, Any]:
     Raises:
         JobNotFound: malformed id or no record.
     """
-    if not _JOB_ID.match(job_id or ""):
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
         raise JobNotFound(f"no job {job_id!r}; list jobs with GET /nb-mlops/api/jobs")
     try:
         data: dict[str, Any] = json.loads(_job_file(jobs_dir, job_id).read_text())
@@ -146,6 +167,8 @@ class JobService:
         self.cli = cli or [sys.executable, "-m", "nb_mlops.cli"]
         self._scrub = scrub or (lambda text: text)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        # file name → ((mtime_ns, size), summary) of finished jobs: they no longer change
+        self._summaries: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
 
     # --- create ---------------------------------------------------------------------------------
 
@@ -226,16 +249,54 @@ class JobService:
         ]
         return view
 
-    def list(self) -> list[dict[str, Any]]:
-        """Every job, newest first (without log tails)."""
+    def list(self, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
+        """A page of job summaries, newest first, and how many jobs there are.
+
+        A summary is bounded whatever the job was given: no parameter values, no result, texts
+        clipped; `get` has the full record.
+        """
         self._reap()
         if not self.jobs_dir.is_dir():
-            return []
+            return [], 0
+        paths = sorted(self.jobs_dir.glob("*.json"), reverse=True)  # ids start with the time
         jobs = []
-        for path in sorted(self.jobs_dir.glob("*.json"), reverse=True):
+        for path in paths[offset : offset + limit]:
             with contextlib.suppress(JobNotFound, json.JSONDecodeError, OSError):
-                jobs.append(self.public(self._reconciled(read_job(self.jobs_dir, path.stem))))
-        return jobs
+                jobs.append(self._summary_of(path))
+        return jobs, len(paths)
+
+    def _summary_of(self, path: Path) -> dict[str, Any]:
+        stat = path.stat()
+        key = (stat.st_mtime_ns, stat.st_size)
+        cached = self._summaries.get(path.name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        record = self._reconciled(read_job(self.jobs_dir, path.stem))
+        summary = self.summary(record)
+        if record.get("status") in TERMINAL:
+            self._summaries[path.name] = (key, summary)
+        return summary
+
+    def summary(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The bounded view of a job for the jobs list."""
+        view = {k: _clip(record.get(k)) for k in _SUMMARY if k in record}
+        steps = record.get("steps")
+        if isinstance(steps, dict):
+            view["steps"] = {
+                str(name)[:100]: {
+                    k: _clip(v)
+                    for k, v in (step.items() if isinstance(step, dict) else ())
+                    if k in ("status", "duration", "cached", "cell", "error")
+                }
+                for name, step in list(steps.items())[:_MANY]
+            }
+        gates = record.get("gates")
+        if isinstance(gates, list):
+            view["gates"] = [_clip(gate) for gate in gates[:_MANY]]
+        for key in ("error", "steps", "gates"):
+            if view.get(key):
+                view[key] = self._scrub_json(view[key])
+        return view
 
     def public(self, record: dict[str, Any]) -> dict[str, Any]:
         view = {k: v for k, v in record.items() if k not in _PRIVATE}
@@ -320,6 +381,20 @@ class JobService:
     def shutdown(self) -> None:
         """Reap finished children; running jobs keep going (their state is on disk)."""
         self._reap()
+
+
+def _clip(value: Any, depth: int = 0) -> Any:
+    """`value` with every text cut to `_TEXT` characters and every collection to `_MANY`
+    entries (three levels deep at most)."""
+    if isinstance(value, str):
+        return value if len(value) <= _TEXT else value[: _TEXT - 1] + "…"
+    if depth >= 3 and isinstance(value, (dict, list)):
+        return "…"
+    if isinstance(value, dict):
+        return {str(k)[:100]: _clip(v, depth + 1) for k, v in list(value.items())[:_MANY]}
+    if isinstance(value, list):
+        return [_clip(v, depth + 1) for v in value[:_MANY]]
+    return value
 
 
 def _create_time(pid: int) -> float | None:

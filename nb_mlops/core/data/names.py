@@ -14,7 +14,7 @@ __all__ = ["NAME_RULE", "check_name", "parse_ref", "suggest_name", "format_ref"]
 
 NAME_RULE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _NAME = re.compile(NAME_RULE)
-_REF = re.compile(r"^(?P<name>.+?)(?:@v?(?P<version>\d+))?$")
+_REF = re.compile(r"^(?P<name>.+?)(?:@v?(?P<version>\d+))?\Z")
 
 
 def check_name(name: object) -> str:

@@ -35,7 +35,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     "==": operator.eq,
 }
-_SPEC = re.compile(r"^\s*(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+_SPEC = re.compile(r"^\s*(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\Z")
 _KNOWN = ("metrics", "beat_champion", "require_reproduced", "require_data_verified")
 # metrics where smaller is better, when `direction` is not given
 _LOWER_IS_BETTER = re.compile(r"loss|error|mse|mae|rmse|mape|perplexity", re.IGNORECASE)

@@ -39,8 +39,8 @@ __all__ = [
 CHAMPION = "champion"
 PREVIOUS = "previous-champion"
 DIGEST_TAG = "nb_mlops.model_sha256"
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
-_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}\Z")
+_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}\Z")
 _PROMOTABLE_MODES = ("pipeline", "production")
 HOW_TO_PIPELINE = (
     "build and run the pipeline first: `nb-mlops pipeline build NOTEBOOK`, "
@@ -147,7 +147,7 @@ def _dataset_name(dataset: Any) -> str:
 
 def latest_pipeline_run(client: MlflowClient, pipeline: str) -> str:
     """The id of the newest pipeline (or production) run of `pipeline`, any status."""
-    if not re.match(r"^[A-Za-z0-9_.\-]+$", pipeline):
+    if not re.match(r"^[A-Za-z0-9_.\-]+\Z", pipeline):
         raise PromotionError(f"{pipeline!r} is not a pipeline name (see `nb-mlops pipeline list`)")
     experiments = [e.experiment_id for e in client.search_experiments()]
     found = client.search_runs(
