@@ -1,11 +1,13 @@
 # mypy: disable-error-code="no-untyped-call,untyped-decorator,misc,attr-defined"
 """Build a pipeline from a notebook: `pipeline.yaml` plus one plain papermill notebook per step
-(parameters cell, setup, the `imports`/`functions` cells, a loader of upstream values, the step's
-cells, a saver). Deterministic: the same notebook gives byte-identical files.
+(parameters cell, setup, the `imports`/`functions` cells, a loader of upstream values with the
+imports and settings the step repeats, the step's cells, a saver). Deterministic: the same
+notebook gives byte-identical files.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import re
@@ -16,12 +18,12 @@ import nbformat
 
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.errors import BuildError
-from nb_mlops.pipeline.defuse import Plan, StepPlan, plan_steps
+from nb_mlops.pipeline.analysis import Plan, StepPlan, plan_steps, python_of
 from nb_mlops.pipeline.grammar import Grammar, parse_cells
 from nb_mlops.pipeline.params import schema_from_source
 from nb_mlops.pipeline.spec import Pipeline, StepSpec, _write_if_changed, write_spec
 
-__all__ = ["build_pipeline", "pipeline_name"]
+__all__ = ["build_pipeline", "describe_inputs", "pipeline_name"]
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
@@ -55,6 +57,41 @@ def _parameters_source(schema: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+_PATHLIKE = re.compile(
+    r"^(?!\w+://)[\w.~/\\-]*[\w-]\.[A-Za-z0-9]{1,8}$|^(?!\w+://)[\w.~-]+(/[\w.~-]+)+/?$"
+)
+
+
+def _literal_paths(step: StepPlan) -> list[str]:
+    """String literals of the step's cells that look like file paths: files a native reader
+    opens (`pd.read_parquet("data/x.parquet")`) raise no audit event, so the saver checks these."""
+    found: list[str] = []
+    for cell in step.cells:
+        try:
+            tree = ast.parse(python_of(cell.source))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and len(node.value) < 256
+                and _PATHLIKE.match(node.value)
+            ):
+                found.append(node.value)
+    return sorted(set(found))
+
+
+def describe_inputs(step: StepPlan | Any) -> list[str]:
+    """One line per value a step receives: `name ← producer (why)`."""
+    reasons = getattr(step, "reasons", {}) or {}
+    lines = []
+    for name, producer in step.inputs.items():
+        why = reasons.get(name)
+        lines.append(f"{name} ← {producer}" + (f" ({why})" if why else ""))
+    return lines
+
+
 def _step_notebook(
     name: str, source_rel: str, step: StepPlan, grammar: Grammar, plan: Plan, schema: dict[str, Any]
 ) -> Any:
@@ -72,27 +109,29 @@ def _step_notebook(
         ),
         _code(_parameters_source(schema), ["parameters"]),
     ]
+    prelude = [c for c in grammar.cells if c.role in ("imports", "functions")]
+    extra = f", prelude={len(prelude)}" if prelude and plan.prelude_defines else ""
     setup = (
         "from nb_mlops.pipeline import kernel as _nb_mlops_kernel\n\n"
         f"_nb_mlops_step = _nb_mlops_kernel.setup(\n    globals(), {step.name!r}, "
-        "nb_mlops_context, nb_mlops_inputs, nb_mlops_outputs\n)"
+        f"nb_mlops_context, nb_mlops_inputs, nb_mlops_outputs{extra}\n)"
     )
     if plan.uses_magics:
         setup += "\n%load_ext nb_mlops"
     cells.append(_code(setup, ["nb_mlops-setup"]))
-    for cell in grammar.cells:
-        if cell.role in ("imports", "functions"):
-            cells.append(_code(cell.source, [cell.role], cell.index + 1))
-    if step.inputs or step.imports:
-        loader = list(step.imports.values())
-        if step.inputs:
-            loader.append(f"_nb_mlops_step.load(globals(), {step.inputs!r})")
+    for cell in prelude:
+        cells.append(_code(cell.source, [cell.role], cell.index + 1))
+    if step.inputs or step.imports or step.replay:
+        loader = [*step.imports.values(), *step.replay]
+        loader.append(f"_nb_mlops_step.load(globals(), {step.inputs!r})")
         cells.append(_code("\n".join(loader), ["nb_mlops-loader"]))
     for cell in step.cells:
         cells.append(_code(cell.source, None, cell.index + 1))
+    paths = _literal_paths(step)
+    extra = f", paths={paths!r}" if paths else ""
     cells.append(
         _code(
-            f"_nb_mlops_step.save(globals(), {step.outputs!r}, {step.metrics!r})",
+            f"_nb_mlops_step.save(globals(), {step.outputs!r}, {step.metrics!r}{extra})",
             ["nb_mlops-saver"],
         )
     )
@@ -165,6 +204,7 @@ def build_pipeline(
             outputs=list(step.outputs),
             metrics=list(step.metrics),
             cells=[c.index + 1 for c in step.cells],
+            reasons=dict(step.reasons),
         )
     for stale in (out / "steps").glob("*.ipynb"):
         if stale.stem not in steps:
@@ -177,6 +217,7 @@ def build_pipeline(
         parameters=schema,
         metrics=list(plan.metrics),
         steps=steps,
+        warnings=list(plan.warnings),
     )
     write_spec(pipeline)
     return pipeline
