@@ -34,7 +34,14 @@ def pipeline_name(notebook: Path) -> str:
 
 
 def _code(source: str, tags: list[str] | None = None, source_cell: int | None = None) -> Any:
-    cell = nbformat.v4.new_code_cell(source)
+    # built directly: nbformat's new_code_cell validates every cell (writes() validates once)
+    cell = nbformat.NotebookNode(
+        cell_type="code",
+        execution_count=None,
+        metadata=nbformat.NotebookNode(),
+        outputs=[],
+        source=source,
+    )
     if tags:
         cell.metadata["tags"] = tags
     if source_cell is not None:

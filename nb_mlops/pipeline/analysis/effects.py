@@ -141,6 +141,7 @@ class Effects:
     unpicklable: dict[str, str] = field(default_factory=dict)
     unpicklable_calls: dict[str, tuple[str, ...]] = field(default_factory=dict)
     state_targets: list[str] = field(default_factory=list)
+    module_objects: dict[str, str] = field(default_factory=dict)  # name → `mod.attr` it is
     dynamic: str | None = None
 
     @property
@@ -533,6 +534,10 @@ class _Walker:
                             self.lambda_summary(lam, target.id) for lam in lambdas
                         )
                     self.note_unpicklable(target.id, value)
+                    if isinstance(value, ast.Attribute):
+                        dotted = _dotted(value)
+                        if dotted is not None and dotted[0] in self.imports:
+                            self.effects.module_objects[target.id] = ".".join(dotted)
 
     def note_unpicklable(self, name: str, value: ast.expr | None) -> None:
         assert self.effects is not None

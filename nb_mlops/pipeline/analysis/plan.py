@@ -136,6 +136,7 @@ class _Events:
     # object with one changed): the previous value is needed only if someone uses the new one
     carries: set[str] = field(default_factory=set)
     deletes: set[str] = field(default_factory=set)
+    produced: set[str] = field(default_factory=set)  # bound by the statement before any use
     why: dict[str, str] = field(default_factory=dict)  # why a name's new value comes from here
     setter: bool = False
 
@@ -160,6 +161,7 @@ class _Planner:
         self.immutable: dict[str, bool] = {}
         self.unpicklable: dict[tuple[int, str], str] = {}
         self.change_why: dict[tuple[int, str], str] = {}
+        self.module_alias: dict[str, tuple[str, Cell]] = {}
         self.seeded = self._seeded()
         self.start = start if start is not None else self._start_state()
         self.plans = {
@@ -254,10 +256,11 @@ class _Planner:
         """The objects of `refs` may change: so may every name that may share one of them
         (functions and classes of the notebook excepted: their code does not change)."""
         for ref in refs:
-            if ref.startswith("@") or not self._live(ref):
+            if ref.startswith("@") or not (self._live(ref) or ref in ev.produced):
                 continue
             if not self.callables.get(ref):
-                ev.needs.add(ref)
+                if ref not in ev.produced:  # a value made earlier in the statement: not needed
+                    ev.needs.add(ref)
                 ev.writes.add(ref)
                 ev.why.setdefault(ref, why)
             for member in self.groups.of(ref):
@@ -279,6 +282,10 @@ class _Planner:
         for site in summary.calls:
             for _key, refs in self._changed_args(site, seen):
                 changed |= {r[1:] for r in refs if r.startswith("@")}
+            if site.callee[0] == "method" or (
+                site.callee[0] == "attr" and self._qual(site.callee) is None
+            ):
+                changed |= {r[1:] for r in site.receiver if r.startswith("@")}
         return changed
 
     def _changed_args(self, site: CallSite, seen: set[int]) -> list[tuple[object, frozenset[str]]]:
@@ -420,6 +427,7 @@ class _Planner:
         effects = stmt.effects
         ref = stmt.cell.ref
         ev = _Events()
+        ev.produced = (effects.binds | effects.maybe_binds) - effects.needs
         ev.needs |= effects.needs | effects.deletes
         ev.carries |= effects.maybe_binds
         for name in effects.binds:
@@ -488,8 +496,12 @@ class _Planner:
             if cell.role == "metrics":
                 self._metrics(ev, cell)
                 continue
+            if cell.role in ("imports", "functions", "parameters"):
+                self._prelude_statement(stmt, ev)
             if cell.role == "step":
+                self._module_state(stmt, ev)
                 self._step_statement(stmt, ev)
+                self._uncarried_seeds(stmt, step_stmts)
                 if ev.setter:
                     self.replays.append((stmt.index, cell, effects.source))
                 if effects.dynamic and len(self.plans) > 1:
@@ -508,6 +520,44 @@ class _Planner:
         self._check_outputs()
         self._place_replays(step_stmts)
         return self._finish(uses_magics)
+
+    def _prelude_statement(self, stmt: _Stmt, ev: _Events) -> None:
+        """`imports`/`functions` cells run first in every step: they cannot read step values."""
+        for name in sorted(ev.needs):
+            current = self.version.get(name)
+            if current is not None and current.kind == "step":
+                raise BuildError(
+                    f"{stmt.cell.ref}: the {stmt.cell.role} cell reads `{name}`, which step "
+                    f"{current.step!r} sets ({current.cell.ref}), but the imports and functions "
+                    "cells run before any step value is loaded: move the statement into a step"
+                )
+
+    def _module_state(self, stmt: _Stmt, ev: _Events) -> None:
+        """A name bound to a module's own object (`env = os.environ`) changed in place in
+        another step: steps do not share modules, so the change would not reach later steps."""
+        for name in sorted(ev.needs & ev.writes):
+            origin = self.module_alias.get(name)
+            if origin is None or origin[1].step == stmt.cell.step:
+                continue
+            raise BuildError(
+                f"{stmt.cell.ref}: `{name}` is `{origin[0]}` (bound in {origin[1].ref}), an object "
+                "of a module, which every step imports afresh: a change to it here does not reach "
+                f"later steps; change `{origin[0]}` directly, or copy it where `{name}` is set"
+            )
+
+    def _uncarried_seeds(self, stmt: _Stmt, step_stmts: dict[str, list[int]]) -> None:
+        later = [n for n, idx in step_stmts.items() if idx and idx[-1] > stmt.index]
+        if len(later) < 2:
+            return
+        for site in stmt.effects.calls:
+            qual = self._qual(site.callee)
+            if qual and knowledge.seeds_uncarried(qual):
+                raise BuildError(
+                    f"{stmt.cell.ref}: `{qual}` seeds a global generator whose state a pipeline "
+                    "cannot carry from step to step (it carries random, numpy.random and torch): "
+                    "later steps would draw other numbers than the notebook; seed a generator "
+                    "object and pass it instead, or keep the code that draws in this step"
+                )
 
     def _advance(self, stmt: _Stmt, ev: _Events) -> None:
         """Move the versions of what the statement changed to it."""
@@ -541,6 +591,14 @@ class _Planner:
                 )
         for name, summaries in effects.defines.items():
             self.callables.setdefault(name, []).extend(summaries)
+        for name in effects.binds | effects.maybe_binds | effects.deletes:
+            origin = effects.module_objects.get(name)
+            if origin and self._import_qual(origin.split(".")[0]):
+                module = self._import_qual(origin.split(".")[0])
+                rest = origin.split(".", 1)[1] if "." in origin else ""
+                self.module_alias[name] = (f"{module}.{rest}" if rest else module, cell)
+            else:
+                self.module_alias.pop(name, None)
         for name in effects.binds | effects.maybe_binds:
             kind_ = effects.unpicklable.get(name) or self._unpicklable_call(effects, name)
             if kind_:
