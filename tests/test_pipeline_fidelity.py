@@ -373,7 +373,10 @@ CORPUS: list[tuple[str, list, str]] = [
                 "from sklearn.model_selection import train_test_split",
                 "imports",
             ),
-            _c("np.random.seed(3)\nX = np.random.rand(40, 2)\ny = (X[:, 0] > 0.5).astype(int)", "step:data"),
+            _c(
+                "np.random.seed(3)\nX = np.random.rand(40, 2)\ny = (X[:, 0] > 0.5).astype(int)",
+                "step:data",
+            ),
             _c("X_tr, X_te, y_tr, y_te = train_test_split(X, y)", "step:split"),
             _c("rf = RandomForestClassifier(n_estimators=3).fit(X_tr, y_tr)", "step:fit"),
             _c("print(rf.predict(X_te).tolist(), y_te.tolist(), np.random.rand())", "step:report"),
@@ -977,7 +980,7 @@ def test_xgboost_dmatrix_and_booster_cross_steps(project: Path, real_env: None) 
     files = sorted(p.name for p in (run.run_dir / "values" / "data").iterdir())
     assert any(name.endswith("xgboost.DMatrix") for name in files)
     printed = real_outputs(nbformat.read(run.run_dir / "evaluate.ipynb", as_version=4))
-    assert printed[5].startswith("['a', 'b', 'c', 'd'] 200 ") and run.metrics["acc"] > 0.9
+    assert printed[4].startswith("['a', 'b', 'c', 'd'] 200 ") and run.metrics["acc"] > 0.9
 
 
 PLUGIN = """

@@ -98,6 +98,8 @@ class Summary:
     calls: list[CallSite] = field(default_factory=list)
     links: list[Names] = field(default_factory=list)
     generator: bool = False
+    kind: str = "function"  # function | lambda | class
+    nested: bool = False  # defines functions or lambdas: what it returns may be one of them
 
     def merge(self, other: Summary) -> None:
         self.reads |= other.reads
@@ -384,8 +386,8 @@ class _Walker:
             )
             if isinstance(node.func, ast.Attribute):
                 found |= self.refs(node.func.value)
-            elif isinstance(node.func, ast.Name):
-                found |= self.resolve(node.func.id)  # a class: its instances carry its methods
+            elif isinstance(node.func, ast.Name) and self._global(node.func.id):
+                found |= {f"!{node.func.id}"}  # called: a class's instances carry its methods
             return found
         if isinstance(node, ast.IfExp):
             return self.refs(node.body) | self.refs(node.orelse)
@@ -410,12 +412,16 @@ class _Walker:
             }
             inside: set[str] = set()
             for gen in node.generators:
-                inside |= self.refs(gen.iter)
-            elts = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
-            for elt in elts:
-                for child in ast.walk(elt):
-                    if isinstance(child, ast.Name) and child.id not in local:
-                        inside |= self.resolve(child.id)
+                inside |= self.refs(gen.iter)  # the elements come from the iterables
+            scope = _Scope("comprehension")
+            scope.locals = local
+            self.scopes.append(scope)
+            try:
+                elts = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+                for elt in elts:
+                    inside |= self.refs(elt)
+            finally:
+                self.scopes.pop()
             return frozenset(inside)
         return EMPTY
 
@@ -521,7 +527,10 @@ class _Walker:
         stored: set[str] = set()
         for target in targets:
             self.store(target, refs, stored)
-        self.link(frozenset(stored) | refs)
+        fresh = isinstance(value, ast.Call) and not refs
+        if not fresh or len(targets) > 1:
+            # the parts of one value may share objects; a library's new values do not
+            self.link(frozenset(stored) | refs)
         if self.effects is not None:
             deps = self.immutable_deps(value)
             lambdas = [n for n in ast.walk(value) if isinstance(n, ast.Lambda)]
@@ -718,7 +727,7 @@ class _Walker:
             self.expr(keyword.value)
         scope = _Scope("class")
         scope.locals = _bound_names(node.body, set())[0]
-        summary = Summary(node.name, node.lineno, varargs=True)
+        summary = Summary(node.name, node.lineno, varargs=True, kind="class")
         self.scopes.append(scope)
         for stmt in node.body:
             if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -748,6 +757,7 @@ class _Walker:
         scope.params = params
         if self.summary is not None:
             # a function inside a function: it runs within the outer one's summary
+            self.summary.nested = True
             walker = _Walker(None, self.summary, [*self.scopes, scope], self.imports)
             for stmt in stmts:
                 walker.stmt(stmt)
@@ -762,7 +772,9 @@ class _Walker:
         return summary
 
     def lambda_summary(self, node: ast.Lambda, name: str) -> Summary:
-        return self.summarize(node, name, node.args, node.body)
+        summary = self.summarize(node, name, node.args, node.body)
+        summary.kind = "lambda"
+        return summary
 
     # --- expressions -----------------------------------------------------------------------
 

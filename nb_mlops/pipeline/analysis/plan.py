@@ -91,11 +91,13 @@ class Plan:
 
 
 class _Groups:
-    """Names that may share objects (union-find; a link is never undone: over-approximate)."""
+    """Names that may share objects (union-find; a link is never undone: over-approximate), and
+    the notebook functions and classes each group may hold (callable through its objects)."""
 
     def __init__(self) -> None:
         self.parent: dict[str, str] = {}
         self.members: dict[str, set[str]] = {}
+        self.holds: dict[str, set[str]] = {}
 
     def find(self, name: str) -> str:
         parent = self.parent.setdefault(name, name)
@@ -106,7 +108,7 @@ class _Groups:
         self.parent[name] = root
         return root
 
-    def union(self, names: set[str]) -> str | None:
+    def union(self, names: set[str], holds: set[str]) -> str | None:
         roots = {self.find(n) for n in names}
         if not roots:
             return None
@@ -114,10 +116,19 @@ class _Groups:
         for root in roots - {keep}:
             self.parent[root] = keep
             self.members[keep] |= self.members.pop(root)
+            self.holds.setdefault(keep, set()).update(self.holds.pop(root, set()))
+        if holds:
+            self.holds.setdefault(keep, set()).update(holds)
         return keep
 
     def of(self, name: str) -> set[str]:
         return self.members[self.find(name)]
+
+    def held(self, name: str) -> set[str]:
+        """The notebook functions and classes the objects of `name` may hold."""
+        if name not in self.parent:
+            return set()
+        return self.holds.get(self.find(name), set())
 
 
 @dataclass
@@ -256,13 +267,13 @@ class _Planner:
         """The objects of `refs` may change: so may every name that may share one of them
         (functions and classes of the notebook excepted: their code does not change)."""
         for ref in refs:
-            if ref.startswith("@") or not (self._live(ref) or ref in ev.produced):
+            if ref.startswith(("@", "!")) or not (self._live(ref) or ref in ev.produced):
                 continue
             if not self.callables.get(ref):
                 if ref not in ev.produced:  # a value made earlier in the statement: not needed
                     ev.needs.add(ref)
                 ev.writes.add(ref)
-                ev.why.setdefault(ref, why)
+                ev.why.setdefault(ref, why.format("it"))
             for member in self.groups.of(ref):
                 if (
                     self._live(member)
@@ -271,7 +282,9 @@ class _Planner:
                 ):
                     ev.carries.add(member)
                     ev.writes.add(member)
-                    ev.why.setdefault(member, f"{why} (`{ref}` may share an object with it)")
+                    ev.why.setdefault(
+                        member, why.format(f"`{ref}`, which may share an object with it,")
+                    )
 
     def _param_changes(self, summary: Summary, seen: set[int]) -> set[str]:
         """The parameters a notebook function may change, through the calls it makes too."""
@@ -359,9 +372,9 @@ class _Planner:
             ev.carries.add(name)
             ev.writes.add(name)
             ev.why.setdefault(name, f"{why} changes it")
-        self._group_change(summary.changes, ev, f"{why} changes it")
+        self._group_change(summary.changes, ev, f"{why} changes {{}}")
         for link in summary.links:
-            self._link({r for r in link if not r.startswith("@")}, ev, why, set())
+            self._link({r for r in link if not r.startswith("@")}, ev, f"{why} shares {{}}", set())
         for site in summary.calls:
             for _key, refs in self._changed_args(site, set()):
                 mapped: set[str] = set()
@@ -369,10 +382,10 @@ class _Planner:
                     if ref.startswith("@"):
                         if binding is not None:
                             mapped |= binding.get(ref[1:], frozenset())
-                    else:
+                    elif not ref.startswith("!"):
                         mapped.add(ref)
-                self._group_change(mapped, ev, f"{why} passes it to a call")
-            self._receiver(site, ev, why)
+                self._group_change(mapped, ev, f"{why} passes {{}} to a call")
+            self._receiver(site, ev, f"{why} calls a method on {{}}")
             self._rng(site, ev, why)
             if site.callee[0] == "name":
                 for inner in self.callables.get(site.callee[1], []):
@@ -407,18 +420,27 @@ class _Planner:
                 ev.why.setdefault(name, f"{why} may draw from it")
 
     def _link(self, names: set[str], ev: _Events, why: str, fresh: set[str]) -> None:
-        names = {
-            n
-            for n in names
-            if (self._live(n) or n in fresh or self.callables.get(n))
-            and not self.immutable.get(n, False)
-        }
-        if len(names) < 2:
+        """The objects of `names` may be shared from now on. A notebook function or class among
+        them is held, not shared (its code does not change); one only called (`!f`) is held
+        when it is a class (its instances carry its methods) or may return a closure."""
+        holds: set[str] = set()
+        shared: set[str] = set()
+        for name in names:
+            called = name.startswith("!")
+            name = name.lstrip("!")
+            summaries = self.callables.get(name)
+            if summaries:
+                if not called or any(s.kind == "class" or s.nested for s in summaries):
+                    holds.add(name)
+            elif not called and (self._live(name) or name in fresh):
+                if not self.immutable.get(name, False):
+                    shared.add(name)
+        if not shared or (len(shared) < 2 and not holds):
             return
-        self.groups.union(names)
+        self.groups.union(shared, holds)
         # a new sharing: every member's value now comes from here
-        for member in self.groups.of(next(iter(names))):
-            if self._live(member) and member not in ev.writes and not self.callables.get(member):
+        for member in self.groups.of(next(iter(shared))):
+            if self._live(member) and member not in ev.writes:
                 ev.carries.add(member)
                 ev.writes.add(member)
                 ev.why.setdefault(member, why)
@@ -441,7 +463,7 @@ class _Planner:
         # process-wide settings reached through a module: `os.environ[k] = v`, `pd.options.x = y`
         state = [t for t in effects.state_targets if self._import_qual(t.split(".")[0])]
         direct_changes = set(effects.changes) - {t.split(".")[0] for t in state}
-        self._group_change(direct_changes, ev, f"{ref} changes it in place")
+        self._group_change(direct_changes, ev, f"{ref} changes {{}} in place")
         setters = bool(state) and not (effects.binds or effects.maybe_binds)
         for site in effects.calls:
             qual = self._qual(site.callee)
@@ -453,8 +475,8 @@ class _Planner:
                 setters = True
                 continue
             for _key, refs in self._changed_args(site, set()):
-                self._group_change(set(refs), ev, f"{ref} passes it to a call")
-            self._receiver(site, ev, f"{ref} calls a method on it")
+                self._group_change(set(refs), ev, f"{ref} passes {{}} to a call")
+            self._receiver(site, ev, f"{ref} calls a method on {{}}")
             self._rng(site, ev, ref)
             if site.callee[0] == "name":
                 summaries = self.callables.get(site.callee[1], [])
@@ -467,14 +489,12 @@ class _Planner:
             ev.setter = True
         for summary in effects.lambdas:
             self._apply_summary(summary, ev, f"{ref} (a lambda)", None, set())
-        # a name that holds notebook functions (itself, or through what it contains) may call them
-        for name in list(ev.needs):
-            if name in self.groups.parent or name in self.callables:
-                for member in self.groups.of(name) if name in self.groups.parent else {name}:
-                    for summary in self.callables.get(member, []):
-                        self._apply_summary(
-                            summary, ev, f"{ref} uses `{member}`, which", None, set()
-                        )
+        # a name that is or holds notebook functions (an instance holds its class) may call them
+        for name in sorted(ev.needs):
+            held = self.groups.held(name) | ({name} if name in self.callables else set())
+            for member in sorted(held):
+                for summary in self.callables.get(member, []):
+                    self._apply_summary(summary, ev, f"{ref} uses `{member}`, which", None, set())
         fresh = set(effects.binds)
         for link in effects.links:
             self._link(set(link), ev, f"{ref} makes it share an object", fresh)
