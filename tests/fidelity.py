@@ -213,8 +213,8 @@ class WarmKernel:
     def numbers(self, names: list[str]) -> dict[str, float]:
         """The numeric values of `names` in the namespace (what a metrics cell records)."""
         code = (
-            "{n: float(v) for n, v in get_ipython().user_ns.items() if n in %r "
-            "and isinstance(v, (int, float)) and not isinstance(v, bool)}" % (names,)
+            f"{{n: float(v) for n, v in get_ipython().user_ns.items() if n in {names!r} "
+            "and isinstance(v, (int, float)) and not isinstance(v, bool)}"
         )
         reply = self.client.execute_interactive(
             "", user_expressions={"v": code}, timeout=30, output_hook=lambda msg: None
@@ -327,7 +327,9 @@ def compare(cells: list[Cell], notebook: list[CellRun], pipeline: PipelineRun) -
     """Differences, one line each, between the top-to-bottom run and the pipeline's cells."""
     found: list[str] = []
     before: dict[str, str] = {}
-    for index, (expected, (source, _tags)) in enumerate(zip(notebook, _code_cells(cells)), 1):
+    for index, (expected, (source, _tags)) in enumerate(
+        zip(notebook, _code_cells(cells), strict=False), 1
+    ):
         got = pipeline.cells.get(index)
         previous, before = before, expected.after
         if got is None:

@@ -432,9 +432,12 @@ class _Planner:
             if summaries:
                 if not called or any(s.kind == "class" or s.nested for s in summaries):
                     holds.add(name)
-            elif not called and (self._live(name) or name in fresh):
-                if not self.immutable.get(name, False):
-                    shared.add(name)
+            elif (
+                not called
+                and (self._live(name) or name in fresh)
+                and not self.immutable.get(name, False)
+            ):
+                shared.add(name)
         if not shared or (len(shared) < 2 and not holds):
             return
         self.groups.union(shared, holds)
@@ -613,8 +616,8 @@ class _Planner:
             self.callables.setdefault(name, []).extend(summaries)
         for name in effects.binds | effects.maybe_binds | effects.deletes:
             origin = effects.module_objects.get(name)
-            if origin and self._import_qual(origin.split(".")[0]):
-                module = self._import_qual(origin.split(".")[0])
+            module = self._import_qual(origin.split(".")[0]) if origin else None
+            if origin and module:
                 rest = origin.split(".", 1)[1] if "." in origin else ""
                 self.module_alias[name] = (f"{module}.{rest}" if rest else module, cell)
             else:
