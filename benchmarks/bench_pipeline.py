@@ -230,9 +230,9 @@ def _value_cases(root: Path) -> list[tuple]:
     rows = []
     folder = root / "values"
     for case, value, read in cases:
-
+        # each side first removes its own previous output (freeing its pages is on its clock)
         def ours(value=value, read=read, touch=False) -> None:
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(folder / "producer", ignore_errors=True)
             producer = Step("producer", {"outputs_dir": str(folder / "producer")}, "", "")
             producer.save({"v": value}, ["v"], [])
             ns: dict = {}
@@ -243,6 +243,7 @@ def _value_cases(root: Path) -> list[tuple]:
 
         def peer(value=value, read=read, touch=False) -> None:
             folder.mkdir(parents=True, exist_ok=True)
+            (folder / "peer.pkl").unlink(missing_ok=True)
             with open(folder / "peer.pkl", "wb") as fh:
                 cloudpickle.dump(value, fh, protocol=5)
             with open(folder / "peer.pkl", "rb") as fh:
