@@ -3,6 +3,7 @@ analysis and build-time errors. Equivalence with a top-to-bottom run: test_pipel
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -214,3 +215,88 @@ def test_build_200_cells(project: Path) -> None:
     elapsed = time.perf_counter() - started
     assert len(spec.steps) == 10 and spec.steps["s9"].inputs == {"v179": "s8"}
     print(f"200-cell build: {elapsed:.3f}s")  # the target (≤ 1 s) is checked by the benchmark
+
+
+# --- Kale's grammar as Kale users write it ----------------------------------------------------
+
+
+def test_kale_continuations_and_left_out_leading_cells(project: Path) -> None:
+    # Given Kale-style tags: a leading untagged `!pip` cell, untagged cells after imports and
+    # pipeline-parameters, empty `step:`/`block:` tags, and untagged cells after a step
+    new_notebook(
+        project / "kale.ipynb",
+        [
+            "!pip install something",
+            ("import json", ["imports"]),
+            "import math",
+            ("rate = 2", ["pipeline-parameters"]),
+            "extra = 3",
+            ("x = math.floor(rate * extra)", ["step:first"]),
+            ("y = x + 1", ["step:"]),
+            ("z = json.dumps(y)", ["block:second", "prev:first"]),
+            "w = z * 2",
+            ("v = w", ["block:"]),
+        ],
+    )
+    # When it is built
+    spec = build_pipeline(project / "kale.ipynb")
+    # Then continuations join their block, the leading cell is left out with a warning
+    assert spec.parameters == {
+        "rate": {"type": "int", "default": 2},
+        "extra": {"type": "int", "default": 3},
+    }
+    assert spec.steps["first"].cells == [6, 7] and spec.steps["second"].cells == [8, 9, 10]
+    text = (spec.dir / "steps" / "second.ipynb").read_text()
+    assert "import math" in text and "pip install" not in text
+    assert spec.warnings == [
+        "cell #1 comes before the first tagged cell and is not part of the pipeline (as in "
+        "Kale): tag it `imports` to run it in every step, or `skip`"
+    ]
+
+
+def test_kubeflow_and_unknown_tags_are_warnings_naming_the_cell(project: Path) -> None:
+    new_notebook(
+        project / "tags.ipynb",
+        [("x = 1", ["step:a", "limit:nvidia.com/gpu:1", "annotation:team:ml", "setp:b", "hide"])],
+    )
+    spec = build_pipeline(project / "tags.ipynb")
+    assert spec.warnings == [
+        "cell #1 (id cell-0): unknown tag `setp:b` is ignored; did you mean `step:b`?",
+        "cell #1 (id cell-0): unknown tag `hide` is ignored",
+        "cell #1 (id cell-0): `limit:nvidia.com/gpu:1`, `annotation:team:ml` only apply to "
+        "Kubeflow pods; local and Dask runs ignore them",
+    ]
+
+
+def test_build_prints_what_each_step_receives_and_show_carries_it(
+    project: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from nb_mlops.cli import main
+
+    # Given a notebook where a step changes a list in place and a later step reads it
+    new_notebook(
+        project / "recv.ipynb",
+        [
+            ("items = []\nn = 3", ["step:make", "label:team:ml"]),
+            ("items.append(n)", ["step:grow"]),
+            ("print(items, n)", ["step:report"]),
+        ],
+    )
+    # When it is built from the CLI
+    assert main(["pipeline", "build", "recv.ipynb"]) == 0
+    out, err = capsys.readouterr()
+    # Then each step says what it receives, from which step and why; warnings go to stderr
+    assert "  step report (after make, grow) receives:" in out
+    assert "    items ← grow (cell #2 (id cell-1) calls a method on it)" in out
+    assert "    n ← make (cell #1 (id cell-0) sets it)" in out
+    assert "  step make receives nothing" in out
+    assert err.startswith("warning: cell #1 (id cell-0): `label:team:ml` only applies to Kubeflow")
+    # And `pipeline show --json` carries the same
+    assert main(["pipeline", "show", "recv", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    report = next(s for s in shown["steps"] if s["name"] == "report")
+    assert report["inputs"] == {"items": "grow", "n": "make"}
+    assert report["reasons"]["items"] == "cell #2 (id cell-1) calls a method on it"
+    assert shown["warnings"] and report["files_read"] == []
+    assert main(["pipeline", "show", "recv"]) == 0
+    assert "items ← grow" in capsys.readouterr().out

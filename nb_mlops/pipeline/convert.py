@@ -125,13 +125,20 @@ def _step_notebook(
     )
     if plan.uses_magics:
         setup += "\n%load_ext nb_mlops"
-    cells.append(_code(setup, ["nb_mlops-setup"]))
-    for cell in prelude:
-        cells.append(_code(cell.source, [cell.role], cell.index + 1))
+    loader = ""
     if step.inputs or step.imports or step.replay:
-        loader = [*step.imports.values(), *step.replay]
-        loader.append(f"_nb_mlops_step.load(globals(), {step.inputs!r})")
-        cells.append(_code("\n".join(loader), ["nb_mlops-loader"]))
+        lines = [*step.imports.values(), *step.replay]
+        lines.append(f"_nb_mlops_step.load(globals(), {step.inputs!r})")
+        loader = "\n".join(lines)
+    if loader and not prelude:
+        # nothing runs between them: one cell (a kernel round trip less per step)
+        cells.append(_code(f"{setup}\n{loader}", ["nb_mlops-setup", "nb_mlops-loader"]))
+    else:
+        cells.append(_code(setup, ["nb_mlops-setup"]))
+        for cell in prelude:
+            cells.append(_code(cell.source, [cell.role], cell.index + 1))
+        if loader:
+            cells.append(_code(loader, ["nb_mlops-loader"]))
     for cell in step.cells:
         cells.append(_code(cell.source, None, cell.index + 1))
     paths = _literal_paths(step)

@@ -174,8 +174,9 @@ def _read_tags(raw: Any, index: int, warnings: list[str]) -> _Tags | None:
             warnings.append(f"{ref}: unknown tag `{tag}` is ignored{hint}")
     if kubeflow:
         warnings.append(
-            f"{ref}: `{'`, `'.join(kubeflow)}` only apply to Kubeflow pods; "
-            "local and Dask runs ignore them"
+            f"{ref}: `{'`, `'.join(kubeflow)}` only appl{'ies' if len(kubeflow) == 1 else 'y'} "
+            "to Kubeflow pods; local and Dask runs ignore "
+            + ("it" if len(kubeflow) == 1 else "them")
         )
     magic = _step_magic(source, ref)
     if magic is not None:
@@ -258,9 +259,12 @@ def parse_cells(nb: Any) -> Grammar:
         steps[block].cells.append(cell)
         cells.append(cell)
     if leading:
+        one = len(leading) == 1
+        it = "it" if one else "them"
         warnings.append(
-            f"{cell_span(leading)} come before the first tagged cell and are not part of the "
-            "pipeline (as in Kale): tag them `imports` to run them in every step, or `skip`"
+            f"{cell_span(leading)} {'comes' if one else 'come'} before the first tagged cell and "
+            f"{'is' if one else 'are'} not part of the pipeline (as in Kale): tag {it} `imports` "
+            f"to run {it} in every step, or `skip`"
         )
     for decl in steps.values():
         for prev in decl.after:
