@@ -300,3 +300,24 @@ def test_build_prints_what_each_step_receives_and_show_carries_it(
     assert shown["warnings"] and report["files_read"] == []
     assert main(["pipeline", "show", "recv"]) == 0
     assert "items ← grow" in capsys.readouterr().out
+
+
+def test_steps_naming_the_same_file_run_in_notebook_order(project: Path) -> None:
+    # Given a step writing clean.csv and a later one reading it, with no variable in common,
+    # and two branches making different folders
+    new_notebook(
+        project / "files.ipynb",
+        [
+            ("import os\nimport pandas as pd", ["imports"]),
+            ("pd.DataFrame({'a': [1]}).to_csv('clean.csv')", ["step:write"]),
+            ("os.makedirs('out/left', exist_ok=True)", ["step:left"]),
+            ("os.makedirs('out/right', exist_ok=True)", ["step:right"]),
+            ("print(pd.read_csv('clean.csv'))", ["step:read"]),
+        ],
+    )
+    # When it is built
+    spec = build_pipeline(project / "files.ipynb")
+    # Then the reader runs after the writer, saying why; the branches stay independent
+    assert spec.steps["read"].after == ["write"]
+    assert spec.steps["read"].reasons == {"file:clean.csv": "cell #2 (id cell-1) uses it too"}
+    assert spec.steps["left"].after == [] and spec.steps["right"].after == []

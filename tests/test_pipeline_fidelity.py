@@ -328,6 +328,15 @@ CORPUS: list[tuple[str, list, str]] = [
         "same",
     ),
     (
+        "file-written-by-one-step-read-by-another",
+        [
+            _c("with open('clean.txt', 'w') as f:\n    f.write('rows')", "step:write"),
+            _c("x = 1", "step:other"),
+            _c("with open('clean.txt') as f:\n    print(f.read(), x)", "step:read"),
+        ],
+        "same",
+    ),
+    (
         "pyplot-calls-in-two-branches",
         [
             _c(

@@ -7,7 +7,6 @@ notebook gives byte-identical files.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import os
 import re
@@ -18,7 +17,7 @@ import nbformat
 
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.errors import BuildError
-from nb_mlops.pipeline.analysis import Plan, StepPlan, plan_steps, python_of
+from nb_mlops.pipeline.analysis import Plan, StepPlan, plan_steps
 from nb_mlops.pipeline.grammar import Grammar, parse_cells
 from nb_mlops.pipeline.params import schema_from_source
 from nb_mlops.pipeline.spec import Pipeline, StepSpec, _write_if_changed, write_spec
@@ -64,38 +63,17 @@ def _parameters_source(schema: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-_PATHLIKE = re.compile(
-    r"^(?!\w+://)[\w.~/\\-]*[\w-]\.[A-Za-z0-9]{1,8}$|^(?!\w+://)[\w.~-]+(/[\w.~-]+)+/?$"
-)
-
-
-def _literal_paths(step: StepPlan) -> list[str]:
-    """String literals of the step's cells that look like file paths: files a native reader
-    opens (`pd.read_parquet("data/x.parquet")`) raise no audit event, so the saver checks these."""
-    found: list[str] = []
-    for cell in step.cells:
-        try:
-            tree = ast.parse(python_of(cell.source))
-        except SyntaxError:
-            continue
-        for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.Constant)
-                and isinstance(node.value, str)
-                and len(node.value) < 256
-                and _PATHLIKE.match(node.value)
-            ):
-                found.append(node.value)
-    return sorted(set(found))
-
-
 def describe_inputs(step: StepPlan | Any) -> list[str]:
-    """One line per value a step receives: `name ← producer (why)`."""
+    """One line per value a step receives, `name ← producer (why)`, and per file it shares with
+    an earlier step, `file PATH (why)`."""
     reasons = getattr(step, "reasons", {}) or {}
     lines = []
     for name, producer in step.inputs.items():
         why = reasons.get(name)
         lines.append(f"{name} ← {producer}" + (f" ({why})" if why else ""))
+    for key, why in reasons.items():
+        if key.startswith("file:"):
+            lines.append(f"file `{key[5:]}` ({why})")
     return lines
 
 
@@ -141,7 +119,7 @@ def _step_notebook(
             cells.append(_code(loader, ["nb_mlops-loader"]))
     for cell in step.cells:
         cells.append(_code(cell.source, None, cell.index + 1))
-    paths = _literal_paths(step)
+    paths = sorted(step.paths)
     extra = f", paths={paths!r}" if paths else ""
     cells.append(
         _code(

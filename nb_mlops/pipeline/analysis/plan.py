@@ -18,6 +18,7 @@ with one line naming the cell, the variable and what to do.
 
 from __future__ import annotations
 
+import ast
 import graphlib
 import re
 from dataclasses import dataclass, field
@@ -30,10 +31,11 @@ from nb_mlops.pipeline.analysis.effects import (
     Summary,
     analyze_source,
     imports_of,
+    python_of,
 )
 from nb_mlops.pipeline.grammar import Cell, Grammar
 
-__all__ = ["Plan", "StepPlan", "plan_steps", "rng_name"]
+__all__ = ["Plan", "StepPlan", "literal_paths", "plan_steps", "rng_name"]
 
 _RNG = "rng:"
 
@@ -64,7 +66,8 @@ class StepPlan:
         outputs: names a later step or the metrics cell reads, saved together at its end.
         metrics: names whose numeric values this step records as metrics.
         replay: statements changing process-wide settings, repeated before the step's cells.
-        reasons: input name → why (e.g. "cell #7 passes it to a call"), for `pipeline build`.
+        reasons: input name → why (e.g. "cell #7 passes it to a call"), for `pipeline build`;
+            `file:PATH` → why the step runs after the one in `file_after` (both name the file).
     """
 
     name: str
@@ -76,6 +79,8 @@ class StepPlan:
     metrics: list[str] = field(default_factory=list)
     replay: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)  # literal file paths of its cells
+    file_after: dict[str, str] = field(default_factory=dict)  # "file:PATH" → earlier step
 
 
 @dataclass
@@ -542,7 +547,29 @@ class _Planner:
             self._advance(stmt, ev)
         self._check_outputs()
         self._place_replays(step_stmts)
+        self._file_order()
         return self._finish(uses_magics)
+
+    def _file_order(self) -> None:
+        """Steps that name the same file run in notebook order: one may write what the other
+        reads (a file is not a variable the analysis can follow)."""
+        seen: dict[str, tuple[str, Cell]] = {}
+        for cell in self.grammar.cells:
+            if cell.role != "step" or cell.step is None:
+                continue
+            paths = literal_paths(cell.source)
+            self.plans[cell.step].paths.extend(
+                p for p in paths if p not in self.plans[cell.step].paths
+            )
+            for path in paths:
+                earlier = seen.get(path)
+                if earlier is not None and earlier[0] != cell.step:
+                    plan = self.plans[cell.step]
+                    if earlier[0] not in plan.after:
+                        plan.after.append(earlier[0])
+                        plan.reasons[f"file:{path}"] = f"{earlier[1].ref} uses it too"
+                        plan.file_after[f"file:{path}"] = earlier[0]
+                seen[path] = (cell.step, cell)
 
     def _prelude_statement(self, stmt: _Stmt, ev: _Events) -> None:
         """`imports`/`functions` cells run first in every step: they cannot read step values."""
@@ -831,7 +858,7 @@ class _Planner:
             first = self.grammar.steps[cycle[0]].first_ref
             raise BuildError(
                 f"{first}: steps depend on each other in a cycle ({' → '.join(cycle)}); "
-                "check their `prev:` tags and the variables they share"
+                "check their `prev:` tags and the variables and files they share"
             ) from exc
         order: list[str] = []
         rank = list(plans).index
@@ -843,7 +870,7 @@ class _Planner:
             plan.outputs = sorted(plan.outputs)
             plan.inputs = dict(sorted(plan.inputs.items()))
             plan.imports = dict(sorted(plan.imports.items()))
-            plan.reasons = {k: plan.reasons[k] for k in plan.inputs}
+            plan.reasons = {k: plan.reasons[k] for k in [*plan.inputs, *sorted(plan.file_after)]}
         prelude_defines = any(
             stmt.effects.defines
             for stmt in self.stmts
@@ -856,6 +883,30 @@ class _Planner:
             list(dict.fromkeys(self.warnings)),
             prelude_defines,
         )
+
+
+_PATHLIKE = re.compile(
+    r"^(?!\w+://)[\w.~/\\-]*[\w-]\.[A-Za-z0-9]{1,8}$|^(?!\w+://)[\w.~-]+(/[\w.~-]+)+/?$"
+)
+
+
+def literal_paths(source: str) -> list[str]:
+    """String literals of a cell that look like file paths (`data/train.csv`, `out/`)."""
+    try:
+        tree = ast.parse(python_of(source))
+    except SyntaxError:
+        return []
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and len(node.value) < 256
+            and _PATHLIKE.match(node.value)
+            and node.value not in found
+        ):
+            found.append(node.value)
+    return found
 
 
 def qual_only_setters(effects: Effects) -> bool:
