@@ -10,8 +10,9 @@ namespace.
   namespace of the step that loads them: their globals are that step's globals. Those of the
   `imports`/`functions` cells are taken from the loading step's own definitions.
 - Types pickle cannot carry, or carries badly, go through a marshaller chosen by type: xgboost
-  DMatrix and Booster, torch tensors and modules, keras models (each when installed), and any
-  registered by a third party under the `nb_mlops.marshallers` entry-point group.
+  DMatrix and Booster, torch tensors, keras models (each when installed; torch modules pickle,
+  their notebook-defined classes by value), and any registered by a third party under the
+  `nb_mlops.marshallers` entry-point group.
 
 A marshaller has a `name`, `claims(obj) -> bool` (cheap: called for objects of types not handled
 above), `save(obj, path) -> None` writing one file or folder at `path`, and `load(path) -> obj`.
@@ -26,7 +27,6 @@ import io
 import mmap
 import os
 import pickle
-import shutil
 import sys
 import threading
 import types
@@ -138,13 +138,14 @@ class _XGBoostBooster:
 
 
 class _Torch:
-    """torch tensors and modules through `torch.save` (storages shared between them kept)."""
+    """torch tensors through `torch.save` (their dtype, device, gradients kept). Modules go
+    through pickle: a module class defined in the notebook travels by value with them."""
 
     name = "torch"
 
     def claims(self, obj: Any) -> bool:
         torch = sys.modules.get("torch")
-        return torch is not None and isinstance(obj, torch.Tensor | torch.nn.Module)
+        return torch is not None and isinstance(obj, torch.Tensor)
 
     def save(self, obj: Any, path: Path) -> None:
         import torch
@@ -171,18 +172,15 @@ class _Keras:
         return False
 
     def save(self, obj: Any, path: Path) -> None:
-        obj.save(str(path.with_suffix(".keras")))
-        os.replace(path.with_suffix(".keras"), path)
+        obj.save(str(path))  # the file is named N.keras: the suffix keras requires
 
     def load(self, path: Path) -> Any:
         import keras
 
-        target = path.with_suffix(".keras")
-        shutil.copyfile(path, target)
-        try:
-            return keras.models.load_model(str(target))
-        finally:
-            target.unlink(missing_ok=True)
+        # layers, losses and metrics defined in the notebook, as the loading step has them
+        known = {**_LOAD.prelude, **(_LOAD.ns or {})}
+        custom = {k: v for k, v in known.items() if isinstance(v, type | types.FunctionType)}
+        return keras.models.load_model(str(path), custom_objects=custom)
 
 
 _BUILTIN: list[Marshaller] = [_XGBoostDMatrix(), _XGBoostBooster(), _Torch(), _Keras()]
