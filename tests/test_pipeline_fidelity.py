@@ -536,6 +536,33 @@ CORPUS: list[tuple[str, list, str]] = [
         ],
         "same",
     ),
+    (
+        "parameter-rebound-in-a-step",
+        [
+            _c("C: float = 0.5\nlabels: list[str] = ['a']", "parameters"),
+            _c("C = C * 4\nlabels.append('b')", "step:a"),
+            _c("print(C, labels)", "step:b"),
+            _c("print(C)", "pipeline-metrics"),
+        ],
+        "same",
+    ),
+    (
+        "star-import-in-a-step",
+        [_c("from math import *\nr = 2.0", "step:a"), _c("print(sqrt(16) + r, pi)", "step:b")],
+        "same",
+    ),
+    (
+        "class-defined-in-one-step-instances-in-others",
+        [
+            _c(
+                "class Counter:\n    def __init__(self):\n        self.n = 0\n    def hit(self):\n        self.n += step_size",
+                "step:define",
+            ),
+            _c("step_size = 2\nc = Counter()\nc.hit()", "step:use"),
+            _c("c.hit()\nprint(c.n, isinstance(c, Counter), type(c).__name__)", "step:check"),
+        ],
+        "same",
+    ),
     # --- refusals --------------------------------------------------------------------------
     (
         "refuse-a-step-changing-a-value-after-another-read-it",
