@@ -78,13 +78,10 @@ def _same_stat(path: Path, entry: dict[str, Any]) -> bool:
 def verify_outputs(values_dir: Path, marker: dict[str, Any]) -> bool:
     """True when every value file named by a completion marker exists and still holds what the
     step wrote (its digest, or for files too large to hash on save, its stat)."""
+    files = marker.get("files")
+    if files is None:
+        return False  # written before a step's values were saved together: not loadable now
     try:
-        files = marker.get("files")
-        if files is None:  # a marker written before values were saved together
-            return all(
-                file_digest(values_dir / entry["file"]) == entry["digest"]
-                for entry in marker.get("outputs", {}).values()
-            )
         for name, entry in files.items():
             path = values_dir / name
             if entry.get("digest"):
@@ -118,7 +115,7 @@ def changed_reads(marker: dict[str, Any]) -> list[str]:
 def link_values(src: Path, dst: Path, marker: dict[str, Any]) -> None:
     """Make the value files of a cached step (in `src`) those of this run (in `dst`): hard links
     (value files are never edited), copies where links are impossible."""
-    names = set(marker.get("files", {})) or {o["file"] for o in marker.get("outputs", {}).values()}
+    names = set(marker.get("files", {}))
     dst.mkdir(parents=True, exist_ok=True)
     for name in sorted(names):
         target = dst / name
