@@ -286,8 +286,8 @@ def _compatible(name: str, theirs: dict[str, str], ours: dict[str, Any]) -> None
     """papermill's view of one parameter fits ours: type, default and help.
 
     Where papermill reads more or less than the code says, ours is the code's: a default text
-    that is not an expression (papermill glued the next line to it) is not compared, and a help
-    comment is kept when a later line assigns the name again without one.
+    that is not an expression or not a literal (papermill glued the next line to it) is not
+    compared, and a help comment is kept when a later line assigns the name again without one.
     """
     if theirs["inferred_type_name"] != "None":  # papermill's "unknown"
         expected = _type_of(None, theirs["inferred_type_name"])
@@ -300,7 +300,12 @@ def _compatible(name: str, theirs: dict[str, str], ours: dict[str, Any]) -> None
         pass
     else:
         if "default" in ours:
-            assert ast.literal_eval(theirs["default"]) == ours["default"], (name, theirs, ours)
+            try:
+                value = ast.literal_eval(theirs["default"])
+            except ValueError:  # glued to the next line into another expression: `Noneprint(..)`
+                pass
+            else:
+                assert value == ours["default"], (name, theirs, ours)
         else:
             flat = "".join(theirs["default"].split())
             assert flat == "".join(str(ours.get("computed", "")).split()), (name, theirs, ours)

@@ -160,7 +160,7 @@ def test_run_records_everything_then_reuses_the_cache(
 
     # When a cached output no longer verifies, that step runs again; its unchanged value lets
     # the steps after it come from the cache
-    data_file = cfg.runs_dir / "e2e" / run_id / "values" / "load" / "data.pkl"
+    data_file = cfg.runs_dir / "e2e" / run_id / "values" / "load" / "values.pkl"
     data_file.write_bytes(b"corrupted")  # in place: the cached copies share this inode
     third = run_pipeline("e2e", {"n": 4, "C": 0.5, "label": HOSTILE[6], "texts": HOSTILE})
     assert third.status == "SUCCEEDED"

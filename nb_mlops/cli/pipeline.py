@@ -68,10 +68,35 @@ def build(notebook: Path, name: str | None, output: Path | None, as_json: bool) 
     if as_json:
         click.echo(json.dumps({**spec.as_dict(), "dir": str(spec.dir)}, indent=2))
         return
+    from nb_mlops.pipeline.convert import describe_inputs
+
     order = " → ".join(spec.steps)
     click.echo(f"built pipeline {spec.name!r} in {spec.dir}")
     click.echo(f"  steps ({len(spec.steps)}): {order}")
     click.echo(f"  parameters ({len(spec.parameters)}): " + (", ".join(spec.parameters) or "-"))
+    for step in spec.steps.values():
+        after = f" (after {', '.join(step.after)})" if step.after else ""
+        received = describe_inputs(step)
+        click.echo(f"  step {step.name}{after} receives" + (" nothing" if not received else ":"))
+        for line in received:
+            click.echo(f"    {line}")
+    for note in spec.warnings:
+        click.echo(f"warning: {note}", err=True)
+
+
+def _files_read(spec: Any) -> dict[str, list[str]]:
+    """The files each step read in the pipeline's latest run (from its state file)."""
+    from nb_mlops.core.config import load_config
+
+    folder = load_config().runs_dir / spec.name
+    states = sorted(folder.glob("*/state.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return {}
+    try:
+        markers = json.loads(states[-1].read_text()).get("markers", {})
+    except (OSError, ValueError):
+        return {}
+    return {step: sorted(m.get("reads", {})) for step, m in markers.items() if m.get("reads")}
 
 
 @pipeline.command()
@@ -87,10 +112,16 @@ def show(name: str, as_json: bool) -> None:
     from nb_mlops.pipeline import load_pipeline
 
     spec = load_pipeline(name)
+    reads = _files_read(spec)
     if as_json:
-        click.echo(json.dumps({**spec.as_dict(), "dir": str(spec.dir)}, indent=2))
+        data = {**spec.as_dict(), "dir": str(spec.dir)}
+        for step in data["steps"]:
+            step["files_read"] = reads.get(step["name"], [])
+        click.echo(json.dumps(data, indent=2))
         return
     from rich.markup import escape
+
+    from nb_mlops.pipeline.convert import describe_inputs
 
     console = Console()
     console.print(
@@ -105,16 +136,24 @@ def show(name: str, as_json: bool) -> None:
             escape(str(entry.get("help") or "")),
         )
     console.print(params)
-    steps = Table("step", "after", "inputs", "outputs", "cells", title="steps")
+    steps = Table("step", "after", "receives", "outputs", "cells", title="steps")
     for step in spec.steps.values():
         steps.add_row(
             step.name,
             ", ".join(step.after),
-            ", ".join(f"{k}←{v}" for k, v in step.inputs.items()),
+            escape("\n".join(describe_inputs(step))),
             ", ".join(step.outputs),
             ", ".join(map(str, step.cells)),
         )
     console.print(steps)
+    if reads:
+        files = Table("step", "file", title="files read (latest run)")
+        for step_name, paths in reads.items():
+            for path in paths:
+                files.add_row(step_name, escape(path))
+        console.print(files)
+    for warning in spec.warnings:
+        console.print(f"warning: {escape(warning)}", style="yellow", highlight=False)
 
 
 def _yaml_mapping(text: str | bytes, where: str, hint: str) -> dict[str, Any]:

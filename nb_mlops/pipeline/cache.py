@@ -1,8 +1,10 @@
 """The step cache: a step is skipped when its code, parameter values, input value digests and
-environment fingerprint equal those of an earlier successful run whose outputs still verify.
+environment fingerprint equal those of an earlier successful run whose outputs still verify and
+whose files read (recorded at run time) are unchanged.
 
 Entries live in `.nb_mlops/cache/steps/<key>.json` and point at that run's value files (hashed
-again with blake3 before reuse).
+again with blake3 before reuse; files too large to hash on every save are checked by stat). A
+file read is unchanged when its stat (size, mtime, ctime, inode) is, or else its content digest.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import site
 import sys
 import threading
@@ -19,7 +22,16 @@ from typing import Any
 
 from nb_mlops.core.config import Config
 
-__all__ = ["cache_key", "env_fingerprint", "file_digest", "lookup", "remember", "verify_outputs"]
+__all__ = [
+    "cache_key",
+    "changed_reads",
+    "env_fingerprint",
+    "file_digest",
+    "link_values",
+    "lookup",
+    "remember",
+    "verify_outputs",
+]
 
 
 @lru_cache(maxsize=1)
@@ -52,25 +64,69 @@ def cache_key(code_sha256: str, params: dict[str, Any], inputs: dict[str, str], 
 
 def file_digest(path: Path) -> str:
     """blake3 of a file's bytes (memory-mapped for large files)."""
-    from blake3 import blake3
+    from nb_mlops.pipeline.reads import file_digest as digest
 
-    hasher = blake3(max_threads=blake3.AUTO) if path.stat().st_size > 1 << 24 else blake3()
-    if hasattr(hasher, "update_mmap"):
-        hasher.update_mmap(str(path))
-    else:  # pragma: no cover - older blake3
-        hasher.update(path.read_bytes())
-    return str(hasher.hexdigest())
+    return digest(path)
+
+
+def _same_stat(path: Path, entry: dict[str, Any]) -> bool:
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns, st.st_ino) == (
+        entry.get("size"),
+        entry.get("mtime_ns"),
+        entry.get("ino"),
+    )
 
 
 def verify_outputs(values_dir: Path, marker: dict[str, Any]) -> bool:
-    """True when every output file named by a completion marker exists with its recorded digest."""
+    """True when every value file named by a completion marker exists and still holds what the
+    step wrote (its digest, or for files too large to hash on save, its stat)."""
+    files = marker.get("files")
+    if files is None:
+        return False  # written before a step's values were saved together: not loadable now
     try:
-        return all(
-            file_digest(values_dir / entry["file"]) == entry["digest"]
-            for entry in marker.get("outputs", {}).values()
-        )
+        for name, entry in files.items():
+            path = values_dir / name
+            if entry.get("digest"):
+                if file_digest(path) != entry["digest"]:
+                    return False
+            elif not _same_stat(path, entry):
+                return False
+        return True
     except OSError:
         return False
+
+
+def changed_reads(marker: dict[str, Any]) -> list[str]:
+    """The files a step read (as its marker records them) that are gone or changed since."""
+    from nb_mlops.pipeline.reads import stat_key
+
+    changed = []
+    for path, entry in marker.get("reads", {}).items():
+        try:
+            if stat_key(os.stat(path)) == entry.get("stat"):
+                continue
+            digest = entry.get("digest")
+            if digest and file_digest(Path(path)) == digest:
+                continue
+        except OSError:
+            pass
+        changed.append(path)
+    return changed
+
+
+def link_values(src: Path, dst: Path, marker: dict[str, Any]) -> None:
+    """Make the value files of a cached step (in `src`) those of this run (in `dst`): hard links
+    (value files are never edited), copies where links are impossible."""
+    names = set(marker.get("files", {}))
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in sorted(names):
+        target = dst / name
+        target.unlink(missing_ok=True)
+        try:
+            os.link(src / name, target)
+        except OSError:
+            shutil.copy2(src / name, target)
 
 
 def _entry_path(cfg: Config, key: str) -> Path:
@@ -78,13 +134,15 @@ def _entry_path(cfg: Config, key: str) -> Path:
 
 
 def lookup(cfg: Config, key: str) -> dict[str, Any] | None:
-    """The cache entry for `key` if its outputs still verify, else None."""
+    """The cache entry for `key` if its outputs still verify and the files the step read are
+    unchanged, else None."""
     path = _entry_path(cfg, key)
     try:
         entry: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not verify_outputs(Path(entry["values_dir"]), entry.get("marker", {})):
+    marker = entry.get("marker", {})
+    if changed_reads(marker) or not verify_outputs(Path(entry["values_dir"]), marker):
         return None
     return entry
 

@@ -1,7 +1,8 @@
 # mypy: disable-error-code="no-untyped-call,untyped-decorator,misc,attr-defined"
 """Build a pipeline from a notebook: `pipeline.yaml` plus one plain papermill notebook per step
-(parameters cell, setup, the `imports`/`functions` cells, a loader of upstream values, the step's
-cells, a saver). Deterministic: the same notebook gives byte-identical files.
+(parameters cell, setup, the `imports`/`functions` cells, a loader of upstream values with the
+imports and settings the step repeats, the step's cells, a saver). Deterministic: the same
+notebook gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import nbformat
 
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.errors import BuildError
-from nb_mlops.pipeline.defuse import Plan, StepPlan, analyze_source, plan_steps
+from nb_mlops.pipeline.analysis import Plan, StepPlan, analyze_source, plan_steps
 from nb_mlops.pipeline.grammar import DEFAULT_STEP, Cell, Grammar, StepDecl, parse_cells
 from nb_mlops.pipeline.params import read_parameters
 from nb_mlops.pipeline.spec import Pipeline, StepSpec, _write_if_changed, write_spec
 
-__all__ = ["BuildWarning", "build_pipeline", "pipeline_name"]
+__all__ = ["BuildWarning", "build_pipeline", "describe_inputs", "pipeline_name"]
 
 # Steps run in the python3 kernel of the environment nb_mlops runs in, whatever Python kernel
 # the notebook names: their setup and saver cells import nb_mlops, and a pipeline runs where
@@ -43,7 +44,14 @@ def pipeline_name(notebook: Path) -> str:
 
 
 def _code(source: str, tags: list[str] | None = None, source_cell: int | None = None) -> Any:
-    cell = nbformat.v4.new_code_cell(source)
+    # built directly: nbformat's new_code_cell validates every cell (writes() validates once)
+    cell = nbformat.NotebookNode(
+        cell_type="code",
+        execution_count=None,
+        metadata=nbformat.NotebookNode(),
+        outputs=[],
+        source=source,
+    )
     if tags:
         cell.metadata["tags"] = tags
     if source_cell is not None:
@@ -91,8 +99,9 @@ def _imports_for_parameters(grammar: Grammar, params: list[Cell], needs: list[st
         except BuildError:
             continue  # fails when it runs: reported as a problem of the notebook
         for stmt in stmts:
-            for name in stmt.defs:
-                found[name] = (stmt.imports.get(name), cell)
+            for name in stmt.binds | stmt.maybe_binds:
+                imported = stmt.imports.get(name)
+                found[name] = (imported[0] if imported else None, cell)
     lines: list[str] = []
     for name in needs:
         if name not in found:
@@ -135,6 +144,20 @@ def _parameter_cells(params: list[Cell], imports: list[str]) -> list[Any]:
     return [*cells, _code(_parameters_source(plain, imports), ["parameters"])]
 
 
+def describe_inputs(step: StepPlan | Any) -> list[str]:
+    """One line per value a step receives, `name ← producer (why)`, and per file it shares with
+    an earlier step, `file PATH (why)`."""
+    reasons = getattr(step, "reasons", {}) or {}
+    lines = []
+    for name, producer in step.inputs.items():
+        why = reasons.get(name)
+        lines.append(f"{name} ← {producer}" + (f" ({why})" if why else ""))
+    for key, why in reasons.items():
+        if key.startswith("file:"):
+            lines.append(f"file `{key[5:]}` ({why})")
+    return lines
+
+
 def _step_notebook(
     name: str, source_rel: str, step: StepPlan, grammar: Grammar, plan: Plan, parameters: list[Any]
 ) -> Any:
@@ -152,27 +175,36 @@ def _step_notebook(
         ),
         *copy.deepcopy(parameters),
     ]
+    prelude = [c for c in grammar.cells if c.role in ("imports", "functions")]
+    extra = f", prelude={len(prelude)}" if prelude and plan.prelude_defines else ""
     setup = (
         "from nb_mlops.pipeline import kernel as _nb_mlops_kernel\n\n"
         f"_nb_mlops_step = _nb_mlops_kernel.setup(\n    globals(), {step.name!r}, "
-        "nb_mlops_context, nb_mlops_inputs, nb_mlops_outputs\n)"
+        f"nb_mlops_context, nb_mlops_inputs, nb_mlops_outputs{extra}\n)"
     )
     if plan.uses_magics:
         setup += "\n%load_ext nb_mlops"
-    cells.append(_code(setup, ["nb_mlops-setup"]))
-    for cell in grammar.cells:
-        if cell.role in ("imports", "functions"):
+    loader = ""
+    if step.inputs or step.imports or step.replay:
+        lines = [*step.imports.values(), *step.replay]
+        lines.append(f"_nb_mlops_step.load(globals(), {step.inputs!r})")
+        loader = "\n".join(lines)
+    if loader and not prelude:
+        # nothing runs between them: one cell (a kernel round trip less per step)
+        cells.append(_code(f"{setup}\n{loader}", ["nb_mlops-setup", "nb_mlops-loader"]))
+    else:
+        cells.append(_code(setup, ["nb_mlops-setup"]))
+        for cell in prelude:
             cells.append(_code(cell.source, [cell.role], cell.index + 1))
-    if step.inputs or step.imports:
-        loader = list(step.imports.values())
-        if step.inputs:
-            loader.append(f"_nb_mlops_step.load(globals(), {step.inputs!r})")
-        cells.append(_code("\n".join(loader), ["nb_mlops-loader"]))
+        if loader:
+            cells.append(_code(loader, ["nb_mlops-loader"]))
     for cell in step.cells:
         cells.append(_code(cell.source, None, cell.index + 1))
+    paths = sorted(step.paths)
+    extra = f", paths={paths!r}" if paths else ""
     cells.append(
         _code(
-            f"_nb_mlops_step.save(globals(), {step.outputs!r}, {step.metrics!r})",
+            f"_nb_mlops_step.save(globals(), {step.outputs!r}, {step.metrics!r}{extra})",
             ["nb_mlops-saver"],
         )
     )
@@ -261,6 +293,7 @@ def build_pipeline(
             outputs=list(step.outputs),
             metrics=list(step.metrics),
             cells=[c.index + 1 for c in step.cells],
+            reasons=dict(step.reasons),
         )
     for stale in (out / "steps").glob("*.ipynb"):
         if stale.stem not in steps:
@@ -273,6 +306,7 @@ def build_pipeline(
         parameters=schema,
         metrics=list(plan.metrics),
         steps=steps,
+        warnings=list(plan.warnings),
     )
     write_spec(pipeline)
     return pipeline

@@ -1,13 +1,15 @@
-"""The step grammar: which cell belongs to which step, read from Kale's cell tags or `%%step`.
+"""The step grammar: which cell belongs to which block, read from Kale's cell tags or `%%step`.
 
 Tags: `parameters` (alias `pipeline-parameters`), `imports`, `functions`, `step:NAME` (Kale's
 `block:NAME` too), `prev:NAME`, `skip`, `pipeline-metrics`; or `%%step NAME [--after A B]` as a
-cell's first line. An untagged code cell continues the step above it; a notebook without any step
-is one step, `main`.
+cell's first line. As in Kale, an untagged cell (or an empty `step:`/`block:` tag) continues the
+block above it, leading untagged cells are left out, and `limit:`/`annotation:`/`label:` tags are
+read but only matter on Kubeflow. A notebook without any step tag is one step, `main`.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from typing import Any
 
 from nb_mlops.core.errors import BuildError
 
-__all__ = ["Cell", "Grammar", "StepDecl", "STEP_NAME", "cell_ref", "parse_cells"]
+__all__ = ["Cell", "Grammar", "StepDecl", "STEP_NAME", "cell_ref", "cell_span", "parse_cells"]
 
 STEP_NAME = re.compile(r"^[a-z_][a-z0-9_]*\Z")
 DEFAULT_STEP = "main"
@@ -28,11 +30,21 @@ _ROLE_TAGS = {
 }
 # cells papermill wrote into an executed notebook: their values must not become code of the pipeline
 _DROP_TAGS = {"skip", "injected-parameters"}
+# Kale's pod settings: accepted, but a local or Dask run has no pod to apply them to
+_KUBEFLOW_TAGS = ("limit:", "annotation:", "label:")
+# tags of the cells `nb-mlops pipeline build` generates (a step notebook read back as a source)
+_OWN_TAG = "nb_mlops-"
 
 
 def cell_ref(index: int, cell_id: str | None = None) -> str:
     """How messages name a cell: its 1-based position in the notebook, and its id when it has one."""
     return f"cell #{index + 1}" + (f" (id {cell_id})" if cell_id else "")
+
+
+def cell_span(indices: list[int]) -> str:
+    """`cell #3`, or `cells #1, #2, #5` (1-based positions of 0-based indices)."""
+    refs = [f"#{i + 1}" for i in indices]
+    return f"cell {refs[0]}" if len(refs) == 1 else f"cells {', '.join(refs)}"
 
 
 @dataclass
@@ -43,7 +55,8 @@ class Cell:
         index: 0-based position among all cells of the source notebook.
         cell_id: the notebook's cell id, if any.
         source: the code to run (a leading `%%step` line removed).
-        role: parameters | imports | functions | step | metrics.
+        role: parameters | imports | functions | step | metrics | dropped (a leading untagged
+            cell of a notebook with steps: analysed, never run).
         step: the step it belongs to (role "step" only).
     """
 
@@ -70,10 +83,12 @@ class StepDecl:
 
 @dataclass
 class Grammar:
-    """The parsed notebook: cells by role, steps in order of first appearance."""
+    """The parsed notebook: cells by role, steps in order of first appearance, warnings (one line
+    each, naming the cell)."""
 
     cells: list[Cell]
     steps: dict[str, StepDecl]
+    warnings: list[str] = field(default_factory=list)
 
     def role(self, role: str) -> list[Cell]:
         return [cell for cell in self.cells if cell.role == role]
@@ -115,74 +130,142 @@ def _check_name(name: str, ref: str) -> str:
     return name
 
 
+@dataclass
+class _Tags:
+    roles: list[str]
+    named: list[str]
+    continues: bool  # an empty `step:` / `block:` tag
+    prevs: list[str]
+    source: str
+
+
+def _read_tags(raw: Any, index: int, warnings: list[str]) -> _Tags | None:
+    """The tags of one code cell (None for a dropped cell); unknown tags become warnings."""
+    ref = cell_ref(index, raw.get("id"))
+    tags = [str(t) for t in raw.get("metadata", {}).get("tags", [])]
+    if _DROP_TAGS & set(tags):
+        return None
+    source = _source(raw)
+    roles = sorted({_ROLE_TAGS[t] for t in tags if t in _ROLE_TAGS})
+    named: list[str] = []
+    prevs: list[str] = []
+    continues = False
+    kubeflow: list[str] = []
+    for tag in tags:
+        if tag in _ROLE_TAGS or tag.startswith(_OWN_TAG):
+            continue
+        kind, sep, value = tag.partition(":")
+        if sep and kind in ("step", "block"):
+            if value:
+                named.append(value)
+            else:
+                continues = True
+        elif sep and kind == "prev":
+            prevs.append(value)
+        elif tag.startswith(_KUBEFLOW_TAGS):
+            kubeflow.append(tag)
+        else:
+            close = difflib.get_close_matches(tag, [*_ROLE_TAGS, *_DROP_TAGS], n=1, cutoff=0.7)
+            kinds = ["step", "block", "prev", "limit", "annotation", "label"]
+            near = difflib.get_close_matches(kind, kinds, n=1, cutoff=0.6) if sep else []
+            if near:
+                close = [f"{near[0]}:{value}"]
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            warnings.append(f"{ref}: unknown tag `{tag}` is ignored{hint}")
+    if kubeflow:
+        warnings.append(
+            f"{ref}: `{'`, `'.join(kubeflow)}` only appl{'ies' if len(kubeflow) == 1 else 'y'} "
+            "to Kubeflow pods; local and Dask runs ignore "
+            + ("it" if len(kubeflow) == 1 else "them")
+        )
+    magic = _step_magic(source, ref)
+    if magic is not None:
+        named.append(magic[0])
+        prevs.extend(magic[1])
+        source = magic[2]
+    named = list(dict.fromkeys(named))
+    if len(named) > 1:
+        raise BuildError(f"{ref}: the cell is tagged with two steps ({', '.join(named)}); keep one")
+    if len(roles) > 1 or (roles and named):
+        found = roles + [f"step:{n}" for n in named]
+        raise BuildError(f"{ref}: the cell has conflicting tags ({', '.join(found)}); keep one")
+    if roles and prevs:
+        raise BuildError(f"{ref}: `prev:` tags belong on step cells, not on a {roles[0]} cell")
+    if prevs and not named:
+        what = "an empty `step:` tag" if continues else "no step tag"
+        raise BuildError(
+            f"{ref}: `prev:` tags need a `step:NAME` tag on the same cell (this cell has {what} "
+            "and continues the step above it)"
+        )
+    return _Tags(roles, named, continues, prevs, source)
+
+
 def parse_cells(nb: Any) -> Grammar:
     """Read the step structure of a notebook (an nbformat NotebookNode or its dict).
 
     Raises:
-        BuildError: a bad step name, contradictory tags, or an unknown `prev:` step (names the cell).
+        BuildError: a bad step name, contradictory tags, `prev:` without a step, an unknown
+            `prev:` step, or a step cell after the `pipeline-metrics` cell (names the cell).
     """
-    cells: list[Cell] = []
-    steps: dict[str, StepDecl] = {}
-    current: str | None = None
-    pending: list[Cell] = []  # untagged cells before the first step
+    warnings: list[str] = []
+    read: list[tuple[int, Any, _Tags]] = []
     for index, raw in enumerate(nb.get("cells", [])):
         if raw.get("cell_type") != "code":
             continue
+        tags = _read_tags(raw, index, warnings)
+        if tags is not None:
+            read.append((index, raw, tags))
+    stepped = any(tags.named for _, _, tags in read)
+
+    cells: list[Cell] = []
+    steps: dict[str, StepDecl] = {}
+    block: str | None = None  # the role or step an untagged cell continues
+    block_is_step = False
+    metrics_at: str | None = None
+    leading: list[int] = []
+    for index, raw, tags in read:
         cell_id = raw.get("id")
         ref = cell_ref(index, cell_id)
-        tags = [str(t) for t in raw.get("metadata", {}).get("tags", [])]
-        source = _source(raw)
-        if _DROP_TAGS & set(tags):
+        if tags.roles:
+            block, block_is_step = tags.roles[0], False
+            if block == "metrics":
+                metrics_at = metrics_at or ref
+            cells.append(Cell(index, cell_id, tags.source, block))
             continue
-        roles = sorted({_ROLE_TAGS[t] for t in tags if t in _ROLE_TAGS})
-        named = [t.split(":", 1)[1] for t in tags if t.startswith(("step:", "block:"))]
-        prevs = [t.split(":", 1)[1] for t in tags if t.startswith("prev:")]
-        magic = _step_magic(source, ref)
-        if magic is not None:
-            named.append(magic[0])
-            prevs.extend(magic[1])
-            source = magic[2]
-        named = list(dict.fromkeys(named))
-        if len(named) > 1:
-            raise BuildError(
-                f"{ref}: the cell is tagged with two steps ({', '.join(named)}); keep one"
-            )
-        if len(roles) > 1 or (roles and named):
-            found = roles + [f"step:{n}" for n in named]
-            raise BuildError(f"{ref}: the cell has conflicting tags ({', '.join(found)}); keep one")
-        if roles:
-            if prevs:
+        if tags.named:
+            if metrics_at is not None:
                 raise BuildError(
-                    f"{ref}: `prev:` tags belong on step cells, not on a {roles[0]} cell"
+                    f"{ref}: the `pipeline-metrics` cell ({metrics_at}) must come after every "
+                    "step cell; move it to the end of the notebook"
                 )
-            cells.append(Cell(index, cell_id, source, roles[0]))
+            block, block_is_step = _check_name(tags.named[0], ref), True
+            decl = steps.setdefault(block, StepDecl(block, first_ref=ref))
+            for prev in tags.prevs:
+                _check_name(prev, ref)
+                if prev not in decl.after:
+                    decl.after.append(prev)
+        elif not stepped:
+            # papermill style: no step tag at all, so every untagged cell is the one step
+            block, block_is_step = DEFAULT_STEP, True
+            steps.setdefault(block, StepDecl(block, first_ref=ref))
+        elif block is None:
+            leading.append(index)
+            cells.append(Cell(index, cell_id, tags.source, "dropped"))
             continue
-        if named:
-            current = _check_name(named[0], ref)
-            decl = steps.setdefault(current, StepDecl(current, first_ref=ref))
-        elif current is None:
-            if prevs:
-                raise BuildError(f"{ref}: `prev:` tags need a `step:NAME` tag on the same cell")
-            cell = Cell(index, cell_id, source, "step")
-            pending.append(cell)
-            cells.append(cell)
+        elif not block_is_step:
+            cells.append(Cell(index, cell_id, tags.source, block))
             continue
-        else:
-            decl = steps[current]
-        for prev in prevs:
-            _check_name(prev, ref)
-            if prev not in decl.after:
-                decl.after.append(prev)
-        cell = Cell(index, cell_id, source, "step", current)
-        decl.cells.append(cell)
+        cell = Cell(index, cell_id, tags.source, "step", block)
+        steps[block].cells.append(cell)
         cells.append(cell)
-    if pending:
-        # Untagged cells above the first step belong to it (or form the only step).
-        first = next(iter(steps), DEFAULT_STEP)
-        decl = steps.setdefault(first, StepDecl(first, first_ref=pending[0].ref))
-        for cell in pending:
-            cell.step = first
-        decl.cells[:0] = pending
+    if leading:
+        one = len(leading) == 1
+        it = "it" if one else "them"
+        warnings.append(
+            f"{cell_span(leading)} {'comes' if one else 'come'} before the first tagged cell and "
+            f"{'is' if one else 'are'} not part of the pipeline (as in Kale): tag {it} `imports` "
+            f"to run {it} in every step, or `skip`"
+        )
     for decl in steps.values():
         for prev in decl.after:
             if prev not in steps:
@@ -192,4 +275,4 @@ def parse_cells(nb: Any) -> Grammar:
                 )
             if prev == decl.name:
                 raise BuildError(f"{decl.first_ref}: step {decl.name!r} cannot run after itself")
-    return Grammar(cells, steps)
+    return Grammar(cells, steps, warnings)

@@ -1,7 +1,8 @@
 """What a generated step notebook runs inside its kernel: apply the runner's context (parameters,
-environment, limits), load upstream values, save this step's values and its completion marker.
+environment, limits), load upstream values (and global random generator states), save this step's
+values together (`marshal.py`), the files it read (`reads.py`) and its completion marker.
 
-Imported by every step kernel, so it stays cheap: standard library and blake3 only.
+Imported by every step kernel, so it stays cheap: the standard library until values move.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import json
 import math
 import numbers
 import os
-import pickle
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 from nb_mlops.core import session
+from nb_mlops.pipeline import marshal
+from nb_mlops.pipeline.reads import Recorder, file_digest
 
 __all__ = ["DONE_FILE", "Step", "decode_context", "encode_context", "setup"]
 
@@ -51,18 +54,67 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _dumps(value: Any) -> bytes:
-    try:
-        import cloudpickle  # functions and classes defined in the notebook travel by value
-    except ImportError:  # pragma: no cover - cloudpickle comes with dask; plain pickle otherwise
-        return pickle.dumps(value, protocol=5)
-    return bytes(cloudpickle.dumps(value, protocol=5))
+# files above this size get a per-run identity instead of a content digest: hashing a gigabyte on
+# every save costs more than re-running what depends on it (their content is checked by stat)
+DIGEST_LIMIT = 1 << 26
+RNG = "rng:"
+_RECORDER = Recorder()
 
 
-def _digest(data: bytes) -> str:
+def _get_rng(generator: str) -> Any:
+    if generator == "random":
+        import random
+
+        return random.getstate()
+    module = sys.modules.get("numpy" if generator == "numpy.random" else generator)
+    if module is None:
+        return None  # never imported here: the generator was never used
+    if generator == "numpy.random":
+        return module.random.get_state()
+    return module.get_rng_state()
+
+
+def _set_rng(generator: str, state: Any) -> None:
+    if state is None:
+        return
+    if generator == "random":
+        import random
+
+        random.setstate(state)
+    elif generator == "numpy.random":
+        import numpy
+
+        numpy.random.set_state(state)
+    elif generator == "torch":
+        import torch
+
+        torch.set_rng_state(state)
+
+
+def _files_digest(folder: Path, files: list[str]) -> tuple[str, dict[str, Any]]:
+    """One digest for a step's saved values, and each file's digest (None above DIGEST_LIMIT,
+    then checked by stat) with its stat."""
     from blake3 import blake3
 
-    return str(blake3(data).hexdigest())
+    combined = blake3()
+    entries: dict[str, Any] = {}
+    for name in files:
+        path = folder / name
+        st = path.stat()
+        if path.is_dir():
+            digest = None
+        elif st.st_size <= DIGEST_LIMIT:
+            digest = file_digest(path)
+        else:
+            digest = None
+        combined.update(f"{name}\0{digest or uuid.uuid4().hex}\0{st.st_size}\n".encode())
+        entries[name] = {
+            "digest": digest,
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "ino": st.st_ino,
+        }
+    return str(combined.hexdigest()), entries
 
 
 class Step:
@@ -77,6 +129,8 @@ class Step:
         )
         self.exited: str | None = None  # how a cell exited, e.g. "sys.exit(1)"
         self.stopped = False  # the step ended early, successfully (its marker is written)
+        # the functions and classes of the imports/functions cells, taken before any value loads
+        self.prelude: dict[str, Any] | None = None
 
     def _on_cell(self, result: Any) -> None:
         # A cell raising SystemExit ends the notebook: no later cell runs, the saver included.
@@ -92,50 +146,77 @@ class Step:
             if flush is not None:
                 flush()  # what nb_mlops.log() recorded so far is kept
             self.stopped = True
-            marker = {"step": self.name, "outputs": {}, "metrics": {}, "stopped": self.exited}
+            marker = {
+                "step": self.name,
+                "outputs": {},
+                "files": {},
+                "metrics": {},
+                "stopped": self.exited,
+            }
             self.outputs_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write(self.outputs_dir / DONE_FILE, json.dumps(marker, sort_keys=True).encode())
 
     def load(self, ns: dict[str, Any], inputs: dict[str, str]) -> None:
-        """Put each upstream value (name → producing step) into the namespace `ns`."""
+        """Put each upstream value (name → producing step) into the namespace `ns`: the values
+        of one producer come from its one file, so objects shared between them stay shared."""
+        if self.prelude is None:
+            self.prelude = marshal.callables_of(ns)
         paths = self.ctx.get("inputs") or {}
+        by_path: dict[str, list[tuple[str, str]]] = {}
         for name, producer in inputs.items():
             path = paths.get(name) or os.path.join(
-                self.inputs_dir or "nb_mlops_values", producer, f"{name}.pkl"
+                self.inputs_dir or "nb_mlops_values", producer, marshal.VALUES_FILE
             )
+            by_path.setdefault(path, []).append((name, producer))
+        for path, names in by_path.items():
             try:
-                with open(path, "rb") as fh:
-                    ns[name] = pickle.load(fh)
+                values = marshal.load_values(path, ns, self.prelude)
             except FileNotFoundError:
+                name, producer = names[0]
                 raise RuntimeError(
                     f"step {self.name!r}: the value `{name}` from step {producer!r} is missing "
                     f"({path}); run the pipeline with `nb-mlops pipeline run`, or pass "
                     "nb_mlops_inputs=<a run's values folder>"
                 ) from None
+            for name, _producer in names:
+                if name.startswith(RNG):
+                    _set_rng(name[len(RNG) :], values.get(name))
+                elif name in values:
+                    ns[name] = values[name]
+                else:
+                    ns.pop(name, None)  # unbound there too (deleted), as in the notebook
 
-    def save(self, ns: dict[str, Any], outputs: list[str], metrics: list[str]) -> None:
-        """Pickle each output, write `metrics.json` values and, last, the completion marker."""
+    def save(
+        self,
+        ns: dict[str, Any],
+        outputs: list[str],
+        metrics: list[str],
+        paths: list[str] | None = None,
+    ) -> None:
+        """Save the outputs together, write `metrics` values, the files the step read (and the
+        existing files among `paths`, the literal paths of its code) and, last, the completion
+        marker."""
         if self.stopped:
             return  # ended early by sys.exit(0): its marker says so, later steps do not run
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        values: dict[str, Any] = {}
+        for name in outputs:
+            if name.startswith(RNG):
+                values[name] = _get_rng(name[len(RNG) :])
+            elif name in ns:
+                values[name] = ns[name]
+        prelude = self.prelude or {}
+        try:
+            files = marshal.save_values(self.outputs_dir, values, ns, prelude)
+        except Exception as exc:
+            raise TypeError(self._unsaveable(values, ns, prelude, exc)) from None
+        digest, entries = _files_digest(self.outputs_dir, files)
+        size = sum(e["size"] for e in entries.values())
         saved: dict[str, Any] = {}
         for name in outputs:
-            if name not in ns:
-                raise NameError(
-                    f"step {self.name!r}: `{name}` is not defined at the end of the step, "
-                    "but a later step reads it"
-                )
-            value = ns[name]
-            try:
-                data = _dumps(value)
-            except Exception as exc:
-                raise TypeError(
-                    f"step {self.name!r}: `{name}` ({type(value).__name__}) cannot be passed to later "
-                    f"steps ({exc}); values crossing steps are pickled: create it in the step that "
-                    "uses it, or put both cells in one step"
-                ) from None
-            _atomic_write(self.outputs_dir / f"{name}.pkl", data)
-            saved[name] = {"file": f"{name}.pkl", "digest": _digest(data), "bytes": len(data)}
+            saved[name] = {"file": marshal.VALUES_FILE, "digest": digest, "bytes": size}
+            if not name.startswith(RNG) and name not in ns:
+                saved[name]["absent"] = True
         found: dict[str, float] = {}
         for name in metrics:
             value = ns.get(name)
@@ -151,8 +232,42 @@ class Step:
             raise RuntimeError(
                 f"step {self.name!r} called {self.exited} midway: the step did not run to its end"
             )
-        marker = {"step": self.name, "outputs": saved, "metrics": found}
+        for path in paths or ():
+            full = os.path.realpath(path)
+            if os.path.isfile(full) and full not in _RECORDER.written:
+                _RECORDER.reads.setdefault(full, _stat(full))
+        marker = {
+            "step": self.name,
+            "outputs": saved,
+            "files": entries,
+            "metrics": found,
+            "reads": _RECORDER.collect(),
+        }
         _atomic_write(self.outputs_dir / DONE_FILE, json.dumps(marker, sort_keys=True).encode())
+
+    def _unsaveable(
+        self, values: dict[str, Any], ns: dict[str, Any], prelude: dict[str, Any], exc: Exception
+    ) -> str:
+        """Name the first value that cannot be saved on its own (they are saved together)."""
+        import tempfile
+
+        for name, value in values.items():
+            with tempfile.TemporaryDirectory() as scratch:
+                try:
+                    marshal.save_values(Path(scratch), {name: value}, ns, prelude)
+                except Exception as inner:
+                    return (
+                        f"step {self.name!r}: `{name}` ({type(value).__name__}) cannot be passed "
+                        f"to later steps ({inner}); values crossing steps are pickled: create it "
+                        "in the step that uses it, or put both cells in one step"
+                    )
+        return f"step {self.name!r}: its values cannot be saved ({exc})"
+
+
+def _stat(path: str) -> list[int]:
+    from nb_mlops.pipeline.reads import stat_key
+
+    return stat_key(os.stat(path))
 
 
 def _note_step_input(use: session.DataUse) -> None:
@@ -162,10 +277,41 @@ def _note_step_input(use: session.DataUse) -> None:
     note_step_input(use)
 
 
+def _own_folders(ctx: dict[str, Any], inputs: str, outputs: Path) -> list[str]:
+    """Folders whose files are the pipeline's own, not data a step reads: the store, values."""
+    folders = [str(outputs), inputs]
+    folders += [os.path.dirname(os.path.dirname(p)) for p in (ctx.get("inputs") or {}).values()]
+    root = os.environ.get("NB_MLOPS_ROOT")
+    if root:
+        folders.append(os.path.join(root, ".nb_mlops"))
+    return [f for f in folders if f]
+
+
+def _after_prelude(shell: Any, current: Step, cells: int) -> None:
+    """Take the prelude's functions and classes as the cell after the `cells` prelude cells
+    starts (the loader, or the step's first cell)."""
+    started = [0]
+
+    def before(*_: Any) -> None:
+        started[0] += 1
+        if started[0] > cells:
+            current.prelude = marshal.callables_of(shell.user_ns)
+            shell.events.unregister("pre_run_cell", before)
+
+    shell.events.register("pre_run_cell", before)
+
+
 def setup(
-    ns: dict[str, Any], step: str, context: str = "", inputs: str = "", outputs: str = ""
+    ns: dict[str, Any],
+    step: str,
+    context: str = "",
+    inputs: str = "",
+    outputs: str = "",
+    prelude: int = 0,
 ) -> Step:
-    """Apply the runner's context to this kernel; returns the `Step` the loader and saver use."""
+    """Apply the runner's context to this kernel; returns the `Step` the loader and saver use
+    (`prelude`: how many imports/functions cells follow, when they define functions or classes
+    that values crossing steps may refer to)."""
     ctx = decode_context(context)
     for name, value in (ctx.get("params") or {}).items():
         if isinstance(name, str) and name.isidentifier():
@@ -179,9 +325,12 @@ def setup(
         size = int(limit) * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (size, size))
     current = Step(step, ctx, inputs, outputs)
+    _RECORDER.start(_own_folders(ctx, inputs, current.outputs_dir))
     session.add_listener(_note_step_input)
     get_ipython = ns.get("get_ipython")
     shell = get_ipython() if callable(get_ipython) else None
     if shell is not None:
         shell.events.register("post_run_cell", current._on_cell)
+        if prelude:
+            _after_prelude(shell, current, prelude)
     return current

@@ -336,7 +336,7 @@ def read_parameters(source: str, ref: str) -> ParametersCell:
     Raises:
         BuildError: a reserved name, or a literal default that does not fit its annotation.
     """
-    from nb_mlops.pipeline.defuse import analyze_source
+    from nb_mlops.pipeline.analysis import analyze_source
 
     code, problems = _python(source, ref)
     tree = ast.parse(code)
@@ -344,8 +344,10 @@ def read_parameters(source: str, ref: str) -> ParametersCell:
     touched: dict[str, set[int]] = {}  # which statements bind or change each name
     needs: list[str] = []
     for index, stmt in enumerate(analyze_source(code, ref)):
-        needs += [n for n in stmt.uses if n not in touched and n not in needs]
-        for name in (*stmt.defs, *stmt.deletes):
+        needs += [n for n in sorted(stmt.needs) if n not in touched and n not in needs]
+        # a name bound, deleted, changed in place, or given to a call (which may change it)
+        called = set().union(*(c.receiver | c.all_args() for c in stmt.calls))
+        for name in stmt.writes | stmt.changes | called:
             touched.setdefault(name, set()).add(index)
     for binding in bindings:
         if not binding.binds:  # an annotation alone is not a change of the value

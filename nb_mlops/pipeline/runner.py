@@ -356,8 +356,7 @@ class _Run:
         src = Path(entry["values_dir"])
         marker = entry["marker"]
         dst = self.values_dir(step)
-        for out in marker.get("outputs", {}).values():
-            _link_or_copy(src / out["file"], dst / out["file"])
+        step_cache.link_values(src, dst, marker)
         _write_json(dst / DONE_FILE, marker)
         notebook = Path(entry.get("output_notebook", ""))
         state = self.states[step]

@@ -34,6 +34,7 @@ class StepSpec:
     outputs: list[str] = field(default_factory=list)
     metrics: list[str] = field(default_factory=list)
     cells: list[int] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)  # input → why it comes from there
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +45,7 @@ class StepSpec:
             "outputs": list(self.outputs),
             "metrics": list(self.metrics),
             "cells": list(self.cells),
+            "reasons": dict(self.reasons),
         }
 
 
@@ -58,6 +60,7 @@ class Pipeline:
     parameters: dict[str, dict[str, Any]]
     metrics: list[str]
     steps: dict[str, StepSpec]
+    warnings: list[str] = field(default_factory=list)  # from the build, one line each
 
     @property
     def notebook_path(self) -> Path:
@@ -85,6 +88,7 @@ class Pipeline:
             "parameters": {k: dict(v) for k, v in self.parameters.items()},
             "metrics": list(self.metrics),
             "steps": [s.as_dict() for s in self.steps.values()],
+            "warnings": list(self.warnings),
         }
 
 
@@ -155,6 +159,7 @@ def load_pipeline(name_or_dir: str | os.PathLike[str], cfg: Config | None = None
             parameters=dict(data.get("parameters") or {}),
             metrics=list(data.get("metrics") or []),
             steps=steps,
+            warnings=list(data.get("warnings") or []),
         )
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise PipelineError(

@@ -1,0 +1,1023 @@
+# mypy: disable-error-code="no-untyped-call,misc"
+"""Facts about each top-level statement of a cell, read from its AST with Python's scoping rules:
+the global names it reads, binds, deletes and changes in place (items, attributes, augmented
+assignment, `with`), the calls it makes (callee and what each argument may refer to), the names
+that may share objects afterwards, its imports, and summaries of the functions and classes it
+defines (what their bodies read and change when called later).
+
+Function bodies, lambdas, comprehensions and class bodies are scopes of their own: a name bound
+there is not a global unless declared `global`. What a call does to its arguments is decided by
+the planner (`plan.py`), which knows which names are imports and which are notebook functions.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+
+from nb_mlops.core.errors import BuildError
+from nb_mlops.pipeline.analysis import knowledge
+
+__all__ = ["CallSite", "Effects", "Summary", "analyze_source", "imports_of", "python_of"]
+
+# cell magics whose body is Python run in the user namespace
+_PY_CELL_MAGICS = {"track", "step", "time", "capture", "prun", "timeit"}
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# builtins whose result is a new immutable value: it shares nothing with the arguments
+_FRESH = frozenset(
+    {
+        "len",
+        "str",
+        "repr",
+        "int",
+        "float",
+        "bool",
+        "complex",
+        "hash",
+        "id",
+        "isinstance",
+        "issubclass",
+        "callable",
+        "hasattr",
+        "ord",
+        "chr",
+        "format",
+        "round",
+        "abs",
+        "bin",
+        "hex",
+        "oct",
+        "ascii",
+        "type",
+    }
+)
+Names = frozenset[str]
+EMPTY: Names = frozenset()
+
+
+@dataclass
+class CallSite:
+    """One call: who is called and what each argument may refer to.
+
+    `callee` is ("name", n), ("attr", base, "a.b") for `base.a.b(...)`, ("magic", name, args)
+    for an IPython line magic, or ("other",). Argument sets hold global names and, inside a
+    function body, `@param` for what the function was given.
+    """
+
+    callee: tuple[str, ...]
+    args: list[Names]
+    kwargs: dict[str, Names]
+    star: Names
+    receiver: Names
+    line: int
+
+    def all_args(self) -> Names:
+        found: set[str] = set(self.star)
+        for names in self.args:
+            found |= names
+        for names in self.kwargs.values():
+            found |= names
+        return frozenset(found)
+
+
+@dataclass
+class Summary:
+    """What a function, lambda or class defined in the notebook does when called: the globals
+    its body reads, binds (`global x; x = ...`) or deletes, changes in place, the calls it makes,
+    and which of its parameters it changes."""
+
+    name: str
+    line: int
+    params: list[str] = field(default_factory=list)
+    varargs: bool = False
+    reads: set[str] = field(default_factory=set)
+    writes: set[str] = field(default_factory=set)
+    changes: set[str] = field(default_factory=set)
+    param_changes: set[str] = field(default_factory=set)
+    calls: list[CallSite] = field(default_factory=list)
+    links: list[Names] = field(default_factory=list)
+    generator: bool = False
+    kind: str = "function"  # function | lambda | class
+    nested: bool = False  # defines functions or lambdas: what it returns may be one of them
+
+    def merge(self, other: Summary) -> None:
+        self.reads |= other.reads
+        self.writes |= other.writes
+        self.changes |= other.changes
+        self.calls.extend(other.calls)
+        self.links.extend(other.links)
+
+
+@dataclass
+class Effects:
+    """One top-level statement.
+
+    Attributes:
+        needs: global names whose current value the statement reads.
+        binds: names it certainly (re)binds; `maybe_binds`: names it binds on some paths only.
+        deletes: names it `del`s; `changes`: names whose object it changes in place directly.
+        calls: the calls it makes (what they do to their arguments is decided by the planner).
+        links: sets of names that may share objects after the statement.
+        imports: name → (import statement, qualified name of what it binds).
+        defines: name → summary of the function/class/lambda bound to it.
+        immutable: name bound → the names its value is computed from, when the value is an
+            immutable (number, string, tuple of those) if those names are immutable too.
+        unpicklable: name bound → the kind of value pickle refuses (or the callee to resolve).
+    """
+
+    line: int
+    source: str
+    needs: set[str] = field(default_factory=set)
+    binds: set[str] = field(default_factory=set)
+    maybe_binds: set[str] = field(default_factory=set)
+    deletes: set[str] = field(default_factory=set)
+    changes: set[str] = field(default_factory=set)
+    calls: list[CallSite] = field(default_factory=list)
+    links: list[Names] = field(default_factory=list)
+    imports: dict[str, tuple[str, str]] = field(default_factory=dict)
+    star_imports: list[str] = field(default_factory=list)
+    defines: dict[str, list[Summary]] = field(default_factory=dict)
+    lambdas: list[Summary] = field(default_factory=list)
+    immutable: dict[str, Names] = field(default_factory=dict)
+    unpicklable: dict[str, str] = field(default_factory=dict)
+    unpicklable_calls: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    state_targets: list[str] = field(default_factory=list)
+    module_objects: dict[str, str] = field(default_factory=dict)  # name → `mod.attr` it is
+    dynamic: str | None = None
+
+    @property
+    def writes(self) -> set[str]:
+        return self.binds | self.maybe_binds | self.deletes
+
+
+class _Scope:
+    def __init__(self, kind: str, owner: bool = False) -> None:
+        self.kind = kind  # module | function | class | comprehension
+        self.locals: set[str] = set()
+        self.globals: set[str] = set()
+        self.nonlocals: set[str] = set()
+        self.params: set[str] = set()
+        self.owner = owner  # the function a summary is being made for
+        self.alias: dict[str, set[str]] = {}
+
+
+def _bound_names(body: list[ast.stmt], params: set[str]) -> tuple[set[str], set[str], set[str]]:
+    """Names a function body binds (its locals before `global`/`nonlocal` are applied), and the
+    names it declares global and nonlocal. Nested scopes are not entered, except comprehensions
+    for their walrus targets."""
+    bound = set(params)
+    declared_global: set[str] = set()
+    declared_nonlocal: set[str] = set()
+
+    def visit(node: ast.AST, in_comp: bool = False) -> None:
+        if isinstance(node, ast.Global):
+            declared_global.update(node.names)
+        elif isinstance(node, ast.Nonlocal):
+            declared_nonlocal.update(node.names)
+        elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            if not in_comp:
+                bound.add(node.id)
+        elif isinstance(node, ast.NamedExpr):
+            bound.add(node.target.id)
+            visit(node.value, in_comp)
+            return
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+            for deco in node.decorator_list:
+                visit(deco, in_comp)
+            return
+        elif isinstance(node, ast.Lambda):
+            return
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                if alias.name != "*":
+                    bound.add(alias.asname or alias.name.split(".")[0])
+        elif (
+            isinstance(node, ast.ExceptHandler)
+            and node.name
+            or isinstance(node, ast.MatchAs | ast.MatchStar)
+            and node.name
+        ):
+            bound.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            bound.add(node.rest)
+        elif isinstance(node, ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp):
+            for inner in ast.iter_child_nodes(node):
+                visit(inner, True)
+            return
+        for inner in ast.iter_child_nodes(node):
+            visit(inner, in_comp)
+
+    for stmt in body:
+        visit(stmt)
+    return bound, declared_global, declared_nonlocal
+
+
+def _params(args: ast.arguments) -> tuple[list[str], set[str], bool]:
+    positional = [a.arg for a in [*args.posonlyargs, *args.args]]
+    every = set(positional) | {a.arg for a in args.kwonlyargs}
+    varargs = bool(args.vararg or args.kwarg)
+    if args.vararg:
+        every.add(args.vararg.arg)
+    if args.kwarg:
+        every.add(args.kwarg.arg)
+    return positional, every, varargs
+
+
+def _is_generator(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    stack: list[ast.AST] = list(node.body)
+    while stack:
+        child = stack.pop()
+        if isinstance(child, ast.Yield | ast.YieldFrom):
+            return True
+        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+            continue
+        stack.extend(ast.iter_child_nodes(child))
+    return False
+
+
+def _dotted(node: ast.expr) -> tuple[str, str] | None:
+    """`a.b.c` → ("a", "b.c"); a bare name → (name, "")."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        return node.id, ".".join(reversed(parts))
+    return None
+
+
+def _is_ipython(node: ast.expr) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "get_ipython"
+    )
+
+
+class _Walker:
+    """Walks one top-level statement (a module-level sink) or one function body (a summary)."""
+
+    def __init__(
+        self,
+        effects: Effects | None,
+        summary: Summary | None,
+        scopes: list[_Scope],
+        imports: dict[str, str],
+    ):
+        self.effects = effects
+        self.summary = summary
+        self.scopes = scopes
+        self.imports = imports
+        self.bound: list[set[str]] = [set()]  # module level: names bound earlier on this path
+        self.depth = 0  # conditional blocks entered (module level)
+
+    # --- names ----------------------------------------------------------------------------
+
+    def resolve(self, name: str) -> Names:
+        """What a name refers to: {global}, {"@param"} of the function summarised, the alias
+        set of a local variable, or nothing (a local the caller cannot see)."""
+        innermost = True
+        for scope in reversed(self.scopes):
+            if scope.kind == "module":
+                return frozenset({name})
+            if scope.kind == "class":
+                if innermost and name in scope.locals:
+                    return EMPTY
+                innermost = False
+                continue
+            innermost = False
+            if name in scope.globals:
+                return frozenset({name})
+            if name in scope.nonlocals:
+                continue
+            if name in scope.locals:
+                if scope.owner and name in scope.params:
+                    return frozenset({f"@{name}"})
+                return frozenset(scope.alias.get(name, ()))
+        return frozenset({name})
+
+    def _global(self, name: str) -> str | None:
+        refs = self.resolve(name)
+        if refs == frozenset({name}) and not name.startswith("@"):
+            return name
+        return None
+
+    def read(self, name: str) -> None:
+        target = self._global(name)
+        if target is None:
+            return
+        if self.effects is not None:
+            if not any(target in names for names in self.bound[-1:]):
+                self.effects.needs.add(target)
+        elif self.summary is not None:
+            self.summary.reads.add(target)
+
+    def bind(self, name: str, refs: Names = EMPTY) -> None:
+        target = self._global(name)
+        if target is None:
+            scope = self._function_scope()
+            if scope is not None and name in scope.locals:
+                scope.alias.setdefault(name, set()).update(refs)
+            return
+        if self.effects is not None:
+            (self.effects.maybe_binds if self.depth else self.effects.binds).add(target)
+            self.bound[-1].add(target)
+        elif self.summary is not None:
+            self.summary.writes.add(target)
+
+    def delete(self, name: str) -> None:
+        target = self._global(name)
+        if target is None:
+            return
+        if self.effects is not None:
+            self.read(name)
+            self.effects.deletes.add(target)
+            self.bound[-1].discard(target)
+        elif self.summary is not None:
+            self.summary.writes.add(target)
+
+    def change(self, refs: Names) -> None:
+        if not refs:
+            return
+        if self.effects is not None:
+            self.effects.changes |= refs
+        elif self.summary is not None:
+            self.summary.changes |= {r for r in refs if not r.startswith("@")}
+            self.summary.param_changes |= {r[1:] for r in refs if r.startswith("@")}
+
+    def link(self, refs: Names) -> None:
+        if len(refs) > 1:
+            (self.effects or self.summary).links.append(refs)  # type: ignore[union-attr]
+
+    def _function_scope(self) -> _Scope | None:
+        for scope in reversed(self.scopes):
+            if scope.kind == "function":
+                return scope
+            if scope.kind == "module":
+                return None
+        return None
+
+    # --- what a value may refer to ---------------------------------------------------------
+
+    def refs(self, node: ast.expr | None) -> Names:
+        """The names whose objects the value of `node` may be, contain or be part of."""
+        if node is None:
+            return EMPTY
+        if isinstance(node, ast.Name):
+            return self.resolve(node.id)
+        if isinstance(node, ast.Attribute | ast.Subscript | ast.Starred | ast.Await):
+            return self.refs(node.value)
+        if isinstance(node, ast.List | ast.Tuple | ast.Set):
+            return frozenset().union(*(self.refs(e) for e in node.elts))
+        if isinstance(node, ast.Dict):
+            return frozenset().union(
+                *(self.refs(e) for e in [*node.keys, *node.values] if e is not None)
+            )
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name) and node.func.id in _FRESH:
+                return EMPTY
+            qual = self.qualify(node.func)
+            if qual is not None and knowledge.fresh_result(qual):
+                return EMPTY
+            found = frozenset().union(
+                *(self.refs(a) for a in node.args), *(self.refs(k.value) for k in node.keywords)
+            )
+            if isinstance(node.func, ast.Attribute):
+                found |= self.refs(node.func.value)
+            elif isinstance(node.func, ast.Name) and self._global(node.func.id):
+                found |= {f"!{node.func.id}"}  # called: a class's instances carry its methods
+            return found
+        if isinstance(node, ast.IfExp):
+            return self.refs(node.body) | self.refs(node.orelse)
+        if isinstance(node, ast.BoolOp):
+            return frozenset().union(*(self.refs(v) for v in node.values))
+        if isinstance(node, ast.BinOp):
+            # `a + b`, `[x] * 3` build containers holding the operands' elements; other
+            # operators make new values
+            if isinstance(node.op, ast.Add | ast.Mult):
+                return self.refs(node.left) | self.refs(node.right)
+            return EMPTY
+        if isinstance(node, ast.UnaryOp):
+            return EMPTY
+        if isinstance(node, ast.NamedExpr):
+            return self.refs(node.value)
+        if isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
+            local = {
+                t.id
+                for gen in node.generators
+                for t in ast.walk(gen.target)
+                if isinstance(t, ast.Name)
+            }
+            inside: set[str] = set()
+            for gen in node.generators:
+                inside |= self.refs(gen.iter)  # the elements come from the iterables
+            scope = _Scope("comprehension")
+            scope.locals = local
+            self.scopes.append(scope)
+            try:
+                elts = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+                for elt in elts:
+                    inside |= self.refs(elt)
+            finally:
+                self.scopes.pop()
+            return frozenset(inside)
+        return EMPTY
+
+    def qualify(self, func: ast.expr) -> str | None:
+        """The qualified name of a library function called (`numpy.mean`), from the notebook's
+        imports."""
+        dotted = _dotted(func)
+        if dotted is None or self._global(dotted[0]) is None:
+            return None
+        module = self.imports.get(dotted[0])
+        if module is None:
+            return None
+        return f"{module}.{dotted[1]}" if dotted[1] else module
+
+    def immutable_deps(self, node: ast.expr) -> Names | None:
+        """The names an immutable value is computed from (None: maybe not immutable)."""
+        if isinstance(node, ast.Constant):
+            return EMPTY
+        if isinstance(node, ast.JoinedStr | ast.Compare):
+            return EMPTY
+        if isinstance(node, ast.Name):
+            return frozenset({node.id}) if self._global(node.id) else None
+        if isinstance(node, ast.Tuple):
+            deps: set[str] = set()
+            for elt in node.elts:
+                inner = self.immutable_deps(elt)
+                if inner is None:
+                    return None
+                deps |= inner
+            return frozenset(deps)
+        if isinstance(node, ast.BinOp):
+            left, right = self.immutable_deps(node.left), self.immutable_deps(node.right)
+            return None if left is None or right is None else left | right
+        if isinstance(node, ast.UnaryOp):
+            return self.immutable_deps(node.operand)
+        if isinstance(node, ast.BoolOp):
+            found: set[str] = set()
+            for value in node.values:
+                inner = self.immutable_deps(value)
+                if inner is None:
+                    return None
+                found |= inner
+            return frozenset(found)
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FRESH
+        ):
+            return EMPTY if node.func.id != "type" else None
+        if isinstance(node, ast.Call):
+            qual = self.qualify(node.func)
+            if qual is not None and knowledge.immutable_result(qual):
+                return EMPTY
+        return None
+
+    # --- statements ------------------------------------------------------------------------
+
+    def block(self, stmts: list[ast.stmt], keep: bool = False) -> None:
+        """Statements that may not run (a branch, a loop body): what they bind is only known to
+        be bound inside them."""
+        if keep:
+            for stmt in stmts:
+                self.stmt(stmt)
+            return
+        self.bound.append(set(self.bound[-1]))
+        self.depth += 1
+        for stmt in stmts:
+            self.stmt(stmt)
+        self.depth -= 1
+        self.bound.pop()
+
+    def store(self, target: ast.expr, refs: Names, stored: set[str]) -> None:
+        if isinstance(target, ast.Name):
+            self.bind(target.id, refs)
+            if self._global(target.id):
+                stored.add(target.id)
+        elif isinstance(target, ast.Tuple | ast.List):
+            for elt in target.elts:
+                self.store(elt, refs, stored)
+        elif isinstance(target, ast.Starred):
+            self.store(target.value, refs, stored)
+        elif isinstance(target, ast.Attribute | ast.Subscript):
+            self.expr(target.value)
+            if isinstance(target, ast.Subscript):
+                self.expr(target.slice)
+            base = self.refs(target.value)
+            self.change(base)
+            stored.update(base)
+            self.state_target(target)
+
+    def state_target(self, target: ast.expr) -> None:
+        # `os.environ[k] = v`, `pd.options.x = y`: the planner decides whether base is a module
+        if self.effects is not None:
+            dotted = _dotted(target.value if isinstance(target, ast.Subscript) else target)
+            if dotted is not None:
+                self.effects.state_targets.append(".".join(p for p in dotted if p))
+
+    def assign(self, targets: list[ast.expr], value: ast.expr | None) -> None:
+        if value is None:
+            return
+        self.expr(value)
+        refs = self.refs(value)
+        stored: set[str] = set()
+        for target in targets:
+            self.store(target, refs, stored)
+        fresh = isinstance(value, ast.Call) and not refs
+        if not fresh or len(targets) > 1:
+            # the parts of one value may share objects; a library's new values do not
+            self.link(frozenset(stored) | refs)
+        if self.effects is not None:
+            deps = self.immutable_deps(value)
+            lambdas = [n for n in ast.walk(value) if isinstance(n, ast.Lambda)]
+            for target in targets:
+                if isinstance(target, ast.Name) and self._global(target.id):
+                    if deps is not None:
+                        self.effects.immutable[target.id] = deps
+                    if lambdas:
+                        self.effects.defines.setdefault(target.id, []).extend(
+                            self.lambda_summary(lam, target.id) for lam in lambdas
+                        )
+                    self.note_unpicklable(target.id, value)
+                    if isinstance(value, ast.Attribute):
+                        dotted = _dotted(value)
+                        if dotted is not None and dotted[0] in self.imports:
+                            self.effects.module_objects[target.id] = ".".join(dotted)
+
+    def note_unpicklable(self, name: str, value: ast.expr | None) -> None:
+        assert self.effects is not None
+        if isinstance(value, ast.GeneratorExp):
+            self.effects.unpicklable[name] = "a generator"
+        elif isinstance(value, ast.Call):
+            dotted = _dotted(value.func)
+            if dotted is not None:
+                self.effects.unpicklable_calls[name] = dotted
+
+    def stmt(self, node: ast.stmt) -> None:
+        if isinstance(node, ast.Assign):
+            self.assign(node.targets, node.value)
+        elif isinstance(node, ast.AnnAssign):
+            if self.effects is not None and self.depth == 0:
+                self.expr(node.annotation)
+            self.assign([node.target], node.value)
+        elif isinstance(node, ast.AugAssign):
+            self.expr(node.value)
+            refs = self.refs(node.value)
+            target: ast.expr = node.target
+            if isinstance(target, ast.Name):
+                self.read(target.id)
+                own = self.resolve(target.id)
+                self.bind(target.id, refs)
+                self.change(own)  # in place for a list, an array, a frame
+                self.link(own | refs)
+            else:
+                stored: set[str] = set()
+                self.store(target, refs, stored)
+                self.link(frozenset(stored) | refs)
+        elif isinstance(node, ast.Delete):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    self.delete(target.id)
+                elif isinstance(target, ast.Attribute | ast.Subscript):
+                    self.expr(target.value)
+                    if isinstance(target, ast.Subscript):
+                        self.expr(target.slice)
+                    self.change(self.refs(target.value))
+                    self.state_target(target)
+                else:
+                    self.stmt(ast.Delete(targets=list(getattr(target, "elts", []))))
+        elif isinstance(node, ast.For | ast.AsyncFor):
+            self.expr(node.iter)
+            refs = self.refs(node.iter)
+            self.bound.append(set(self.bound[-1]))
+            self.depth += 1
+            targets: set[str] = set()
+            self.store(node.target, refs, targets)
+            self.link(frozenset(targets) | refs)
+            for stmt in node.body:
+                self.stmt(stmt)
+            self.depth -= 1
+            self.bound.pop()
+            self.block(node.orelse)
+        elif isinstance(node, ast.While | ast.If):
+            self.expr(node.test)
+            self.block(node.body)
+            self.block(node.orelse)
+        elif isinstance(node, ast.With | ast.AsyncWith):
+            for item in node.items:
+                self.expr(item.context_expr)
+                refs = self.refs(item.context_expr)
+                if not isinstance(item.context_expr, ast.Call):
+                    self.change(refs)  # __enter__/__exit__ of an existing object
+                if item.optional_vars is not None:
+                    bound: set[str] = set()
+                    self.store(item.optional_vars, refs, bound)
+                    self.link(frozenset(bound) | refs)
+                    if (
+                        self.effects is not None
+                        and isinstance(item.optional_vars, ast.Name)
+                        and isinstance(item.context_expr, ast.Call)
+                    ):
+                        self.note_unpicklable(item.optional_vars.id, item.context_expr)
+            self.block(node.body, keep=True)
+        elif isinstance(node, ast.Try | ast.TryStar):
+            self.block(node.body)
+            for handler in node.handlers:
+                if handler.type is not None:
+                    self.expr(handler.type)
+                self.bound.append(set(self.bound[-1]))
+                self.depth += 1
+                if handler.name:
+                    self.bind(handler.name)
+                for stmt in handler.body:
+                    self.stmt(stmt)
+                self.depth -= 1
+                self.bound.pop()
+            self.block(node.orelse)
+            self.block(node.finalbody)
+        elif isinstance(node, ast.Match):
+            self.expr(node.subject)
+            for case in node.cases:
+                self.bound.append(set(self.bound[-1]))
+                self.depth += 1
+                for child in ast.walk(case.pattern):
+                    if isinstance(child, ast.MatchAs | ast.MatchStar) and child.name:
+                        self.bind(child.name)
+                    elif isinstance(child, ast.MatchMapping) and child.rest:
+                        self.bind(child.rest)
+                    elif isinstance(child, ast.MatchValue | ast.MatchClass):
+                        self.expr(child.value if isinstance(child, ast.MatchValue) else child.cls)
+                if case.guard is not None:
+                    self.expr(case.guard)
+                for stmt in case.body:
+                    self.stmt(stmt)
+                self.depth -= 1
+                self.bound.pop()
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            self.function_def(node)
+        elif isinstance(node, ast.ClassDef):
+            self.class_def(node)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            self.import_(node)
+        elif isinstance(node, ast.Global | ast.Nonlocal):
+            pass
+        elif isinstance(node, ast.Return):
+            self.expr(node.value)
+        else:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.expr):
+                    self.expr(child)
+                elif isinstance(child, ast.stmt):
+                    self.stmt(child)
+
+    def import_(self, node: ast.Import | ast.ImportFrom) -> None:
+        for alias in node.names:
+            if alias.name == "*":
+                if self.effects is not None:
+                    self.effects.star_imports.append(ast.unparse(node))
+                continue
+            if isinstance(node, ast.Import):
+                name = alias.asname or alias.name.split(".")[0]
+                qual = alias.name if alias.asname else name
+                source = ast.unparse(ast.Import([alias]))
+            else:
+                name = alias.asname or alias.name
+                module = "." * node.level + (node.module or "")
+                qual = f"{module}.{alias.name}" if module else alias.name
+                source = ast.unparse(ast.ImportFrom(node.module, [alias], node.level))
+            self.bind(name)
+            if self.effects is not None and self._global(name):
+                self.effects.imports[name] = (source, qual)
+
+    def function_def(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        for deco in node.decorator_list:
+            self.expr(deco)
+        self.arguments(node.args)
+        if node.returns is not None:
+            self.expr(node.returns)
+        summary = self.summarize(node, node.name, node.args, node.body)
+        summary.generator = _is_generator(node)
+        for deco in reversed(node.decorator_list):
+            callee = self.callee(deco)
+            self.record_call(callee, [self.resolve(node.name)], {}, EMPTY, EMPTY, deco)
+        self.bind(node.name)
+        if self.effects is not None and self._global(node.name):
+            self.effects.defines.setdefault(node.name, []).append(summary)
+        elif self.summary is not None:
+            self.summary.merge(summary)
+
+    def arguments(self, args: ast.arguments) -> None:
+        for default in [*args.defaults, *args.kw_defaults]:
+            if default is not None:
+                self.expr(default)
+        for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
+            if arg is not None and arg.annotation is not None:
+                self.expr(arg.annotation)
+
+    def class_def(self, node: ast.ClassDef) -> None:
+        for deco in node.decorator_list:
+            self.expr(deco)
+        for base in node.bases:
+            self.expr(base)
+        for keyword in node.keywords:
+            self.expr(keyword.value)
+        scope = _Scope("class")
+        scope.locals = _bound_names(node.body, set())[0]
+        summary = Summary(node.name, node.lineno, varargs=True, kind="class")
+        self.scopes.append(scope)
+        for stmt in node.body:
+            if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
+                for deco in stmt.decorator_list:
+                    self.expr(deco)
+                self.arguments(stmt.args)
+                summary.merge(
+                    self.summarize(stmt, f"{node.name}.{stmt.name}", stmt.args, stmt.body)
+                )
+            else:
+                self.stmt(stmt)  # the class body runs now
+        self.scopes.pop()
+        self.bind(node.name)
+        if self.effects is not None and self._global(node.name):
+            self.effects.defines.setdefault(node.name, []).append(summary)
+        elif self.summary is not None:
+            self.summary.merge(summary)
+
+    def summarize(
+        self, node: ast.AST, name: str, args: ast.arguments, body: list[ast.stmt] | ast.expr
+    ) -> Summary:
+        positional, params, varargs = _params(args)
+        stmts: list[ast.stmt] = body if isinstance(body, list) else [ast.Expr(body)]
+        scope = _Scope("function", owner=self.summary is None)
+        bound, scope.globals, scope.nonlocals = _bound_names(stmts, params)
+        scope.locals = bound - scope.globals - scope.nonlocals
+        scope.params = params
+        if self.summary is not None:
+            # a function inside a function: it runs within the outer one's summary
+            self.summary.nested = True
+            walker = _Walker(None, self.summary, [*self.scopes, scope], self.imports)
+            for stmt in stmts:
+                walker.stmt(stmt)
+            return Summary(name, getattr(node, "lineno", 0))
+        summary = Summary(name, getattr(node, "lineno", 0), positional, varargs)
+        walker = _Walker(None, summary, [*self.scopes, scope], self.imports)
+        for _ in range(2):  # twice: a local may alias a parameter bound later in the body
+            summary.calls.clear()
+            summary.links.clear()
+            for stmt in stmts:
+                walker.stmt(stmt)
+        return summary
+
+    def lambda_summary(self, node: ast.Lambda, name: str) -> Summary:
+        summary = self.summarize(node, name, node.args, node.body)
+        summary.kind = "lambda"
+        return summary
+
+    # --- expressions -----------------------------------------------------------------------
+
+    def callee(self, func: ast.expr) -> tuple[str, ...]:
+        if isinstance(func, ast.Name):
+            return ("name", func.id) if self._global(func.id) else ("local",)
+        dotted = _dotted(func)
+        if dotted is not None:
+            base, path = dotted
+            if self._global(base) is not None:
+                return ("attr", base, path)
+            return ("local",)
+        return ("other",)
+
+    def record_call(
+        self,
+        callee: tuple[str, ...],
+        args: list[Names],
+        kwargs: dict[str, Names],
+        star: Names,
+        receiver: Names,
+        node: ast.AST,
+    ) -> None:
+        site = CallSite(callee, args, kwargs, star, receiver, getattr(node, "lineno", 0))
+        (self.effects or self.summary).calls.append(site)  # type: ignore[union-attr]
+
+    def call(self, node: ast.Call) -> None:
+        func = node.func
+        if (
+            isinstance(func, ast.Attribute)
+            and _is_ipython(func.value)
+            and func.attr in ("run_line_magic", "run_cell_magic", "system", "getoutput")
+        ):
+            self.magic(node, func.attr)
+            return
+        if isinstance(func, ast.Name) and func.id in knowledge.DYNAMIC_BUILTINS:
+            self.dynamic(node, func.id)
+        self.expr(func)
+        for arg in node.args:
+            self.expr(arg)
+        for keyword in node.keywords:
+            self.expr(keyword.value)
+        args: list[Names] = []
+        star: set[str] = set()
+        for arg in node.args:
+            if isinstance(arg, ast.Starred):
+                star |= self.refs(arg)
+            else:
+                args.append(self.refs(arg))
+        kwargs: dict[str, Names] = {}
+        for keyword in node.keywords:
+            if keyword.arg is None:
+                star |= self.refs(keyword.value)
+            else:
+                kwargs[keyword.arg] = self.refs(keyword.value)
+        receiver = EMPTY
+        callee = self.callee(func)
+        if isinstance(func, ast.Attribute):
+            receiver = self.refs(func.value)
+            if callee[0] != "attr":
+                callee = ("method",)
+        self.record_call(callee, args, kwargs, frozenset(star), receiver, node)
+
+    def dynamic(self, node: ast.Call, name: str) -> None:
+        if self.effects is None:
+            return
+        if name in ("globals", "locals", "vars") and not node.args:
+            return  # reading the namespace; writes through it are caught by the subscript rule
+        if name == "eval" and node.args and isinstance(node.args[0], ast.Constant):
+            try:
+                self.expr(ast.parse(str(node.args[0].value), mode="eval").body)
+                return
+            except SyntaxError:
+                pass
+        self.effects.dynamic = f"`{name}(...)`"
+
+    def magic(self, node: ast.Call, how: str) -> None:
+        words = [a.value for a in node.args if isinstance(a, ast.Constant)]
+        texts = words[1:] if how.startswith("run_") else words
+        for text in texts:
+            if isinstance(text, str):
+                for name in _IDENT.findall(text):
+                    self.read(name)
+        if self.effects is not None and how == "run_line_magic" and words:
+            name = str(words[0])
+            args = str(words[1]) if len(words) > 1 else ""
+            if name == "run" or (name == "store" and "-r" in args.split()):
+                self.effects.dynamic = f"`%{name} {args}`".replace(" `", "`")
+            self.record_call(("magic", name, args), [], {}, EMPTY, EMPTY, node)
+
+    def expr(self, node: ast.expr | None) -> None:
+        if node is None:
+            return
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                self.read(node.id)
+            return
+        if isinstance(node, ast.Call):
+            self.call(node)
+            return
+        if isinstance(node, ast.Lambda):
+            self.arguments(node.args)
+            summary = self.summarize(node, "<lambda>", node.args, node.body)
+            if self.effects is not None:
+                # it may run now (passed to a call): its reads and changes count here too
+                self.effects.lambdas.append(summary)
+            return
+        if isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
+            self.comprehension(node)
+            return
+        if isinstance(node, ast.NamedExpr):
+            self.expr(node.value)
+            refs = self.refs(node.value)
+            scopes, self.scopes = self.scopes, [s for s in self.scopes if s.kind != "comprehension"]
+            depth, self.depth = self.depth, self.depth + 1
+            self.bind(node.target.id, refs)
+            self.depth = depth
+            self.scopes = scopes
+            return
+        if isinstance(node, ast.Subscript) and _is_namespace_call(node.value):
+            key = node.slice
+            if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                if isinstance(node.ctx, ast.Load):
+                    self.read(key.value)
+                return
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.expr):
+                self.expr(child)
+            elif isinstance(child, ast.comprehension | ast.keyword | ast.arguments):
+                for grandchild in ast.iter_child_nodes(child):
+                    if isinstance(grandchild, ast.expr):
+                        self.expr(grandchild)
+
+    def comprehension(
+        self, node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp
+    ) -> None:
+        generators = node.generators
+        self.expr(generators[0].iter)  # evaluated in the enclosing scope
+        scope = _Scope("comprehension")
+        for gen in generators:
+            for target in ast.walk(gen.target):
+                if isinstance(target, ast.Name):
+                    scope.locals.add(target.id)
+        self.scopes.append(scope)
+        for index, gen in enumerate(generators):
+            if index:
+                self.expr(gen.iter)
+            for cond in gen.ifs:
+                self.expr(cond)
+        if isinstance(node, ast.DictComp):
+            self.expr(node.key)
+            self.expr(node.value)
+        else:
+            self.expr(node.elt)
+        self.scopes.pop()
+
+
+def _is_namespace_call(node: ast.expr) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("globals", "vars", "locals")
+        and not node.args
+    )
+
+
+def _namespace_writes(node: ast.stmt, effects: Effects) -> None:
+    """`globals()["x"] = 1` binds x; any other write through globals()/vars() is unknown."""
+    for child in ast.walk(node):
+        if isinstance(child, ast.Subscript) and _is_namespace_call(child.value):
+            if not isinstance(child.ctx, ast.Load):
+                key = child.slice
+                if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                    effects.binds.add(key.value)
+                    effects.changes.discard("globals")
+                else:
+                    effects.dynamic = "a write through `globals()`"
+        elif (
+            isinstance(child, ast.Call)
+            and isinstance(child.func, ast.Attribute)
+            and _is_namespace_call(child.func.value)
+            and child.func.attr in ("update", "setdefault", "pop", "clear", "__setitem__")
+        ):
+            effects.dynamic = f"`globals().{child.func.attr}(...)`"
+
+
+def python_of(source: str) -> str:
+    """The Python a cell runs: cell magics with a Python body unwrapped, IPython syntax
+    translated (`%x` → `get_ipython().run_line_magic(...)`); "" for a non-Python cell magic."""
+    lines = source.lstrip("\n").split("\n", 1)
+    if lines[0].startswith("%%"):
+        magic = lines[0][2:].split(None, 1)[0] if len(lines[0]) > 2 else ""
+        if magic not in _PY_CELL_MAGICS:
+            return ""  # e.g. %%bash: not Python, nothing to analyse
+        source = lines[1] if len(lines) > 1 else ""
+    try:
+        ast.parse(source)
+        return source
+    except SyntaxError:
+        pass
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    return str(TransformerManager().transform_cell(source))
+
+
+def imports_of(source: str) -> dict[str, str]:
+    """name → qualified module or object for every import statement of a cell (any level)."""
+    try:
+        tree = ast.parse(python_of(source))
+    except SyntaxError:
+        return {}
+    found: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                name = alias.asname or alias.name.split(".")[0]
+                found[name] = alias.name if alias.asname else name
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                if alias.name != "*":
+                    found[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return found
+
+
+def analyze_source(
+    source: str, ref: str = "cell", imports: dict[str, str] | None = None
+) -> list[Effects]:
+    """The effects of each top-level statement of one cell (`imports`: the notebook's import
+    names, to know which library calls return values that share nothing with their arguments).
+
+    Raises:
+        BuildError: the cell is not valid Python (or IPython) syntax.
+    """
+    code = python_of(source)
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as exc:
+        raise BuildError(f"{ref}: syntax error on line {exc.lineno}: {exc.msg}") from exc
+    found: list[Effects] = []
+    for node in tree.body:
+        effects = Effects(node.lineno, ast.get_source_segment(code, node) or ast.unparse(node))
+        walker = _Walker(effects, None, [_Scope("module")], imports or {})
+        walker.stmt(node)
+        _namespace_writes(node, effects)
+        found.append(effects)
+    return found

@@ -1,0 +1,954 @@
+# mypy: disable-error-code="no-untyped-call,misc"
+"""Which values each step takes from which earlier step, found by replaying the notebook top to
+bottom over versions of names.
+
+Every statement may change names: it binds them, changes their object in place (a method call,
+an item or attribute assignment, passing it to a call that may change it, `+=`, `del`), or calls
+a notebook function that does. The version of a name at a point is the last statement that may
+have changed it. A step takes each name it needs from the step holding the version the notebook
+would see; names that may share an object (`b = a`, `lst.append(x)`, `fitted = clf.fit(X)`)
+change together, so they always come from the same step, saved together. The global random
+generators, once seeded, are names too. Process-wide settings (`os.environ[...] = ...`,
+`pd.set_option(...)`, `%matplotlib inline`) are repeated in the steps after them, like imports.
+
+Where no step order can give the notebook's values (two cells of a step with another step's
+change in between, a value pickle cannot carry, names the analysis cannot see), the build stops
+with one line naming the cell, the variable and what to do.
+"""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+import re
+from dataclasses import dataclass, field
+
+from nb_mlops.core.errors import BuildError
+from nb_mlops.pipeline.analysis import knowledge
+from nb_mlops.pipeline.analysis.effects import (
+    CallSite,
+    Effects,
+    Summary,
+    analyze_source,
+    imports_of,
+    python_of,
+)
+from nb_mlops.pipeline.grammar import Cell, Grammar
+
+__all__ = ["Plan", "StepPlan", "literal_paths", "plan_steps", "rng_name"]
+
+_RNG = "rng:"
+
+
+def rng_name(generator: str) -> str:
+    """The pseudo-variable that carries a global generator's state (`rng:numpy.random`)."""
+    return _RNG + generator
+
+
+@dataclass(frozen=True)
+class Version:
+    """A value of a name: the statement that produced it (its index in notebook order)."""
+
+    index: int
+    kind: str  # param | prelude | import | step | dropped | deleted
+    cell: Cell
+    step: str | None = None
+    source: str = ""  # the import statement, for kind "import"
+
+
+@dataclass
+class StepPlan:
+    """What one step needs and gives.
+
+    Attributes:
+        inputs: name → producing step (values and generator states loaded before its cells).
+        imports: name → import statement repeated in this step (modules are never passed).
+        outputs: names a later step or the metrics cell reads, saved together at its end.
+        metrics: names whose numeric values this step records as metrics.
+        replay: statements changing process-wide settings, repeated before the step's cells.
+        reasons: input name → why (e.g. "cell #7 passes it to a call"), for `pipeline build`;
+            `file:PATH` → why the step runs after the one in `file_after` (both name the file).
+    """
+
+    name: str
+    cells: list[Cell]
+    after: list[str] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)
+    imports: dict[str, str] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    replay: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)  # literal file paths of its cells
+    file_after: dict[str, str] = field(default_factory=dict)  # "file:PATH" → earlier step
+
+
+@dataclass
+class Plan:
+    """The DAG: steps in a deterministic topological order, the metric names of the notebook,
+    and warnings (one line each, naming the cell)."""
+
+    steps: dict[str, StepPlan]
+    metrics: list[str]
+    uses_magics: bool
+    warnings: list[str] = field(default_factory=list)
+    prelude_defines: bool = False  # the imports/functions cells define functions or classes
+    problems: list[str] = field(default_factory=list)  # cells that are not valid (I)Python
+
+
+class _Groups:
+    """Names that may share objects (union-find; a link is never undone: over-approximate), and
+    the notebook functions and classes each group may hold (callable through its objects)."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+        self.members: dict[str, set[str]] = {}
+        self.holds: dict[str, set[str]] = {}
+
+    def find(self, name: str) -> str:
+        parent = self.parent.setdefault(name, name)
+        if parent == name:
+            self.members.setdefault(name, {name})
+            return name
+        root = self.find(parent)
+        self.parent[name] = root
+        return root
+
+    def union(self, names: set[str], holds: set[str]) -> str | None:
+        roots = {self.find(n) for n in names}
+        if not roots:
+            return None
+        keep = max(roots, key=lambda r: len(self.members[r]))
+        for root in roots - {keep}:
+            self.parent[root] = keep
+            self.members[keep] |= self.members.pop(root)
+            self.holds.setdefault(keep, set()).update(self.holds.pop(root, set()))
+        if holds:
+            self.holds.setdefault(keep, set()).update(holds)
+        return keep
+
+    def of(self, name: str) -> set[str]:
+        return self.members[self.find(name)]
+
+    def held(self, name: str) -> set[str]:
+        """The notebook functions and classes the objects of `name` may hold."""
+        if name not in self.parent:
+            return set()
+        return self.holds.get(self.find(name), set())
+
+
+@dataclass
+class _Stmt:
+    index: int
+    cell: Cell
+    effects: Effects
+    pos: int  # its place among the statements of its cell
+
+
+@dataclass
+class _Events:
+    needs: set[str] = field(default_factory=set)  # read now
+    writes: set[str] = field(default_factory=set)
+    # written from their previous value only if at all (a loop variable, a name sharing an
+    # object with one changed): the previous value is needed only if someone uses the new one
+    carries: set[str] = field(default_factory=set)
+    deletes: set[str] = field(default_factory=set)
+    produced: set[str] = field(default_factory=set)  # bound by the statement before any use
+    why: dict[str, str] = field(default_factory=dict)  # why a name's new value comes from here
+    setter: bool = False
+
+
+class _Planner:
+    def __init__(self, grammar: Grammar, start: dict[str, Version] | None = None) -> None:
+        self.grammar = grammar
+        self.warnings: list[str] = list(grammar.warnings)
+        self.stmts: list[_Stmt] = []
+        self.problems: list[str] = []
+        names: dict[str, str] = {}
+        for cell in grammar.cells:
+            names.update(imports_of(cell.source))
+        for cell in grammar.cells:
+            try:
+                found = analyze_source(cell.source, cell.ref, names)
+            except BuildError as exc:
+                # a cell that does not parse binds and reads nothing: it fails when it runs,
+                # with the error papermill reports, and only if the run gets that far
+                self.problems.append(str(exc))
+                continue
+            for pos, effects in enumerate(found):
+                self.stmts.append(_Stmt(len(self.stmts), cell, effects, pos))
+        self.all_imports = {
+            k: q for stmt in self.stmts for k, (_, q) in stmt.effects.imports.items()
+        }
+        self.version: dict[str, Version] = {}
+        self.groups = _Groups()
+        self.callables: dict[str, list[Summary]] = {}
+        self.immutable: dict[str, bool] = {}
+        self.unpicklable: dict[tuple[int, str], str] = {}
+        self.change_why: dict[tuple[int, str], str] = {}
+        self.module_alias: dict[str, tuple[str, Cell]] = {}
+        self.seeded = self._seeded()
+        self.start = start if start is not None else self._start_state()
+        self.plans = {
+            name: StepPlan(name, list(decl.cells), list(decl.after))
+            for name, decl in grammar.steps.items()
+        }
+        self.held: dict[str, dict[str, Version | None]] = {name: {} for name in self.plans}
+        # name → (value before, cell) for values a step carried without reading them
+        self.lazy: dict[str, dict[str, tuple[Version | None, Cell]]] = {n: {} for n in self.plans}
+        self.conflict: dict[str, dict[str, str]] = {name: {} for name in self.plans}
+        # (producer, name, version needed, consumer, cell that reads it)
+        self.wanted: list[tuple[str, str, Version, str, Cell]] = []
+        self.last_write: dict[tuple[str, str], Version] = {}
+        self.metric_names: list[str] = []
+        self.replays: list[tuple[int, Cell, str]] = []
+
+    # --- before the replay ------------------------------------------------------------------
+
+    def _seeded(self) -> set[str]:
+        """The generators some pipeline cell seeds: only those are carried between steps."""
+        found: set[str] = set()
+        for stmt in self.stmts:
+            if stmt.cell.role not in ("step", "imports", "functions"):
+                continue
+            for site in self._sites(stmt.effects):
+                qual = _qualify(site.callee, self.all_imports)
+                generator = knowledge.seeds(qual) if qual else None
+                if generator:
+                    found.add(generator)
+        return found
+
+    @staticmethod
+    def _sites(effects: Effects) -> list[CallSite]:
+        sites = list(effects.calls)
+        for summaries in effects.defines.values():
+            for summary in summaries:
+                sites.extend(summary.calls)
+        return sites
+
+    def _start_state(self) -> dict[str, Version]:
+        """What every step holds before loading: its parameters cell, then the `imports` and
+        `functions` cells, run in that order in each step kernel."""
+        prelude = Grammar(
+            [c for c in self.grammar.cells if c.role == "parameters"]
+            + [c for c in self.grammar.cells if c.role in ("imports", "functions")],
+            {},
+        )
+        scratch = _Planner(prelude, start={})
+        index = {(s.cell.index, s.pos): s.index for s in self.stmts}
+        for stmt in scratch.stmts:
+            scratch._advance(stmt, scratch._events(stmt))
+        return {
+            name: Version(
+                index[(v.cell.index, scratch.stmts[v.index].pos)],
+                v.kind,
+                v.cell,
+                None,
+                v.source,
+            )
+            for name, v in scratch.version.items()
+        }
+
+    # --- resolving names at the current point ------------------------------------------------
+
+    def _import_qual(self, name: str) -> str | None:
+        version = self.version.get(name)
+        if version is not None and version.kind == "import":
+            return version.source.rsplit("\0", 1)[-1]
+        return None
+
+    def _qual(self, callee: tuple[str, ...]) -> str | None:
+        """The qualified name of a library function called (`numpy.mean`), if it is one."""
+        if callee[0] == "name":
+            qual = self._import_qual(callee[1])
+            if qual is None and callee[1] not in self.version and callee[1] in knowledge.BUILTINS:
+                return f"builtins.{callee[1]}"
+            return qual
+        if callee[0] == "attr":
+            base = self._import_qual(callee[1])
+            return f"{base}.{callee[2]}" if base else None
+        return None
+
+    def _live(self, name: str) -> bool:
+        version = self.version.get(name)
+        return (
+            version is not None
+            and version.kind not in ("import", "deleted")
+            and not self.immutable.get(name, False)
+        )
+
+    def _group_change(self, refs: set[str] | frozenset[str], ev: _Events, why: str) -> None:
+        """The objects of `refs` may change: so may every name that may share one of them
+        (functions and classes of the notebook excepted: their code does not change)."""
+        for ref in refs:
+            if ref.startswith(("@", "!")) or not (self._live(ref) or ref in ev.produced):
+                continue
+            if not self.callables.get(ref):
+                if ref not in ev.produced:  # a value made earlier in the statement: not needed
+                    ev.needs.add(ref)
+                ev.writes.add(ref)
+                ev.why.setdefault(ref, why.format("it"))
+            for member in self.groups.of(ref):
+                if (
+                    self._live(member)
+                    and member not in ev.writes
+                    and not self.callables.get(member)
+                ):
+                    ev.carries.add(member)
+                    ev.writes.add(member)
+                    ev.why.setdefault(
+                        member, why.format(f"`{ref}`, which may share an object with it,")
+                    )
+
+    def _param_changes(self, summary: Summary, seen: set[int]) -> set[str]:
+        """The parameters a notebook function may change, through the calls it makes too."""
+        if id(summary) in seen:
+            return set()
+        seen.add(id(summary))
+        changed = set(summary.param_changes)
+        for site in summary.calls:
+            for _key, refs in self._changed_args(site, seen):
+                changed |= {r[1:] for r in refs if r.startswith("@")}
+            if site.callee[0] == "method" or (
+                site.callee[0] == "attr" and self._qual(site.callee) is None
+            ):
+                changed |= {r[1:] for r in site.receiver if r.startswith("@")}
+        return changed
+
+    def _changed_args(self, site: CallSite, seen: set[int]) -> list[tuple[object, frozenset[str]]]:
+        """(argument position or name, what it refers to) for each argument the call may change."""
+        every: list[tuple[object, frozenset[str]]] = [(i, a) for i, a in enumerate(site.args)]
+        every += list(site.kwargs.items())
+        if site.star:
+            every.append(("*", site.star))
+        callee = site.callee
+        qual = self._qual(callee)
+        if callee[0] == "magic":
+            return []
+        if qual is not None:
+            if qual.startswith("builtins."):
+                positions = knowledge.builtin_mutates(qual.split(".", 1)[1])
+                return [(i, a) for i, a in every if i in positions]
+            if knowledge.keeps_args(qual, set(site.kwargs)) or knowledge.is_state_setter(qual):
+                return []
+            return every
+        if callee[0] == "name" and self.callables.get(callee[1]):
+            found: list[tuple[object, frozenset[str]]] = []
+            for summary in self.callables[callee[1]]:
+                if summary.varargs:
+                    return every
+                changed = self._param_changes(summary, seen)
+                for key, refs in every:
+                    if isinstance(key, int):
+                        param = summary.params[key] if key < len(summary.params) else "*"
+                    else:
+                        param = str(key)
+                    if param == "*" or param in changed:
+                        found.append((key, refs))
+            return found
+        return every
+
+    def _draws(self, site: CallSite) -> tuple[str, ...]:
+        if site.callee[0] == "magic":
+            return ()
+        qual = self._qual(site.callee)
+        if qual is not None:
+            if qual.startswith("builtins.") or knowledge.is_state_setter(qual):
+                return ()
+            if knowledge.seeds(qual):
+                return ()
+            return knowledge.draws_random(qual)
+        if site.callee[0] == "name" and self.callables.get(site.callee[1]):
+            return ()  # its body's calls are counted when it is applied
+        return knowledge.draws_random(None)
+
+    # --- one statement ------------------------------------------------------------------------
+
+    def _apply_summary(
+        self,
+        summary: Summary,
+        ev: _Events,
+        why: str,
+        binding: dict[str, frozenset[str]] | None,
+        seen: set[int],
+    ) -> None:
+        """What calling a notebook function does at this point: its globals are read and
+        changed here, in this step's namespace (the function runs against it)."""
+        if id(summary) in seen:
+            return
+        seen.add(id(summary))
+        for name in summary.reads:
+            if name in self.version:
+                ev.needs.add(name)
+            for inner in self.callables.get(name, []):
+                self._apply_summary(inner, ev, why, None, seen)
+        for name in summary.writes:
+            ev.carries.add(name)
+            ev.writes.add(name)
+            ev.why.setdefault(name, f"{why} changes it")
+        self._group_change(summary.changes, ev, f"{why} changes {{}}")
+        for link in summary.links:
+            self._link({r for r in link if not r.startswith("@")}, ev, f"{why} shares {{}}", set())
+        for site in summary.calls:
+            for _key, refs in self._changed_args(site, set()):
+                mapped: set[str] = set()
+                for ref in refs:
+                    if ref.startswith("@"):
+                        if binding is not None:
+                            mapped |= binding.get(ref[1:], frozenset())
+                    elif not ref.startswith("!"):
+                        mapped.add(ref)
+                self._group_change(mapped, ev, f"{why} passes {{}} to a call")
+            self._receiver(site, ev, f"{why} calls a method on {{}}")
+            self._rng(site, ev, why)
+            if site.callee[0] == "name":
+                for inner in self.callables.get(site.callee[1], []):
+                    self._apply_summary(inner, ev, why, None, seen)
+
+    def _receiver(self, site: CallSite, ev: _Events, why: str) -> None:
+        if site.callee[0] == "method" or (
+            site.callee[0] == "attr" and self._qual(site.callee) is None
+        ):
+            self._group_change({r for r in site.receiver if not r.startswith("@")}, ev, why)
+        elif (
+            site.callee[0] == "name"
+            and not self.callables.get(site.callee[1])
+            and self._qual(site.callee) is None
+        ):
+            # calling an object of the notebook (`model(x)`) may change it
+            self._group_change({site.callee[1]}, ev, why)
+
+    def _rng(self, site: CallSite, ev: _Events, why: str) -> None:
+        qual = self._qual(site.callee)
+        generator = knowledge.seeds(qual) if qual else None
+        if generator in self.seeded:
+            name = rng_name(generator)
+            ev.writes.add(name)
+            ev.why.setdefault(name, f"{why} seeds it")
+            return
+        for generator in self._draws(site):
+            if generator in self.seeded:
+                name = rng_name(generator)
+                ev.needs.add(name)
+                ev.writes.add(name)
+                ev.why.setdefault(name, f"{why} may draw from it")
+
+    def _link(self, names: set[str], ev: _Events, why: str, fresh: set[str]) -> None:
+        """The objects of `names` may be shared from now on. A notebook function or class among
+        them is held, not shared (its code does not change); one only called (`!f`) is held
+        when it is a class (its instances carry its methods) or may return a closure."""
+        holds: set[str] = set()
+        shared: set[str] = set()
+        for name in names:
+            called = name.startswith("!")
+            name = name.lstrip("!")
+            summaries = self.callables.get(name)
+            if summaries:
+                if not called or any(s.kind == "class" or s.nested for s in summaries):
+                    holds.add(name)
+            elif (
+                not called
+                and (self._live(name) or name in fresh)
+                and not self.immutable.get(name, False)
+            ):
+                shared.add(name)
+        if not shared or (len(shared) < 2 and not holds):
+            return
+        self.groups.union(shared, holds)
+        # a new sharing: every member's value now comes from here
+        for member in self.groups.of(next(iter(shared))):
+            if self._live(member) and member not in ev.writes:
+                ev.carries.add(member)
+                ev.writes.add(member)
+                ev.why.setdefault(member, why)
+
+    def _events(self, stmt: _Stmt) -> _Events:
+        effects = stmt.effects
+        ref = stmt.cell.ref
+        ev = _Events()
+        ev.produced = (effects.binds | effects.maybe_binds) - effects.needs
+        ev.needs |= effects.needs | effects.deletes
+        ev.carries |= effects.maybe_binds
+        for name in effects.binds:
+            ev.why[name] = f"{ref} sets it"
+        for name in effects.maybe_binds:
+            ev.why.setdefault(name, f"{ref} may set it")
+        for name in effects.deletes:
+            ev.why.setdefault(name, f"{ref} deletes it")
+        ev.writes |= effects.binds | effects.maybe_binds | effects.deletes
+        ev.deletes |= effects.deletes - effects.binds - effects.maybe_binds
+        # process-wide settings reached through a module: `os.environ[k] = v`, `pd.options.x = y`
+        state = [t for t in effects.state_targets if self._import_qual(t.split(".")[0])]
+        direct_changes = set(effects.changes) - {t.split(".")[0] for t in state}
+        self._group_change(direct_changes, ev, f"{ref} changes {{}} in place")
+        setters = bool(state) and not (effects.binds or effects.maybe_binds)
+        for site in effects.calls:
+            qual = self._qual(site.callee)
+            if site.callee[0] == "magic":
+                if site.callee[1] in knowledge.ENV_MAGICS:
+                    setters = True
+                continue
+            if qual and knowledge.is_state_setter(qual):
+                setters = True
+                continue
+            for _key, refs in self._changed_args(site, set()):
+                self._group_change(set(refs), ev, f"{ref} passes {{}} to a call")
+            self._receiver(site, ev, f"{ref} calls a method on {{}}")
+            self._rng(site, ev, ref)
+            if site.callee[0] == "name":
+                summaries = self.callables.get(site.callee[1], [])
+                for summary in summaries:
+                    binding = _bind_args(summary, site)
+                    self._apply_summary(
+                        summary, ev, f"{ref} calls `{site.callee[1]}`, which", binding, set()
+                    )
+        if qual_only_setters(effects) and setters:
+            ev.setter = True
+        for summary in effects.lambdas:
+            self._apply_summary(summary, ev, f"{ref} (a lambda)", None, set())
+        # a name that is or holds notebook functions (an instance holds its class) may call them
+        for name in sorted(ev.needs):
+            held = self.groups.held(name) | ({name} if name in self.callables else set())
+            for member in sorted(held):
+                for summary in self.callables.get(member, []):
+                    self._apply_summary(summary, ev, f"{ref} uses `{member}`, which", None, set())
+        fresh = set(effects.binds)
+        for link in effects.links:
+            self._link(set(link), ev, f"{ref} makes it share an object", fresh)
+        return ev
+
+    # --- the replay ---------------------------------------------------------------------------
+
+    def run(self) -> Plan:
+        uses_magics = False
+        step_stmts: dict[str, list[int]] = {name: [] for name in self.plans}
+        for stmt in self.stmts:
+            if stmt.cell.role == "step":
+                step_stmts[stmt.cell.step or ""].append(stmt.index)
+        for stmt in self.stmts:
+            cell, effects = stmt.cell, stmt.effects
+            if re.search(r"^\s*[%!]", cell.source, re.M) and cell.role != "dropped":
+                uses_magics = True
+            ev = self._events(stmt)
+            if cell.role == "metrics":
+                self._metrics(ev, cell)
+                continue
+            if cell.role in ("imports", "functions", "parameters"):
+                self._prelude_statement(stmt, ev)
+            if cell.role == "step":
+                self._module_state(stmt, ev)
+                self._step_statement(stmt, ev)
+                self._uncarried_seeds(stmt, step_stmts)
+                if ev.setter:
+                    self.replays.append((stmt.index, cell, effects.source))
+                if effects.dynamic and len(self.plans) > 1:
+                    raise BuildError(
+                        f"{cell.ref}: {effects.dynamic} sets names the analysis cannot see, so "
+                        "later steps cannot know they need them: move it into an `imports` "
+                        "cell, or assign the names explicitly"
+                    )
+                for source in effects.star_imports:
+                    self.warnings.append(
+                        f"{cell.ref}: `{source}` in a step is repeated in the later steps; the "
+                        "names it defines are not tracked (an `imports` cell is clearer)"
+                    )
+                    self.replays.append((stmt.index, cell, source))
+            self._advance(stmt, ev)
+        self._check_outputs()
+        self._place_replays(step_stmts)
+        self._file_order()
+        return self._finish(uses_magics)
+
+    def _file_order(self) -> None:
+        """Steps that name the same file run in notebook order: one may write what the other
+        reads (a file is not a variable the analysis can follow)."""
+        seen: dict[str, tuple[str, Cell]] = {}
+        for cell in self.grammar.cells:
+            if cell.role != "step" or cell.step is None:
+                continue
+            paths = literal_paths(cell.source)
+            self.plans[cell.step].paths.extend(
+                p for p in paths if p not in self.plans[cell.step].paths
+            )
+            for path in paths:
+                earlier = seen.get(path)
+                if earlier is not None and earlier[0] != cell.step:
+                    plan = self.plans[cell.step]
+                    if earlier[0] not in plan.after:
+                        plan.after.append(earlier[0])
+                        plan.reasons[f"file:{path}"] = f"{earlier[1].ref} uses it too"
+                        plan.file_after[f"file:{path}"] = earlier[0]
+                seen[path] = (cell.step, cell)
+
+    def _prelude_statement(self, stmt: _Stmt, ev: _Events) -> None:
+        """`imports`/`functions` cells run first in every step: they cannot read step values."""
+        for name in sorted(ev.needs):
+            current = self.version.get(name)
+            if current is not None and current.kind == "step":
+                raise BuildError(
+                    f"{stmt.cell.ref}: the {stmt.cell.role} cell reads `{name}`, which step "
+                    f"{current.step!r} sets ({current.cell.ref}), but the parameters, imports "
+                    "and functions cells run in every step before any step value is loaded: "
+                    f"define `{name}` in the {stmt.cell.role} cell, or move the statement into a step"
+                )
+
+    def _module_state(self, stmt: _Stmt, ev: _Events) -> None:
+        """A name bound to a module's own object (`env = os.environ`) changed in place in
+        another step: steps do not share modules, so the change would not reach later steps."""
+        for name in sorted(ev.needs & ev.writes):
+            origin = self.module_alias.get(name)
+            if origin is None or origin[1].step == stmt.cell.step:
+                continue
+            raise BuildError(
+                f"{stmt.cell.ref}: `{name}` is `{origin[0]}` (bound in {origin[1].ref}), an object "
+                "of a module, which every step imports afresh: a change to it here does not reach "
+                f"later steps; change `{origin[0]}` directly, or copy it where `{name}` is set"
+            )
+
+    def _uncarried_seeds(self, stmt: _Stmt, step_stmts: dict[str, list[int]]) -> None:
+        later = [n for n, idx in step_stmts.items() if idx and idx[-1] > stmt.index]
+        if len(later) < 2:
+            return
+        for site in stmt.effects.calls:
+            qual = self._qual(site.callee)
+            if qual and knowledge.seeds_uncarried(qual):
+                raise BuildError(
+                    f"{stmt.cell.ref}: `{qual}` seeds a global generator whose state a pipeline "
+                    "cannot carry from step to step (it carries random, numpy.random and torch): "
+                    "later steps would draw other numbers than the notebook; seed a generator "
+                    "object and pass it instead, or keep the code that draws in this step"
+                )
+
+    def _advance(self, stmt: _Stmt, ev: _Events) -> None:
+        """Move the versions of what the statement changed to it."""
+        cell, effects = stmt.cell, stmt.effects
+        kind = {"parameters": "param", "imports": "prelude", "functions": "prelude"}.get(
+            cell.role, cell.role
+        )
+        for name in ev.writes:
+            version_kind = kind
+            source = ""
+            if name in ev.deletes:
+                version_kind = "deleted"
+            elif name in effects.imports and kind in ("step", "prelude"):
+                source = f"{effects.imports[name][0]}\0{effects.imports[name][1]}"
+                version_kind = "import"
+            version = Version(stmt.index, version_kind, cell, cell.step, source)
+            self.version[name] = version
+            self.change_why[(stmt.index, name)] = ev.why.get(name, f"{cell.ref} changes it")
+            if cell.role == "step" and cell.step:
+                self.last_write[(cell.step, name)] = version
+            if name in effects.binds or name in effects.deletes:
+                self.callables.pop(name, None)
+            if name in effects.binds:
+                deps = effects.immutable.get(name)
+                self.immutable[name] = deps is not None and all(
+                    self.immutable.get(d, False) for d in deps
+                )
+            elif name in effects.maybe_binds or name in effects.deletes:
+                self.immutable[name] = self.immutable.get(name, False) and (
+                    name not in effects.maybe_binds or name in effects.immutable
+                )
+        for name, summaries in effects.defines.items():
+            self.callables.setdefault(name, []).extend(summaries)
+        for name in effects.binds | effects.maybe_binds | effects.deletes:
+            origin = effects.module_objects.get(name)
+            module = self._import_qual(origin.split(".")[0]) if origin else None
+            if origin and module:
+                rest = origin.split(".", 1)[1] if "." in origin else ""
+                self.module_alias[name] = (f"{module}.{rest}" if rest else module, cell)
+            else:
+                self.module_alias.pop(name, None)
+        for name in effects.binds | effects.maybe_binds:
+            kind_ = effects.unpicklable.get(name) or self._unpicklable_call(effects, name)
+            if kind_:
+                self.unpicklable[(stmt.index, name)] = kind_
+
+    def _unpicklable_call(self, effects: Effects, name: str) -> str | None:
+        dotted = effects.unpicklable_calls.get(name)
+        if dotted is None:
+            return None
+        base, path = dotted
+        if not path and any(s.generator for s in self.callables.get(base, [])):
+            return "a generator"
+        qual = self._qual(("attr", base, path) if path else ("name", base))
+        if qual is None:
+            return None
+        return knowledge.unpicklable_kind(qual.removeprefix("builtins."))
+
+    def _step_statement(self, stmt: _Stmt, ev: _Events) -> None:
+        step = stmt.cell.step
+        assert step is not None
+        held = self.held[step]
+        for name in sorted(ev.needs):
+            self._use(step, name, stmt.cell)
+        for name in sorted(ev.carries - ev.needs):
+            current = self.version.get(name)
+            if name in held:
+                have = held[name]
+                if (
+                    current is not None
+                    and current.kind != "import"
+                    and (have is None or have.index != current.index)
+                ):
+                    # harmless unless this value is used: then the build stops
+                    self.conflict[step][name] = self._interleaved(
+                        step, name, have, current, stmt.cell
+                    )
+                continue
+            self.lazy[step][name] = (current, stmt.cell)
+        for name in ev.writes:
+            held[name] = Version(stmt.index, "step", stmt.cell, step)
+
+    def _use(self, step: str, name: str, cell: Cell) -> None:
+        """Step `step` reads `name` in `cell`: check that it holds the notebook's value there,
+        or decide where it comes from (the first time)."""
+        held = self.held[step]
+        current = self.version.get(name)
+        if name in self.conflict[step]:
+            raise BuildError(self.conflict[step][name])
+        if name in held:
+            have = held[name]
+            if (
+                current is not None
+                and current.kind != "import"
+                and (have is None or have.index != current.index)
+            ):
+                raise BuildError(self._interleaved(step, name, have, current, cell))
+            if name in self.lazy[step]:
+                self._materialize(step, name)
+            return
+        self._receive(step, name, current, cell)
+        held[name] = current
+
+    def _materialize(self, step: str, name: str) -> None:
+        """A value the step only carried is used after all: it needs what it carried."""
+        previous, cell = self.lazy[step].pop(name)
+        self._receive(step, name, previous, cell)
+
+    def _receive(self, step: str, name: str, current: Version | None, cell: Cell) -> None:
+        """Step `step` starts with the notebook's version `current` of `name`."""
+        plan = self.plans[step]
+        start = self.start.get(name)
+        if current is None or current.kind == "deleted":
+            return
+        if current.kind in ("param", "prelude") or (
+            current.kind == "import" and current.cell.role != "step"
+        ):
+            if start is None or start.index != current.index:
+                raise BuildError(
+                    f"{cell.ref}: step {step!r} reads `{name}` as {current.cell.ref} "
+                    f"({current.cell.role}) sets it, but each step runs the "
+                    f"`imports`/`functions` cells first, so it would see "
+                    f"{start.cell.ref if start else 'no value'}: set `{name}` in one cell only"
+                )
+        elif current.kind == "import":
+            if current.step != step:
+                plan.imports.setdefault(name, current.source.split("\0")[0])
+        elif current.kind == "dropped":
+            raise BuildError(
+                f"{cell.ref}: step {step!r} reads `{name}`, which only {current.cell.ref} "
+                "sets, and that cell comes before the first tagged cell so it is not part of the "
+                "pipeline (as in Kale): tag it `imports`, or give it a `step:` tag"
+            )
+        elif current.step != step:
+            producer = current.step
+            assert producer is not None
+            plan.inputs[name] = producer
+            plan.reasons[name] = self.change_why.get((current.index, name), "")
+            self.wanted.append((producer, name, current, step, cell))
+
+    def _interleaved(
+        self, step: str, name: str, have: Version | None, current: Version, cell: Cell
+    ) -> str:
+        by = f"step {current.step!r}" if current.step else f"the {current.cell.role} cell"
+        label = name.removeprefix(_RNG)
+        what = f"the state of `{label}`" if name.startswith(_RNG) else f"`{name}`"
+        before = f" after {have.cell.ref}" if have is not None else ""
+        return (
+            f"{current.cell.ref}: {by} changes {what}{before} and before {cell.ref} of step "
+            f"{step!r} uses it, but a step's cells run together: move {current.cell.ref} into "
+            f"step {step!r} (or out of the way), or use another name"
+        )
+
+    def _metrics(self, ev: _Events, cell: Cell) -> None:
+        last = list(self.plans)[-1]
+        text = cell.source
+
+        def position(name: str) -> int:
+            found = re.search(rf"\b{re.escape(name)}\b", text)
+            return found.start() if found else len(text)
+
+        for name in sorted(ev.needs, key=lambda n: (position(n), n)):
+            current = self.version.get(name)
+            if current is None or current.kind in ("deleted", "import", "dropped"):
+                continue
+            if name not in self.metric_names:
+                self.metric_names.append(name)
+            if current.kind == "step":
+                producer = current.step
+                assert producer is not None
+                self.wanted.append((producer, name, current, "", cell))
+                if name not in self.plans[producer].metrics:
+                    self.plans[producer].metrics.append(name)
+            elif name not in self.plans[last].metrics:
+                self.plans[last].metrics.append(name)  # a parameter: every step has it
+
+    def _check_outputs(self) -> None:
+        done = 0
+        while done < len(self.wanted):  # a carried value used downstream may want more
+            producer, name, version, consumer, cell = self.wanted[done]
+            done += 1
+            final = self.last_write.get((producer, name))
+            who = f"step {consumer!r}" if consumer else "the pipeline-metrics cell"
+            if final is not None and final.index != version.index:
+                raise BuildError(
+                    f"{final.cell.ref}: step {producer!r} changes `{name}` again after "
+                    f"{who} reads it in {cell.ref}; move the cell into one step or rename "
+                    "the variable"
+                )
+            if name in self.conflict[producer]:
+                raise BuildError(self.conflict[producer][name])
+            kind = self.unpicklable.get((version.index, name))
+            if kind and consumer:
+                raise BuildError(
+                    f"{version.cell.ref}: step {producer!r} passes `{name}` ({kind}) to step "
+                    f"{consumer!r}, but values crossing steps are pickled and this one "
+                    "cannot be: create it in the step that uses it, or put both cells in "
+                    "one step"
+                )
+            if name in self.lazy[producer]:
+                self._materialize(producer, name)
+            if consumer and name not in self.plans[producer].outputs:
+                self.plans[producer].outputs.append(name)
+
+    def _place_replays(self, step_stmts: dict[str, list[int]]) -> None:
+        for index, cell, source in self.replays:
+            for name, indices in step_stmts.items():
+                if not indices or name == cell.step or indices[-1] < index:
+                    continue
+                if indices[0] < index:
+                    raise BuildError(
+                        f"{cell.ref}: `{source.splitlines()[0]}` changes a process-wide setting "
+                        f"between cells of step {name!r}, which run together in the pipeline: "
+                        "move it into an `imports` cell"
+                    )
+                self._check_replayable(index, cell, source, name)
+                self.plans[name].replay.append(source)
+
+    def _check_replayable(self, index: int, cell: Cell, source: str, step: str) -> None:
+        stmt = self.stmts[index]
+        for name in stmt.effects.needs:
+            start = self.start.get(name)
+            defined = [
+                s for s in self.stmts[:index] if name in s.effects.writes and s.cell.role == "step"
+            ]
+            if defined and not all(name in s.effects.imports for s in defined):
+                raise BuildError(
+                    f"{cell.ref}: `{source.splitlines()[0]}` changes a process-wide setting from "
+                    f"`{name}`, a value of step {defined[-1].cell.step!r}; later steps repeat the "
+                    "setting, so compute it from parameters in an `imports` cell instead"
+                )
+            if defined:
+                self.plans[step].imports.setdefault(name, defined[-1].effects.imports[name][0])
+            del start
+
+    def _finish(self, uses_magics: bool) -> Plan:
+        plans = self.plans
+        graph: dict[str, set[str]] = {}
+        for name, plan in plans.items():
+            deps = set(plan.after) | set(plan.inputs.values())
+            plan.after = sorted(deps, key=list(plans).index)
+            graph[name] = deps
+        sorter = graphlib.TopologicalSorter(graph)
+        try:
+            sorter.prepare()
+        except graphlib.CycleError as exc:
+            cycle = exc.args[1]
+            first = self.grammar.steps[cycle[0]].first_ref
+            raise BuildError(
+                f"{first}: steps depend on each other in a cycle ({' → '.join(cycle)}); "
+                "check their `prev:` tags and the variables and files they share"
+            ) from exc
+        order: list[str] = []
+        rank = list(plans).index
+        while sorter.is_active():
+            ready = sorted(sorter.get_ready(), key=rank)
+            order.extend(ready)
+            sorter.done(*ready)
+        for plan in plans.values():
+            plan.outputs = sorted(plan.outputs)
+            plan.inputs = dict(sorted(plan.inputs.items()))
+            plan.imports = dict(sorted(plan.imports.items()))
+            plan.reasons = {k: plan.reasons[k] for k in [*plan.inputs, *sorted(plan.file_after)]}
+        prelude_defines = any(
+            stmt.effects.defines
+            for stmt in self.stmts
+            if stmt.cell.role in ("imports", "functions")
+        )
+        return Plan(
+            {name: plans[name] for name in order},
+            self.metric_names,
+            uses_magics,
+            list(dict.fromkeys(self.warnings)),
+            prelude_defines,
+            self.problems,
+        )
+
+
+_PATHLIKE = re.compile(
+    r"^(?!\w+://)[\w.~/\\-]*[\w-]\.[A-Za-z0-9]{1,8}$|^(?!\w+://)[\w.~-]+(/[\w.~-]+)+/?$"
+)
+
+
+def literal_paths(source: str) -> list[str]:
+    """String literals of a cell that look like file paths (`data/train.csv`, `out/`)."""
+    try:
+        tree = ast.parse(python_of(source))
+    except SyntaxError:
+        return []
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and len(node.value) < 256
+            and _PATHLIKE.match(node.value)
+            and node.value not in found
+        ):
+            found.append(node.value)
+    return found
+
+
+def qual_only_setters(effects: Effects) -> bool:
+    """A statement that only changes settings: no name of the notebook is bound or changed."""
+    return not (effects.binds or effects.maybe_binds or effects.deletes or effects.defines)
+
+
+def _qualify(callee: tuple[str, ...], imports: dict[str, str]) -> str | None:
+    if callee[0] == "name" and callee[1] in imports:
+        return imports[callee[1]]
+    if callee[0] == "attr" and callee[1] in imports:
+        return f"{imports[callee[1]]}.{callee[2]}"
+    return None
+
+
+def _bind_args(summary: Summary, site: CallSite) -> dict[str, frozenset[str]] | None:
+    if summary.varargs:
+        return None
+    binding = {
+        summary.params[i]: refs for i, refs in enumerate(site.args) if i < len(summary.params)
+    }
+    binding.update(site.kwargs)
+    return binding
+
+
+def plan_steps(grammar: Grammar) -> Plan:
+    """Resolve every cross-step value and the order of the steps.
+
+    Raises:
+        BuildError: a value that cannot cross steps (names the variable, step and cell), a step
+            whose cells would see another step's change in between, names set in ways the
+            analysis cannot see, or a cycle between steps.
+    """
+    return _Planner(grammar).run()
