@@ -80,9 +80,7 @@ def test_categorical_statistics_equal_scipy_on_any_counts(
     # the reference's categories one by one, every value it never had pooled into one bucket
     labels = sorted(ref)
     unseen = sum(n for v, n in cur.items() if v not in ref)
-    table = np.array(
-        [[ref[v] for v in labels] + [0], [cur.get(v, 0) for v in labels] + [unseen]]
-    )
+    table = np.array([[ref[v] for v in labels] + [0], [cur.get(v, 0) for v in labels] + [unseen]])
     table = table[:, table.sum(axis=0) > 0]
     chi2, p, _, _ = sps.chi2_contingency(table, correction=False)
     n = table.sum()

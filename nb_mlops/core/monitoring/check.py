@@ -1,8 +1,9 @@
 """A monitoring check: drift of new data against the champion's training data, decay of the
 champion on labelled data, an MLflow run with the findings, and the policy's actions.
 
-The reference is the training snapshot of the champion's pipeline run (found through lineage).
-Each check is an MLflow run (`nb_mlops.mode=monitor`) with per-feature metrics, the verdict tag
+The reference is the training snapshot of the champion's pipeline run (found through lineage);
+the features compared are the model's signature inputs when it has one, else every column but the
+label and `ignore`. Each check is an MLflow run (`nb_mlops.mode=monitor`) with per-feature metrics, the verdict tag
 `nb_mlops.monitor.verdict` (ok | drift | decay) and an HTML report artifact; it is journaled in the
 model's monitoring journal with the actions its policy decided, then with their outcomes.
 """
@@ -352,6 +353,7 @@ def monitor(
             current,
             exact=exact,
             exclude=[label_column] if label_column else [],
+            columns=models.signature_inputs(version),
             settings=settings,
             cfg=cfg,
         )

@@ -274,6 +274,7 @@ def drift(
     *,
     exact: bool = False,
     exclude: Iterable[str] = (),
+    columns: Iterable[str] | None = None,
     settings: MonitorSettings | None = None,
     top: int = 100,
     cfg: Config | None = None,
@@ -285,6 +286,7 @@ def drift(
         current: `NAME[@vN]` (or a `Snapshot`) of the data to check (default version: latest).
         exact: read every row instead of the sketches (slower; statistics exact).
         exclude: columns not to compare (the label; `ignore` from the configuration is added).
+        columns: compare only these (a model's inputs), default every column.
         settings: thresholds (default: `[tool.nb_mlops.monitor]` of the project).
         top: categories compared one by one; the rest are pooled.
         cfg: project configuration.
@@ -310,6 +312,9 @@ def drift(
     ref = _Side(format_ref(mr["name"], mr["version"]), mr, store, exact)
     cur = _Side(format_ref(mc["name"], mc["version"]), mc, store, exact)
     skip = set(exclude) | set(settings.ignore)
+    if columns is not None:
+        wanted = set(columns)
+        skip |= {c for c in [*ref.columns, *cur.columns] if c not in wanted}
     features: list[FeatureDrift] = []
     for name in ref.columns:
         if name in skip:

@@ -17,7 +17,15 @@ from nb_mlops.core import store
 from nb_mlops.core.config import Config
 from nb_mlops.core.errors import DataError, MonitorError, PromotionError
 
-__all__ = ["LoadedModel", "ModelVersion", "features", "load", "predict", "resolve"]
+__all__ = [
+    "LoadedModel",
+    "ModelVersion",
+    "features",
+    "load",
+    "predict",
+    "resolve",
+    "signature_inputs",
+]
 
 _CACHE: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
 _CACHE_SIZE = 4
@@ -144,6 +152,29 @@ def load(version: ModelVersion, *, cfg: Config) -> LoadedModel:
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return loaded
+
+
+def signature_inputs(version: ModelVersion) -> list[str] | None:
+    """The input columns of a version's signature, read from its `MLmodel` file without loading
+    the model (None when it has no signature, or its files are remote)."""
+    import json
+
+    import yaml
+
+    from nb_mlops.core.promotion.registry import source_path
+
+    folder = source_path(version.source)
+    if folder is None:
+        return None
+    try:
+        meta = yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8")) or {}
+        inputs = json.loads((meta.get("signature") or {}).get("inputs") or "null")
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if not isinstance(inputs, list):
+        return None
+    names = [i.get("name") for i in inputs if isinstance(i, dict)]
+    return [str(n) for n in names] if names and all(names) else None
 
 
 def _inputs(model: Any) -> list[str] | None:
