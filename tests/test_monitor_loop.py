@@ -21,7 +21,6 @@ from nb_mlops.core.data import snapshot, snapshots
 from nb_mlops.core.errors import DataError, PromotionError
 from nb_mlops.core.monitoring import checks
 
-
 CONFIG = (
     '[project]\nname = "demo"\n\n[tool.nb_mlops]\n\n[tool.nb_mlops.monitor]\nlabel = "target"\n'
 )
