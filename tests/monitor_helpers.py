@@ -56,10 +56,14 @@ def make_champion(
     snapshot_name: str = "train",
     flip: bool = False,
     metrics: dict[str, float] | None = None,
+    model: Any = None,
+    trusted: list[str] | None = None,
     cfg: Config | None = None,
 ) -> tuple[str, str]:
-    """Snapshot `frame` as training data, log a fitted model in a pipeline run that used it, and
-    promote the run. Returns (pipeline run id, registered version)."""
+    """Snapshot `frame` as training data, log a fitted model (default `fit_model(frame)`) in a
+    pipeline run that used it, and promote the run. Returns (pipeline run id, registered version).
+
+    `trusted`: types skops may load (MLflow refuses to save tree models without them)."""
     import mlflow
 
     from nb_mlops.core.data import snapshot
@@ -67,7 +71,7 @@ def make_champion(
 
     cfg = cfg or load_config()
     snap = snapshot(frame, snapshot_name, context="train", wait=True, cfg=cfg)
-    model = fit_model(frame, flip=flip)
+    model = model if model is not None else fit_model(frame, flip=flip)
     if metrics is None:
         predicted = model.predict(frame[["x", "y", "c", "k"]])
         metrics = {"accuracy": float((predicted == frame["target"]).mean())}
@@ -81,6 +85,8 @@ def make_champion(
     )
     mlflow.set_tracking_uri(cfg.tracking_uri)
     with mlflow.start_run(run_id=step.info.run_id):
-        mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
+        mlflow.sklearn.log_model(
+            model, name="model", pip_requirements=["scikit-learn"], skops_trusted_types=trusted
+        )
     decision = promote(parent, model=model_name, reason="test champion", cfg=cfg)
     return parent, str(decision.version)

@@ -51,7 +51,9 @@ COUNT_CAP = 1000  # distinct values a chunk counts exactly; more and the sample 
 PRIORITY = "__nb_mlops_priority__"
 _META_KEY = b"nb_mlops.sketch"
 _VERSION = 1
-_IPC_WRITE = pa.ipc.IpcWriteOptions(compression="lz4", use_threads=False)
+# uncompressed: a sketch is small and read often; sampled doubles do not compress anyway
+_IPC_WRITE = pa.ipc.IpcWriteOptions(compression=None, use_threads=False)
+_IPC_READ = pa.ipc.IpcReadOptions(use_threads=False)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -198,7 +200,7 @@ def encode(sketch: ChunkSketch) -> bytes:
 def decode(data: bytes) -> ChunkSketch | None:
     """A stored sketch, or None when it is unreadable or of another format version."""
     try:
-        table = pa.ipc.open_file(pa.py_buffer(data)).read_all()
+        table = pa.ipc.open_file(pa.py_buffer(data), options=_IPC_READ).read_all()
         meta = json.loads((table.schema.metadata or {})[_META_KEY])
     except (pa.ArrowException, KeyError, ValueError, OSError):
         return None
@@ -306,9 +308,9 @@ def snapshot_sketch(
     rows = rows or sum(s.rows for s in sketches)
     bound = min((s.top_priority for s in sketches if not s.complete), default=1.0)
     if sketches:
-        sample = pa.concat_tables(
-            [s.sample.filter(pc.less_equal(s.sample.column(PRIORITY), bound)) for s in sketches]
-        )
+        sample = pa.concat_tables([s.sample for s in sketches])
+        if bound < 1.0:
+            sample = sample.filter(pc.less_equal(sample.column(PRIORITY), bound))
     else:  # a version without chunks: an empty sample of the stored columns
         stored = {
             f.name: pa.array([], f.type.index_type if f.name in coded else f.type) for f in schema

@@ -108,10 +108,20 @@ def numeric(ref: np.ndarray, cur: np.ndarray, bins: int = 10) -> FeatureStats:
     out = FeatureStats(n_ref=n, n_cur=m)
     if n == 0 or m == 0:
         return out
-    both = np.sort(np.concatenate([rs, cs]), kind="stable")  # two sorted runs: a linear merge
-    gap = np.searchsorted(rs, both, side="right") / n - np.searchsorted(cs, both, side="right") / m
+    # both CDFs at every value (SciPy's definition: right-continuous, ties counted together),
+    # from one merge of the two sorted samples
+    both = np.concatenate([rs, cs])
+    order = np.argsort(both, kind="stable")
+    merged = both[order]
+    from_ref = np.cumsum(order < n)
+    last = np.empty(len(merged), dtype=bool)
+    np.not_equal(merged[1:], merged[:-1], out=last[:-1])
+    last[-1] = True
+    at = merged[last]
+    taken = from_ref[last]
+    gap = taken / n - (np.flatnonzero(last) + 1 - taken) / m
     d = float(np.max(np.abs(gap)))
-    distance = float(np.sum(np.abs(gap[:-1]) * np.diff(both)))
+    distance = float(np.sum(np.abs(gap[:-1]) * np.diff(at)))
     spread = float(np.std(rs))
     scale = spread if spread > 0 else 1.0
     edges = quantile_edges(rs, bins)
@@ -145,13 +155,16 @@ def numeric(ref: np.ndarray, cur: np.ndarray, bins: int = 10) -> FeatureStats:
 
 def plot_bins(rs: np.ndarray, cs: np.ndarray, bins: int = 30) -> dict[str, Any]:
     """Shares of both sorted samples on common bins over their central 99 % (for plots)."""
-    low = min(float(np.quantile(rs, 0.005)), float(np.quantile(cs, 0.005)))
-    high = max(float(np.quantile(rs, 0.995)), float(np.quantile(cs, 0.995)))
+
+    def at(values: np.ndarray, q: float) -> float:
+        return float(values[min(len(values) - 1, int(q * (len(values) - 1)))])
+
+    low, high = min(at(rs, 0.005), at(cs, 0.005)), max(at(rs, 0.995), at(cs, 0.995))
     if not high > low:
         low, high = low - 0.5, high + 0.5
     edges = np.linspace(low, high, bins + 1)
-    ref_counts = np.histogram(rs, edges)[0] / max(len(rs), 1)
-    cur_counts = np.histogram(cs, edges)[0] / max(len(cs), 1)
+    ref_counts = np.diff(np.searchsorted(rs, edges, side="left")) / max(len(rs), 1)
+    cur_counts = np.diff(np.searchsorted(cs, edges, side="left")) / max(len(cs), 1)
     return {
         "kind": "numeric",
         "edges": [float(e) for e in edges],
@@ -160,44 +173,67 @@ def plot_bins(rs: np.ndarray, cs: np.ndarray, bins: int = 30) -> dict[str, Any]:
     }
 
 
-def _aligned(
-    ref: Mapping[Any, int], cur: Mapping[Any, int], top: int
-) -> tuple[list[Any], np.ndarray, np.ndarray]:
-    """The `top` most frequent reference categories, then one bucket for every other value."""
-    ranked = sorted(ref, key=lambda v: (-ref[v], str(v)))
-    keep = ranked[:top]
-    kept = set(keep)
-    r = [ref[v] for v in keep]
-    c = [cur.get(v, 0) for v in keep]
-    rest_r = sum(n for v, n in ref.items() if v not in kept)
-    rest_c = sum(n for v, n in cur.items() if v not in kept)
-    labels: list[Any] = list(keep)
+Counts = Mapping[Any, int] | tuple[Any, np.ndarray]
+"""Value counts: a mapping value → count, or (Arrow array of values, numpy array of counts)."""
+
+
+def _arrays(counts: Counts) -> tuple[Any, np.ndarray]:
+    import pyarrow as pa
+
+    if isinstance(counts, tuple):
+        values, freq = counts
+        return values, np.asarray(freq, dtype=np.float64)
+    keys = list(counts)
+    return pa.array(keys), np.array([counts[k] for k in keys], dtype=np.float64)
+
+
+def _aligned(ref: Counts, cur: Counts, top: int) -> tuple[list[Any], np.ndarray, np.ndarray, float]:
+    """The `top` most frequent reference categories, then one bucket for every other value;
+    also the current share of values the reference never had."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rv, rc = _arrays(ref)
+    cv, cc = _arrays(cur)
+    if rv.type != cv.type:
+        try:
+            cv = cv.cast(rv.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            rv, cv = rv.cast(pa.large_string()), cv.cast(pa.large_string())
+    order = np.argsort(-rc, kind="stable")[:top]
+    kept = rv.take(pa.array(order))
+    r = rc[order]
+    at = pc.index_in(kept, value_set=cv)
+    found = at.is_valid().to_numpy(zero_copy_only=False).astype(bool)
+    where = pc.fill_null(at, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    c = np.where(found, cc[where], 0.0) if len(cc) else np.zeros(len(r))
+    seen = pc.is_in(cv, value_set=rv).to_numpy(zero_copy_only=False).astype(bool)
+    new = float(cc[~seen].sum()) if len(cc) else 0.0
+    labels: list[Any] = kept.to_pylist()
+    rest_r, rest_c = float(rc.sum() - r.sum()), float(cc.sum() - c.sum())
     if rest_r or rest_c:
         labels.append(OTHER)
-        r.append(rest_r)
-        c.append(rest_c)
-    rr, cc = np.asarray(r, dtype=np.float64), np.asarray(c, dtype=np.float64)
-    used = (rr + cc) > 0
-    return [lab for lab, u in zip(labels, used, strict=True) if u], rr[used], cc[used]
+        r, c = np.append(r, rest_r), np.append(c, rest_c)
+    used = (r + c) > 0
+    return [lab for lab, u in zip(labels, used, strict=True) if u], r[used], c[used], new
 
 
-def categorical(ref: Mapping[Any, int], cur: Mapping[Any, int], top: int = 100) -> FeatureStats:
+def categorical(ref: Counts, cur: Counts, top: int = 100) -> FeatureStats:
     """Chi-square, Cramér's V, PSI and Jensen-Shannon distance between two count tables.
 
     Args:
-        ref, cur: value → count.
+        ref, cur: value → count, or (values, counts) arrays.
         top: categories compared one by one (the most frequent in the reference); the others
             are pooled into one bucket, with the values the reference never had.
     """
     from scipy.spatial.distance import jensenshannon
     from scipy.stats import chi2_contingency
 
-    labels, r, c = _aligned(ref, cur, top)
+    labels, r, c, new = _aligned(ref, cur, top)
     n, m = int(r.sum()), int(c.sum())
     out = FeatureStats(n_ref=n, n_cur=m)
     if n == 0 or m == 0:
         return out
-    new = sum(k for v, k in cur.items() if v not in ref)
     if len(labels) < 2:
         out.values = {"chi2": 0.0, "chi2_p": 1.0, "cramers_v": 0.0, "psi": 0.0, "js": 0.0}
     else:
