@@ -270,3 +270,24 @@ def test_settings_defaults_and_inf_to_ignore_a_statistic() -> None:
     assert parsed.thresholds["psi"] == math.inf and parsed.thresholds["ks"] == 0.1
     assert parsed.ignore == ("id",) and parsed.drift_share == 0.5
     assert parse_settings(None).policy.on_drift == "alert"
+
+
+def test_gc_drops_the_sketches_of_chunks_no_version_keeps(project: Path) -> None:
+    import shutil
+
+    from nb_mlops.core.data import gc
+
+    # Given a version, and the sketch of a chunk whose version was removed by hand
+    snapshot(make_frame(20_000, seed=0), "kept", wait=True)
+    snapshot(make_frame(20_000, seed=1), "gone", wait=True)
+    sketches = project / ".nb_mlops" / "data" / "index" / "sketch"
+    store = open_store(load_config())
+    gone = {c["d"] for c in store.manifest("gone")["chunks"]}
+    kept = {c["d"] for c in store.manifest("kept")["chunks"]}
+    shutil.rmtree(project / ".nb_mlops" / "data" / "refs" / "gone")
+    # When the store is garbage-collected
+    gc()
+    # Then only the kept version's sketches remain, and drift still reads them
+    left = {p.parent.name + p.name[: -len(".arrow")] for p in sketches.rglob("*.arrow")}
+    assert left == kept and not (left & gone)
+    assert drift("kept", "kept").drifted == []

@@ -40,6 +40,7 @@ __all__ = [
     "chunk_sketch",
     "has_sketch",
     "keep_count",
+    "prune_sketches",
     "put_sketch",
     "read_sketch",
     "snapshot_sketch",
@@ -236,6 +237,18 @@ def read_sketch(store: DataStore, digest: str) -> ChunkSketch | None:
     except OSError:
         return None
     return decode(data)
+
+
+def prune_sketches(store: DataStore) -> int:
+    """Remove the sketches of chunks the index no longer holds (gc); returns how many."""
+    folder = store.root / "index" / "sketch"
+    removed = 0
+    for path in folder.glob("*/*.arrow") if folder.is_dir() else []:
+        if store.chunk_entry(path.parent.name + path.name[: -len(".arrow")]) is None:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
 
 
 # --- a whole version ------------------------------------------------------------------------------
