@@ -76,6 +76,7 @@ def test_drift_retrains_the_production_pipeline_and_promotes_through_the_gates(
         assert run.data.tags["nb_mlops.mode"] == "production"
         assert run.data.tags["nb_mlops.monitor.trigger"] == result.run_id
         assert run.data.tags["nb_mlops.monitor.data"] == "train@v2"
+        assert run.data.tags["nb_mlops.monitor.reference"] == "train@v1"
         assert run.data.tags["nb_mlops.data.train"].startswith("v2:")
         # and the new champion's lineage names the new data and the retraining run
         found = nb_mlops.lineage("churn")

@@ -21,6 +21,7 @@ def retrain(
     model: str,
     data: str,
     *,
+    reference: str | None = None,
     trigger: str | None = None,
     reason: str = "",
     cfg: Config | None = None,
@@ -30,6 +31,8 @@ def retrain(
     Args:
         model: `NAME` (its champion's pipeline), `NAME@ALIAS` or `NAME/VERSION`.
         data: `NAME@vN` of the data that triggered the retrain (recorded on the run).
+        reference: `NAME@vN` of the champion's training data: the input `data` is meant to
+            replace (recorded; pointing the run at `data` needs the runner's data overrides).
         trigger: the id of the check's MLflow run.
         reason: why (recorded on the run).
         cfg: project configuration.
@@ -46,6 +49,7 @@ def retrain(
     tags = {
         "nb_mlops.monitor.trigger": trigger or "",
         "nb_mlops.monitor.data": data,
+        "nb_mlops.monitor.reference": reference or "",
         "nb_mlops.monitor.reason": reason[:4000],
     }
     for key, value in tags.items():

@@ -58,14 +58,24 @@ def _retrainer() -> Callable[..., dict[str, Any]]:
 
 
 def retrain(
-    model: str, data: str, *, trigger: str | None, reason: str, cfg: Config
+    model: str,
+    data: str,
+    *,
+    reference: str | None = None,
+    trigger: str | None,
+    reason: str,
+    cfg: Config,
 ) -> RetrainOutcome:
     """Run `model`'s production pipeline on `data`, linked to the check `trigger`.
+
+    Args:
+        data: `NAME@vN` of the new data.
+        reference: `NAME@vN` of the champion's training data (the input `data` replaces).
 
     Raises:
         NbMlopsError: the pipeline cannot be fetched or started (a failed run does not raise).
     """
-    found = _retrainer()(model, data, trigger=trigger, reason=reason, cfg=cfg)
+    found = _retrainer()(model, data, reference=reference, trigger=trigger, reason=reason, cfg=cfg)
     return RetrainOutcome(
         run_id=found.get("run_id"),
         status=str(found.get("status")),

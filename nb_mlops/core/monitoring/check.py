@@ -408,6 +408,7 @@ def monitor(
             check_id=run.run_id,
             data=current,
             summary=result.summary(),
+            reference=found.reference,
             facts={
                 "verdict": verdict,
                 "reference": found.reference,

@@ -80,6 +80,7 @@ class Context:
         check_id: the check's MLflow run id.
         data: `NAME@vN` of the checked data.
         summary: the check's one-line summary.
+        reference: `NAME@vN` of the reference (the champion's training data).
         facts: JSON-ready facts sent with every alert (verdict, drifted features, ...).
     """
 
@@ -89,6 +90,7 @@ class Context:
     data: str
     summary: str
     facts: dict[str, Any] = field(default_factory=dict)
+    reference: str | None = None
 
 
 def _wants(settings: MonitorSettings, event: str) -> bool:
@@ -235,7 +237,12 @@ def _retrain(action: Action, ctx: Context, settings: MonitorSettings, cfg: Confi
     out = [action]
     try:
         outcome = acts.retrain(
-            ctx.model, ctx.data, trigger=ctx.check_id, reason=action.reason, cfg=cfg
+            ctx.model,
+            ctx.data,
+            reference=ctx.reference,
+            trigger=ctx.check_id,
+            reason=action.reason,
+            cfg=cfg,
         )
     except NbMlopsError as exc:
         action.status, action.detail = "failed", str(exc).splitlines()[0]
