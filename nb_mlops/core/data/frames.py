@@ -18,6 +18,7 @@ the edited rows.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -687,7 +688,7 @@ def write_plan(
         ref: `NAME@vN` of the version, for messages.
         previous: the latest stored manifest of the name (its chunks may serve as patch bases).
     """
-    from nb_mlops.core.data.sketch import chunk_sketch, put_sketch
+    from nb_mlops.core.data.sketch import chunk_sketch, put_sketch, snapshot_sketch
 
     if previous is not None and previous.get("kind") != plan.fields["kind"]:
         previous = None
@@ -718,13 +719,18 @@ def write_plan(
         for key in ("object", "base_object", "patch"):
             if chunk.get(key):
                 size += store.objects.size(str(chunk[key]))
-    return {
+    stored = {
         **plan.fields,
         "dictionaries": dictionaries,
         "chunks": chunks,
         "size": size,
         "bytes_added": writer.added,
     }
+    name, _, version = ref.rpartition("@v")
+    with contextlib.suppress(DataError, pa.ArrowException, OSError, ValueError, KeyError):
+        # the version's merged sketch, kept for drift checks (a cache: never fails the snapshot)
+        snapshot_sketch(store, {**stored, "name": name, "version": int(version)})
+    return stored
 
 
 def _ipc(values: pa.Array) -> bytes:

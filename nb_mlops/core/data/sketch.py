@@ -240,11 +240,19 @@ def read_sketch(store: DataStore, digest: str) -> ChunkSketch | None:
 
 
 def prune_sketches(store: DataStore) -> int:
-    """Remove the sketches of chunks the index no longer holds (gc); returns how many."""
+    """Remove the sketches of chunks the index no longer holds, and the merged sketches of
+    versions no manifest names (gc); returns how many."""
     folder = store.root / "index" / "sketch"
+    if not folder.is_dir():
+        return 0
+    digests = {str(m.get("digest")) for m in store.manifests()}
     removed = 0
-    for path in folder.glob("*/*.arrow") if folder.is_dir() else []:
-        if store.chunk_entry(path.parent.name + path.name[: -len(".arrow")]) is None:
+    for path in folder.glob("*/*.arrow"):
+        if path.parent.name == "versions":
+            dead = path.name[: -len(".arrow")] not in digests
+        else:
+            dead = store.chunk_entry(path.parent.name + path.name[: -len(".arrow")]) is None
+        if dead:
             with contextlib.suppress(OSError):
                 path.unlink()
                 removed += 1
@@ -298,12 +306,91 @@ def _dictionary(store: DataStore, manifest: dict[str, Any], name: str, ref: str)
 def snapshot_sketch(
     store: DataStore, manifest: dict[str, Any], limit: int = SAMPLE_ROWS
 ) -> SnapshotSketch:
-    """Merge the sketches of a frame version's chunks (computing and keeping missing ones).
+    """The merged sketch of a frame version: kept per version digest (merged when the version
+    was stored), else merged from its chunks' sketches (computing and keeping missing ones).
 
     Args:
         manifest: the version's manifest (kind "frame" or "array").
         limit: keep at most this many sampled rows (the ones of smallest priority).
     """
+    ref = f"{manifest['name']}@v{manifest['version']}"
+    if limit == SAMPLE_ROWS:
+        kept = read_version_sketch(store, manifest)
+        if kept is not None:
+            kept.ref = ref
+            return kept
+    merged = _merge_chunks(store, manifest, limit)
+    if limit == SAMPLE_ROWS:
+        put_version_sketch(store, manifest, merged)
+    return merged
+
+
+def _version_path(store: DataStore, digest: str) -> Path:
+    return store.root / "index" / "sketch" / "versions" / f"{digest}.arrow"
+
+
+def _json_key(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def put_version_sketch(store: DataStore, manifest: dict[str, Any], sketch: SnapshotSketch) -> None:
+    """Keep a version's merged sketch by its digest (a cache, like the chunks' sketches)."""
+    if not all(_json_key(k) for counts in sketch.counts.values() for k in counts):
+        return  # categories JSON cannot name exactly (dates, bytes): merged on each use
+    meta = {
+        "v": _VERSION,
+        "rows": sketch.rows,
+        "rate": sketch.rate,
+        "columns": sketch.columns,
+        "dtypes": sketch.dtypes,
+        "categorical": sorted(sketch.categorical),
+        "missing": sketch.missing,
+        "counts": {k: [list(c), list(c.values())] for k, c in sketch.counts.items()},
+    }
+    table = sketch.sample.replace_schema_metadata({_META_KEY: json.dumps(meta)})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema, options=_IPC_WRITE) as writer:
+        writer.write_table(table)
+    path = _version_path(store, str(manifest["digest"]))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(sink.getvalue().to_pybytes())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def read_version_sketch(store: DataStore, manifest: dict[str, Any]) -> SnapshotSketch | None:
+    try:
+        data = _version_path(store, str(manifest["digest"])).read_bytes()
+        table = pa.ipc.open_file(pa.py_buffer(data), options=_IPC_READ).read_all()
+        meta = json.loads((table.schema.metadata or {})[_META_KEY])
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return None
+    if meta.get("v") != _VERSION:
+        return None
+    sample = table.replace_schema_metadata(None)
+    columns = [str(c) for c in meta["columns"]]
+    return SnapshotSketch(
+        ref="",
+        rows=int(meta["rows"]),
+        columns=columns,
+        dtypes=dict(meta["dtypes"]),
+        types={c: sample.schema.field(c).type for c in columns},
+        categorical=set(meta["categorical"]),
+        sample=sample,
+        rate=float(meta["rate"]),
+        missing={k: int(v) for k, v in meta["missing"].items()},
+        counts={
+            k: dict(zip(values, (int(n) for n in freq), strict=True))
+            for k, (values, freq) in meta["counts"].items()
+        },
+    )
+
+
+def _merge_chunks(store: DataStore, manifest: dict[str, Any], limit: int) -> SnapshotSketch:
     from nb_mlops.core.data.frames import _load_chunk
 
     ref = f"{manifest['name']}@v{manifest['version']}"
@@ -357,7 +444,8 @@ def snapshot_sketch(
         else:
             decoded[name] = sample.column(name)
             types[name] = t
-    merged_sample = pa.table(decoded) if columns else pa.table({})
+    # one contiguous piece per column: every statistic reads it whole
+    merged_sample = pa.table(decoded).combine_chunks() if columns else pa.table({})
     missing = {c: sum(s.missing.get(c, 0) for s in sketches) for c in columns}
     counts: dict[str, dict[Any, int]] = {}
     for name in columns:

@@ -128,7 +128,7 @@ class _Side:
         self.ref = ref
         self.exact = exact
         self.dtypes: dict[str, str] = dict(manifest.get("schema", {}))
-        self._counts: dict[str, Any] = {}
+        self.exact_counts: dict[str, dict[Any, int]] = {}
         if exact:
             from nb_mlops.core.data.frames import load_table
 
@@ -149,7 +149,7 @@ class _Side:
             self.table = sketch.sample
             self.types = sketch.types
             self.missing = sketch.missing
-            self._counts = sketch.counts
+            self.exact_counts = sketch.counts
             self.sample_rows = sketch.sample.num_rows
         self.complete = exact or self.sample_rows == self.rows
 
@@ -169,16 +169,10 @@ class _Side:
         finite: np.ndarray = values[np.isfinite(values)]
         return finite
 
-    def counts(self, name: str) -> tuple[Any, bool]:
-        """(value counts, counted over every row): a mapping, or (values, counts) arrays."""
-        if name in self._counts:
-            return self._counts[name], True
+    def column(self, name: str) -> pa.ChunkedArray:
+        """The column's values (categoricals decoded)."""
         col = self.table.column(name)
-        if pa.types.is_dictionary(col.type):
-            col = col.cast(col.type.value_type)
-        counted = pc.value_counts(col.drop_null())
-        found = (counted.field("values"), counted.field("counts").to_numpy())
-        return found, self.exact
+        return col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col
 
 
 def _value_type(t: pa.DataType) -> pa.DataType:
@@ -259,10 +253,13 @@ def _compare(
         feature.exact = ref.exact or (ref.complete and cur.complete)
         _judge(feature, kind, found, settings)
     elif kind == CATEGORICAL:
-        rc, r_exact = ref.counts(name)
-        cc, c_exact = cur.counts(name)
-        feature.exact = r_exact and c_exact
-        _judge(feature, kind, stats.categorical(rc, cc, top), settings)
+        if name in ref.exact_counts and name in cur.exact_counts:
+            values, rc, cc = stats.dict_counts(ref.exact_counts[name], cur.exact_counts[name])
+            feature.exact = True
+        else:  # counted from the rows at hand: every row when exact, else the samples
+            values, rc, cc = stats.joint_counts(ref.column(name), cur.column(name))
+            feature.exact = ref.complete and cur.complete
+        _judge(feature, kind, stats.categorical_aligned(values, rc, cc, top), settings)
     feature.drifted = bool(feature.reasons)
     return feature
 

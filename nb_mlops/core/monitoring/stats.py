@@ -23,7 +23,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ALPHA", "FeatureStats", "categorical", "missing_change", "numeric", "plot_bins"]
+__all__ = [
+    "ALPHA",
+    "FeatureStats",
+    "categorical",
+    "categorical_aligned",
+    "dict_counts",
+    "joint_counts",
+    "missing_change",
+    "numeric",
+    "plot_bins",
+]
 
 ALPHA = 0.001
 _EPS = 1e-4  # share used in place of an empty bin in the PSI (its logarithm needs it)
@@ -173,43 +183,49 @@ def plot_bins(rs: np.ndarray, cs: np.ndarray, bins: int = 30) -> dict[str, Any]:
     }
 
 
-Counts = Mapping[Any, int] | tuple[Any, np.ndarray]
-"""Value counts: a mapping value → count, or (Arrow array of values, numpy array of counts)."""
+Counts = Mapping[Any, int]
 
 
-def _arrays(counts: Counts) -> tuple[Any, np.ndarray]:
+def joint_counts(ref: Any, cur: Any) -> tuple[Any, np.ndarray, np.ndarray]:
+    """(values, reference counts, current counts) of two Arrow columns, aligned value by value
+    (one dictionary encoding of both: each value is hashed once)."""
     import pyarrow as pa
 
-    if isinstance(counts, tuple):
-        values, freq = counts
-        return values, np.asarray(freq, dtype=np.float64)
-    keys = list(counts)
-    return pa.array(keys), np.array([counts[k] for k in keys], dtype=np.float64)
-
-
-def _aligned(ref: Counts, cur: Counts, top: int) -> tuple[list[Any], np.ndarray, np.ndarray, float]:
-    """The `top` most frequent reference categories, then one bucket for every other value;
-    also the current share of values the reference never had."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    rv, rc = _arrays(ref)
-    cv, cc = _arrays(cur)
-    if rv.type != cv.type:
+    if ref.type != cur.type:
         try:
-            cv = cv.cast(rv.type)
+            cur = cur.cast(ref.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            rv, cv = rv.cast(pa.large_string()), cv.cast(pa.large_string())
-    order = np.argsort(-rc, kind="stable")[:top]
-    kept = rv.take(pa.array(order))
-    r = rc[order]
-    at = pc.index_in(kept, value_set=cv)
-    found = at.is_valid().to_numpy(zero_copy_only=False).astype(bool)
-    where = pc.fill_null(at, 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    c = np.where(found, cc[where], 0.0) if len(cc) else np.zeros(len(r))
-    seen = pc.is_in(cv, value_set=rv).to_numpy(zero_copy_only=False).astype(bool)
-    new = float(cc[~seen].sum()) if len(cc) else 0.0
-    labels: list[Any] = kept.to_pylist()
+            ref, cur = ref.cast(pa.large_string()), cur.cast(pa.large_string())
+    both = pa.chunked_array([*ref.drop_null().chunks, *cur.drop_null().chunks], type=ref.type)
+    encoded = both.combine_chunks().dictionary_encode() if len(both) else None
+    if encoded is None:
+        return pa.array([], ref.type), np.zeros(0), np.zeros(0)
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    n = len(ref) - ref.null_count
+    size = len(encoded.dictionary)
+    rc = np.bincount(codes[:n], minlength=size).astype(np.float64)
+    cc = np.bincount(codes[n:], minlength=size).astype(np.float64)
+    return encoded.dictionary, rc, cc
+
+
+def dict_counts(ref: Counts, cur: Counts) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """(values, reference counts, current counts) of two count tables, aligned."""
+    values = list(ref) + [v for v in cur if v not in ref]
+    rc = np.array([ref.get(v, 0) for v in values], dtype=np.float64)
+    cc = np.array([cur.get(v, 0) for v in values], dtype=np.float64)
+    return values, rc, cc
+
+
+def _aligned(
+    values: Any, rc: np.ndarray, cc: np.ndarray, top: int
+) -> tuple[list[Any], np.ndarray, np.ndarray, float]:
+    """The `top` most frequent reference categories, then one bucket for every other value;
+    also the count of current values the reference never had."""
+    order = np.argsort(-rc, kind="stable")[: min(top, int(np.count_nonzero(rc)))]
+    taken = values.take(order) if hasattr(values, "take") else [values[i] for i in order]
+    labels: list[Any] = taken.to_pylist() if hasattr(taken, "to_pylist") else list(taken)
+    r, c = rc[order], cc[order]
+    new = float(cc[rc == 0].sum())
     rest_r, rest_c = float(rc.sum() - r.sum()), float(cc.sum() - c.sum())
     if rest_r or rest_c:
         labels.append(OTHER)
@@ -222,14 +238,21 @@ def categorical(ref: Counts, cur: Counts, top: int = 100) -> FeatureStats:
     """Chi-square, Cramér's V, PSI and Jensen-Shannon distance between two count tables.
 
     Args:
-        ref, cur: value → count, or (values, counts) arrays.
+        ref, cur: value → count.
         top: categories compared one by one (the most frequent in the reference); the others
             are pooled into one bucket, with the values the reference never had.
     """
+    return categorical_aligned(*dict_counts(ref, cur), top=top)
+
+
+def categorical_aligned(
+    values: Any, rc: np.ndarray, cc: np.ndarray, top: int = 100
+) -> FeatureStats:
+    """`categorical` on counts already aligned value by value (see `joint_counts`)."""
     from scipy.spatial.distance import jensenshannon
     from scipy.stats import chi2_contingency
 
-    labels, r, c, new = _aligned(ref, cur, top)
+    labels, r, c, new = _aligned(values, rc, cc, top)
     n, m = int(r.sum()), int(c.sum())
     out = FeatureStats(n_ref=n, n_cur=m)
     if n == 0 or m == 0:
