@@ -13,6 +13,17 @@ from nb_mlops.core import store
 from nb_mlops.core.config import Config, load_config
 
 
+def clean_environment(mp: Any) -> None:
+    """What the autouse fixture does per test, for module-scoped fixtures that run before it:
+    `mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI, which would point the next module's
+    project at the previous one's store."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("NB_MLOPS_", "MLFLOW_")):
+            mp.delenv(name, raising=False)
+
+
 def make_frame(n: int, *, shift: float = 0.0, share: float = 0.3, seed: int = 0) -> pd.DataFrame:
     """Two numeric features, a string and a categorical feature, and a label that depends on them
     (`shift` moves `x`'s mean in standard deviations, `share` is the share of `c == "a"`)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
-from monitor_helpers import make_champion, make_frame
+from monitor_helpers import clean_environment, make_champion, make_frame
 from nbutil import execute, new_notebook
 
 import nb_mlops
@@ -28,6 +28,7 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         '[project]\nname = "demo"\n\n[tool.nb_mlops]\n\n[tool.nb_mlops.monitor]\nlabel = "target"\n'
     )
     with pytest.MonkeyPatch.context() as mp:
+        clean_environment(mp)
         mp.chdir(root)
         make_champion(make_frame(3_000, seed=0))
         snapshot(make_frame(3_000, shift=0.8, share=0.7, seed=1), "batch", wait=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-from monitor_helpers import fit_model, make_champion, make_frame
+from monitor_helpers import clean_environment, fit_model, make_champion, make_frame
 from webhook_receiver import webhook_receiver
 
 import nb_mlops
@@ -33,6 +33,7 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("loop")
     (root / "pyproject.toml").write_text(CONFIG)
     with pytest.MonkeyPatch.context() as mp:
+        clean_environment(mp)
         mp.chdir(root)
         make_champion(make_frame(5_000, seed=0))
         snapshot(make_frame(5_000, seed=11), "same", wait=True)
