@@ -1,7 +1,8 @@
 """nb_mlops: from notebook to production inside Jupyter.
 
 Experiments tracked into MLflow (`%%track`, `nb_mlops.track`), data versions (`%snapshot`),
-notebook → papermill pipelines (`nb-mlops pipeline`), gated promotion with a journal and rollback.
+notebook → papermill pipelines (`nb-mlops pipeline`), gated promotion with a journal and rollback,
+batch scoring and monitoring of the champion (`nb_mlops.score`, `nb_mlops.monitor`).
 Importing this package is cheap: every public name is loaded on first use.
 
 Example:
@@ -36,6 +37,8 @@ _LAZY: dict[str, str] = {
     "rollback": "nb_mlops.core.promotion",
     "history": "nb_mlops.core.promotion",
     "lineage": "nb_mlops.core.lineage",
+    "score": "nb_mlops.core.monitoring",
+    "monitor": "nb_mlops.core.monitoring",
 }
 
 __all__ = sorted([*_LAZY, "__version__", "load_ipython_extension"])
@@ -50,6 +53,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nb_mlops.core.data import snapshots as snapshots
     from nb_mlops.core.errors import NbMlopsError as NbMlopsError
     from nb_mlops.core.lineage import lineage as lineage
+    from nb_mlops.core.monitoring import monitor as monitor
+    from nb_mlops.core.monitoring import score as score
     from nb_mlops.core.promotion import history as history
     from nb_mlops.core.promotion import promote as promote
     from nb_mlops.core.promotion import rollback as rollback

@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "rollback": "nb_mlops.cli.promote:rollback",
     "history": "nb_mlops.cli.promote:history",
     "lineage": "nb_mlops.cli.promote:lineage",
+    "score": "nb_mlops.cli.score:score",
+    "monitor": "nb_mlops.cli.monitor:monitor",
 }
 
 HELP = {
@@ -39,6 +41,8 @@ HELP = {
     "rollback": "Move a model's champion alias back to an earlier version.",
     "history": "Show a model's promotion journal.",
     "lineage": "Show where a model version came from.",
+    "score": "Score a data snapshot with a model; store the predictions.",
+    "monitor": "Check a champion on new data: drift, decay, policy (exit 3 drift, 4 decay).",
 }
 
 

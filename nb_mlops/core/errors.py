@@ -15,9 +15,10 @@ Every message says what was wrong, names the offending value, and says what to d
      │    ├── BuildError         the notebook cannot be converted (names the cell)
      │    ├── ParameterError     a parameter is unknown, mistyped or not JSON-like
      │    └── StepFailed         a step failed (names the step and the cell)
-     └── PromotionError          promotion, registry and journal
-          ├── GatesBlocked       one or more gates failed
-          └── RollbackError      there is nothing (valid) to roll back to
+     ├── PromotionError          promotion, registry and journal
+     │    ├── GatesBlocked       one or more gates failed
+     │    └── RollbackError      there is nothing (valid) to roll back to
+     └── MonitorError            batch scoring, drift and decay checks, policies, alerts
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "DataError",
     "GatesBlocked",
     "IntegrityError",
+    "MonitorError",
     "NbMlopsError",
     "NoActiveRun",
     "ParameterError",
@@ -104,3 +106,7 @@ class GatesBlocked(PromotionError):
 
 class RollbackError(PromotionError):
     """There is no earlier version to roll back to, or the target is invalid."""
+
+
+class MonitorError(NbMlopsError):
+    """A scoring run, a drift or decay check, a policy action or an alert could not be done."""

@@ -18,6 +18,7 @@ MAGIC_CLASSES = (
     "nb_mlops.magics.data:DataMagics",
     "nb_mlops.magics.pipeline:PipelineMagics",
     "nb_mlops.magics.promote:PromoteMagics",
+    "nb_mlops.magics.monitor:MonitorMagics",
 )
 
 # (kind, name) of the magics each class provides, so they can be declared without importing it.
@@ -31,6 +32,7 @@ MAGIC_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "nb_mlops.magics.pipeline:PipelineMagics": (("line", "pipeline"), ("cell", "step")),
     "nb_mlops.magics.promote:PromoteMagics": (("line", "promote"), ("line", "lineage")),
+    "nb_mlops.magics.monitor:MonitorMagics": (("line", "score"), ("line", "monitor")),
 }
 # registered at once: its module also starts the warm-up, so it is imported anyway
 _EAGER = "nb_mlops.magics.track:TrackMagics"

@@ -49,6 +49,8 @@ class Snapshot:
         message: the message given at snapshot time.
         context: "train", "eval", "test" or None, as given when the version was created.
         new: False when an unchanged snapshot returned the existing version.
+        lineage: where the data came from, when its producer said (a scoring run: model
+            version, input snapshot, run id).
     """
 
     name: str
@@ -66,6 +68,7 @@ class Snapshot:
     context: str | None = None
     new: bool = True
     job: pending.PendingWrite | None = field(repr=False, compare=False, default=None)
+    lineage: dict[str, str] | None = field(repr=False, default=None)
 
     @property
     def durable(self) -> bool:
@@ -128,6 +131,7 @@ class Snapshot:
             message=m.get("message"),
             context=m.get("context"),
             new=new,
+            lineage=m.get("lineage"),
         )
 
 
@@ -160,6 +164,7 @@ def snapshot(
     message: str | None = None,
     *,
     wait: bool = False,
+    lineage: dict[str, str] | None = None,
     cfg: Config | None = None,
 ) -> Snapshot:
     """Store a version of a DataFrame, a numpy array, a file or a folder.
@@ -174,6 +179,8 @@ def snapshot(
         context: "train", "eval" or "test" (recorded on the MLflow dataset input).
         message: a free-text note kept with the version.
         wait: return only once the version is durable.
+        lineage: where the data came from (kept in the manifest, e.g. the scoring run's model
+            version, input snapshot and run id).
         cfg: the project configuration (default: found from the current folder).
 
     Returns:
@@ -195,7 +202,7 @@ def snapshot(
     store = open_store(cfg)
     hold = store.gc_hold()  # handed to the background write, which releases it
     try:
-        snap = _take(store, hold, obj_or_path, name, is_path, context, message)
+        snap = _take(store, hold, obj_or_path, name, is_path, context, message, lineage)
     except BaseException:
         os.close(hold)
         raise
@@ -215,6 +222,7 @@ def _take(
     is_path: bool,
     context: str | None,
     message: str | None,
+    lineage: dict[str, str] | None = None,
 ) -> Snapshot:
     """Fingerprint `obj`, reserve its version and queue the durable write (see `pending`)."""
     staged: Path | None = None
@@ -266,18 +274,20 @@ def _take(
                 return {**fields, "bytes_added": added}
 
         else:  # a folder: its objects are durable already
-            manifest = store.commit_version(name, version, _meta(fields, context, message))
+            manifest = store.commit_version(
+                name, version, _meta(fields, context, message, lineage=lineage)
+            )
             return Snapshot.from_manifest(manifest, new=True)
     except BaseException:
         _discard(staged)
         store.release_version(name, version)
         raise
-    meta = _meta(fields, context, message)
+    meta = _meta(fields, context, message, lineage=lineage)
     job = pending.PendingWrite(name, version, digest, objects, chunks, meta)
 
     def work() -> dict[str, Any]:
         try:
-            done = {**complete(), **_meta({}, context, message, meta["created"])}
+            done = {**complete(), **_meta({}, context, message, meta["created"], lineage)}
             return store.commit_version(name, version, done)
         except BaseException:
             _discard(staged)
@@ -306,18 +316,26 @@ def _pending_snapshot(job: pending.PendingWrite, new: bool) -> Snapshot:
         context=meta.get("context"),
         new=new,
         job=job,
+        lineage=meta.get("lineage"),
     )
 
 
 def _meta(
-    fields: dict[str, Any], context: str | None, message: str | None, created: str | None = None
+    fields: dict[str, Any],
+    context: str | None,
+    message: str | None,
+    created: str | None = None,
+    lineage: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    return {
+    meta = {
         **fields,
         "created": created or datetime.now(UTC).isoformat(timespec="milliseconds"),
         "message": message,
         "context": context,
     }
+    if lineage:
+        meta["lineage"] = dict(lineage)
+    return meta
 
 
 def _discard(staged: Path | None) -> None:

@@ -8,7 +8,8 @@ bounded), so an append or a local edit changes only the chunks around it. `plan_
 digests the chunks and copies out the rows of those not stored yet; `write_plan` (background)
 encodes each once, as an Arrow IPC file (lz4: restore is a decompression, not a Parquet decode),
 indexed by its logical digest. The index entry keeps the chunk's mergeable statistics
-(`profile.chunk_stats`), so a version that reuses stored chunks profiles only its new rows. A
+(`profile.chunk_stats`), so a version that reuses stored chunks profiles only its new rows; a
+sketch of its rows for drift statistics is kept beside it (`sketch`). A
 changed chunk that pairs with one of the previous version (same boundary row, same length) is
 stored as a patch of the rows that differ, so edits scattered over every chunk still cost only
 the edited rows.
@@ -17,6 +18,7 @@ the edited rows.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -601,12 +603,15 @@ class Plan:
         chunks: (logical digest, rows, boundary key, detached rows or None when already stored).
         dictionaries: categorical column → (values, ordered).
         stats: logical digest → the chunk's `profile.chunk_stats` (kept in the chunk index).
+        sketches: logical digest → the sketch of a stored chunk that had none yet (new chunks
+            are sketched while they are written).
     """
 
     fields: dict[str, Any]
     chunks: list[tuple[str, int, str, pa.Table | None]]
     dictionaries: dict[str, tuple[pa.Array, bool]]
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sketches: dict[str, Any] = field(default_factory=dict)
 
     @property
     def chunk_digests(self) -> set[str]:
@@ -625,6 +630,7 @@ def plan_table(
         chunking: the previous version's chunk parameters (reused so unchanged rows chunk alike).
     """
     from nb_mlops.core.data.profile import chunk_stats, finish_profile, merge_stats, sample_profile
+    from nb_mlops.core.data.sketch import chunk_sketch, has_sketch
 
     table = prep.table
     avg = int(chunking["avg"]) if chunking else choose_avg_rows(table)
@@ -633,6 +639,7 @@ def plan_table(
         keyed = boundary_columns(table)
     source = prep.source_table or table
     stats: dict[str, dict[str, Any]] = {}
+    sketches: dict[str, Any] = {}
     with ThreadPoolExecutor(_WORKERS) as pool:
         profile_job = pool.submit(sample_profile, source)
         hashes = row_hashes(table, keyed)
@@ -646,6 +653,8 @@ def plan_table(
             entry = store.chunk_entry(chunk)
             known = (entry or {}).get("stats") or _STATS_CACHE.get(chunk)
             stats[chunk] = known if known is not None else chunk_stats(part)
+            if entry is not None and not has_sketch(store, chunk):  # stored before sketches
+                sketches[chunk] = chunk_sketch(part, chunk, table.num_rows, prep.dictionaries)
             # pending chunks are captured too: if that earlier write fails, this one still can
             return chunk, stop - start, key, None if entry is not None else _detach(part)
 
@@ -667,7 +676,7 @@ def plan_table(
         "chunking": {"avg": avg, "columns": keyed},
         "profile": profile,
     }
-    return Plan(fields, chunks, dict(prep.dictionaries), stats)
+    return Plan(fields, chunks, dict(prep.dictionaries), stats, sketches)
 
 
 def write_plan(
@@ -679,15 +688,23 @@ def write_plan(
         ref: `NAME@vN` of the version, for messages.
         previous: the latest stored manifest of the name (its chunks may serve as patch bases).
     """
+    from nb_mlops.core.data.sketch import chunk_sketch, put_sketch, snapshot_sketch
+
     if previous is not None and previous.get("kind") != plan.fields["kind"]:
         previous = None
     writer = _Writer(store, ref, previous)
+    total = plan.fields.get("rows") or sum(rows for _, rows, _, _ in plan.chunks)
+
+    def put(c: tuple[str, int, str, pa.Table | None]) -> dict[str, Any]:
+        entry = writer.store_chunk(c[0], c[3], c[2], plan.stats.get(c[0]))
+        if c[3] is not None:
+            put_sketch(store, c[0], chunk_sketch(c[3], c[0], total, plan.dictionaries))
+        return entry
+
+    for digest, sketch in plan.sketches.items():
+        put_sketch(store, digest, sketch)
     with ThreadPoolExecutor(_WORKERS) as pool:
-        entries = list(
-            pool.map(
-                lambda c: writer.store_chunk(c[0], c[3], c[2], plan.stats.get(c[0])), plan.chunks
-            )
-        )
+        entries = list(pool.map(put, plan.chunks))
     chunks = [
         {"d": d, "rows": rows, "key": key, **entry}
         for (d, rows, key, _), entry in zip(plan.chunks, entries, strict=True)
@@ -702,13 +719,18 @@ def write_plan(
         for key in ("object", "base_object", "patch"):
             if chunk.get(key):
                 size += store.objects.size(str(chunk[key]))
-    return {
+    stored = {
         **plan.fields,
         "dictionaries": dictionaries,
         "chunks": chunks,
         "size": size,
         "bytes_added": writer.added,
     }
+    name, _, version = ref.rpartition("@v")
+    with contextlib.suppress(DataError, pa.ArrowException, OSError, ValueError, KeyError):
+        # the version's merged sketch, kept for drift checks (a cache: never fails the snapshot)
+        snapshot_sketch(store, {**stored, "name": name, "version": int(version)})
+    return stored
 
 
 def _ipc(values: pa.Array) -> bytes:

@@ -94,4 +94,7 @@ def gc_store(store: DataStore, dry_run: bool = False) -> dict[str, int]:
             for digest in list(store.chunk_digests()):
                 if store.chunk_entry(digest) is None:
                     store.drop_chunk_entry(digest)
+            from nb_mlops.core.data.sketch import prune_sketches
+
+            prune_sketches(store)
     return {"removed": removed, "bytes_freed": freed, "kept": len(keep)}
