@@ -21,10 +21,15 @@ from nb_mlops.core.config import Config
 from nb_mlops.core.errors import TrackingError
 
 __all__ = [
+    "ANY",
     "DEFAULT_TRUSTED",
+    "DIGEST_TAG",
     "FORMAT_TAG",
+    "NATIVE_REASON",
+    "PREDICTS_TAG",
     "PROJECT_TAG",
     "REASON_TAG",
+    "SKOPS_REASON",
     "TYPES_TAG",
     "StoredModel",
     "TrustPolicy",
@@ -51,11 +56,11 @@ PROJECT_TAG = "nb_mlops.model.project_modules"
 PREDICTS_TAG = "nb_mlops.model.predicts"
 DIGEST_TAG = "nb_mlops.model_sha256"
 
-_SKOPS_REASON = (
+SKOPS_REASON = (
     "skops: loading refuses every type not in the trusted list stored with the model "
     "(no pickle, no arbitrary code)"
 )
-_NATIVE_REASON = {
+NATIVE_REASON = {
     "xgboost": "xgboost's own UBJSON format: loading runs no pickle and needs no trusted types",
     "lightgbm": "lightgbm's own text format: loading runs no pickle and needs no trusted types",
 }
@@ -296,7 +301,7 @@ def log_model(cfg: Config, name: str, model: Any) -> StoredModel:
     top |= {"numpy", "scipy", "skops"} if fmt == "skops" else {"numpy"}
     if flavor == "sklearn":
         top.add("sklearn")
-    reason = _SKOPS_REASON if fmt == "skops" else _NATIVE_REASON[flavor]
+    reason = SKOPS_REASON if fmt == "skops" else NATIVE_REASON[flavor]
     tags = {
         FORMAT_TAG: fmt,
         REASON_TAG: reason,
