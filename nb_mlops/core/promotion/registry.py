@@ -525,11 +525,11 @@ def register_version(
         await_creation_for=0,
     )
     if ref.model_id:
-        _link_logged_model(client, ref.model_id, model, str(mv.version))
+        _link_logged_model(client, ref.model_id, model, mv.version)
     return str(mv.version)
 
 
-def _link_logged_model(client: MlflowClient, model_id: str, model: str, version: str) -> None:
+def _link_logged_model(client: MlflowClient, model_id: str, model: str, version: Any) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
