@@ -18,18 +18,17 @@ One table, `FAMILIES`, drives three parts, each on a real SQLite store:
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pytest
+from model_helpers import tracked_pipeline_run
 from nbutil import execute, new_notebook
 
 import nb_mlops
-from nb_mlops.core import store, tracking
+from nb_mlops.core import store
 from nb_mlops.core.config import load_config
 
 IMPORTS = """import numpy as np
@@ -202,64 +201,10 @@ def _plain_output(cell: Any) -> str:
 
 
 @pytest.fixture
-def step_namespace() -> Iterator[dict[str, Any]]:
+def step_namespace() -> dict[str, Any]:
     namespace: dict[str, Any] = {}
     exec(IMPORTS, namespace)  # noqa: S102 - the test's own fixture code
-    tracking.bind_kernel(namespace)
-    yield namespace
-    tracking.bind_kernel(None)
-
-
-def _pipeline_run(cfg: Any, family: str, namespace: dict[str, Any]) -> tuple[str, Any]:
-    """A pipeline run shaped as the runner makes it, whose step tracks the family's fit through
-    `track()` with the runner's environment; returns (pipeline run id, in-memory predictions)."""
-    client = store.client(cfg)
-    exp = store.experiment_id(cfg, "matrix-steps")
-    pipeline = f"matrix-{family.replace('_', '-')}"
-    parent = client.create_run(
-        exp,
-        run_name=f"{pipeline}-run",
-        tags={
-            "nb_mlops.mode": "pipeline",
-            "nb_mlops.pipeline": pipeline,
-            "mlflow.source.type": "NOTEBOOK",
-        },
-    ).info.run_id
-    step = client.create_run(
-        exp,
-        tags={
-            "mlflow.parentRunId": parent,
-            "nb_mlops.step": "train",
-            "nb_mlops.pipeline": pipeline,
-            "nb_mlops.mode": "pipeline",
-        },
-    ).info.run_id
-    env = {
-        "NB_MLOPS_RUN_ID": step,
-        "NB_MLOPS_PARENT_RUN_ID": parent,
-        "NB_MLOPS_MODE": "pipeline",
-        "NB_MLOPS_PIPELINE": pipeline,
-        "NB_MLOPS_STEP": "train",
-        "NB_MLOPS_EXPERIMENT": "matrix-steps",
-    }
-    fit, predict = FAMILIES[family]
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        with tracking.track(name=family, cell=f"model = {fit}"):
-            exec(f"model = {fit}", namespace)  # noqa: S102 - the family table's own code
-        expected = eval(predict, namespace)  # noqa: S307
-        tracking.flush()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    client.set_terminated(step)
-    client.set_tag(parent, "nb_mlops.status", "SUCCEEDED")
-    client.set_terminated(parent)
-    return parent, np.asarray(expected)
+    return namespace
 
 
 def test_every_family_tracked_in_a_step_is_promoted_and_served_from_champion(
@@ -270,7 +215,11 @@ def test_every_family_tracked_in_a_step_is_promoted_and_served_from_champion(
     X = _wine()
     for family in FAMILIES:
         # Given a pipeline run whose step tracked the family's fit
-        run_id, expected = _pipeline_run(cfg, family, step_namespace)
+        fit, predict = FAMILIES[family]
+        run_id = tracked_pipeline_run(
+            cfg, f"model = {fit}", step_namespace, pipeline=f"matrix-{family}", name=family
+        )
+        expected = np.asarray(eval(predict, step_namespace))  # noqa: S307 - the table's code
         # When it is promoted
         decision = nb_mlops.promote(run_id, model=family, reason="matrix")
         assert decision.status == "PROMOTED", family
