@@ -61,6 +61,7 @@ __all__ = [
     "warm_up_async",
 ]
 
+USER_PARAMS_TAG = "nb_mlops.params"
 _NO_RUN = (
     "nb_mlops.log() has no run to log to: put %%track on the first line of the cell "
     "(or use `with nb_mlops.track():`)"
@@ -612,6 +613,8 @@ def _start(
     source_nb = analysis or nb
     params = nbcap.parameter_values(source_nb, namespace) if source_nb is not None else {}
     run.log_params(params)
+    if params:  # the user's own parameters, told apart from those autolog adds
+        run.set_tag(USER_PARAMS_TAG, json.dumps(list(params)))
     # autolog patches sklearn: needed when sklearn is loaded, or the cell is about to load it
     sklearn_on = autolog and ("sklearn" in sys.modules or "sklearn" in (cell or ""))
     fluent = _push_fluent(cfg, run, start_ms, need=sklearn_on or "mlflow" in (cell or ""))
