@@ -265,6 +265,19 @@ def trusted_types(
     return list(types), project
 
 
+# the distributions that may provide a model's modules (those not installed are skipped);
+# anything else is looked up in the installed distributions' file lists (seconds: done once)
+_KNOWN_DISTRIBUTIONS = {
+    "sklearn": ["scikit-learn"],
+    "numpy": ["numpy"],
+    "scipy": ["scipy"],
+    "skops": ["skops"],
+    "xgboost": ["xgboost", "xgboost-cpu"],
+    "lightgbm": ["lightgbm"],
+    "collections": [],
+}
+
+
 @functools.cache
 def _distributions() -> dict[str, list[str]]:
     from importlib.metadata import packages_distributions
@@ -272,13 +285,16 @@ def _distributions() -> dict[str, list[str]]:
     return {k: list(v) for k, v in packages_distributions().items()}
 
 
-def _requirements(modules: Iterable[str]) -> list[str]:
-    """Pinned requirements for the distributions providing these top-level modules."""
+def _requirements(modules: Iterable[str], project: Iterable[str] = ()) -> list[str]:
+    """Pinned requirements for the distributions providing these top-level modules (the
+    project's own modules need none)."""
     from nb_mlops.core.capture.environment import environment, pip_requirements
 
+    own = {m.split(".")[0] for m in project}
     names = ["mlflow"]
-    for module in sorted(set(modules)):
-        names += _distributions().get(module, [])
+    for module in sorted(set(modules) - own):
+        found = _KNOWN_DISTRIBUTIONS.get(module)
+        names += found if found is not None else _distributions().get(module, [])
     return pip_requirements(environment(), *dict.fromkeys(names))
 
 
@@ -310,13 +326,13 @@ def log_model(cfg: Config, name: str, model: Any) -> StoredModel:
     }
     if project:
         tags[PROJECT_TAG] = json.dumps(project, sort_keys=True)
-    info = _log(flavor, fmt, name, model, types, _requirements(top), tags)
+    info = _log(flavor, fmt, name, model, types, _requirements(top, project), tags)
     if info is None:  # the cached list missed a type this model has: derive it for this model
         types, project = trusted_types(model, cfg, fresh=True)
         tags[TYPES_TAG] = json.dumps(types)
         if project:
             tags[PROJECT_TAG] = json.dumps(project, sort_keys=True)
-        info = _log(flavor, fmt, name, model, types, _requirements(top), tags)
+        info = _log(flavor, fmt, name, model, types, _requirements(top, project), tags)
         if info is None:
             raise TrackingError(f"model {name}: skops refused its own type list {types}")
     stored = StoredModel(str(info.model_id), flavor, fmt, reason, types, project)

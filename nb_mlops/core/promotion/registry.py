@@ -516,14 +516,19 @@ def register_version(
     version_tags = {k: v for k, v in tags.items() if v}
     if ref.model_id:
         version_tags[MODEL_ID_TAG] = ref.model_id
-    mv = client.create_model_version(
-        model,
-        source=f"models:/{ref.model_id}" if ref.model_id else ref.source,
-        run_id=candidate.run_id,
-        tags=version_tags,
-        model_id=ref.model_id,
-        await_creation_for=0,
-    )
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    # MLflow's SQL registry resolves `models:/<model_id>` with a default client, i.e. with the
+    # process-wide tracking URI: point it at this store for the call
+    with _use_tracking_uri(client.tracking_uri):
+        mv = client.create_model_version(
+            model,
+            source=f"models:/{ref.model_id}" if ref.model_id else ref.source,
+            run_id=candidate.run_id,
+            tags=version_tags,
+            model_id=ref.model_id,
+            await_creation_for=0,
+        )
     if ref.model_id:
         _link_logged_model(client, ref.model_id, model, mv.version)
     return str(mv.version)
