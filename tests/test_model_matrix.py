@@ -183,6 +183,9 @@ def test_every_family_tracked_in_a_kernel_is_logged_and_predicts_the_same(projec
     assert f"run forest ({forest.info.run_id[:12]}) · FINISHED · model: " in text
     assert f"/#/experiments/{exp.experiment_id}/runs/{forest.info.run_id}" in text
     assert "model: pending" in text or "model: logged" in text
+    # (a kernel shows it as a widget, with the same line as HTML for frontends without widgets)
+    data = [o.get("data", {}) for o in by_source["%%track -n forest"].outputs]
+    assert any("application/vnd.jupyter.widget-view+json" in d and "text/html" in d for d in data)
 
 
 def _model_tag(client: Any, run: Any, key: str) -> str:
