@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FunctionType
 from typing import Any
 
 from nb_mlops.core.config import Config
@@ -132,31 +133,36 @@ def _project_file(module: str, root: Path) -> str | None:
 # --- checks that need no serialisation (run when the cell ends) ------------------------------------
 
 
-def _classes(model: Any) -> Iterable[type]:
-    from nb_mlops.core.capture.models import _estimators_in
+def _parts(model: Any) -> tuple[list[type], list[tuple[str, Any]]]:
+    """The classes of the model's estimators, and the plain functions they hold as attributes
+    (a FunctionTransformer's `func`, a custom scorer; constructor parameters are attributes
+    too). An estimator's attributes are read once per class: the hundred trees of a forest are
+    clones of one template, with the same parameters."""
+    from nb_mlops.core.capture.models import model_kind
 
-    seen: set[type] = set()
-    for found in _estimators_in(model, 0):
-        if type(found) not in seen:
-            seen.add(type(found))
-            yield type(found)
-
-
-def _functions(model: Any) -> Iterable[tuple[str, Any]]:
-    """(parameter, value) of the callables the model's estimators hold as parameters."""
-    from nb_mlops.core.capture.models import _estimators_in
-
-    for found in _estimators_in(model, 0):
-        getter = getattr(found, "get_params", None)
-        if getter is None:
+    classes: dict[type, None] = {}
+    functions: list[tuple[str, Any]] = []
+    stack: list[tuple[Any, int]] = [(model, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > 6:
             continue
-        try:
-            params = getter(deep=False)
-        except Exception:  # noqa: BLE001 - an estimator whose params cannot be read
-            continue
-        for key, value in params.items():
-            if callable(value) and not isinstance(value, type) and not hasattr(value, "fit"):
-                yield key, value
+        if isinstance(value, list | tuple):
+            stack.extend((item, depth + 1) for item in value[:256])
+        elif isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in list(value.values())[:256])
+        elif model_kind(value) is not None and type(value) not in classes:
+            classes[type(value)] = None
+            for key, item in list(getattr(value, "__dict__", {}).items()):
+                if isinstance(item, FunctionType | functools.partial):
+                    functions.append((key, getattr(item, "func", item)))
+                else:
+                    stack.append((item, depth + 1))
+    return list(classes), functions
+
+
+def _classes(model: Any) -> list[type]:
+    return _parts(model)[0]
 
 
 def refusal(model: Any, cfg: Config) -> str | None:
@@ -180,7 +186,7 @@ def refusal(model: Any, cfg: Config) -> str | None:
                 f'"{module.split(".")[0]}" to trusted_model_modules in [tool.nb_mlops] '
                 "if loading it is safe"
             )
-    for key, func in _functions(model):
+    for key, func in _parts(model)[1]:
         module = getattr(func, "__module__", None) or ""
         qualname = getattr(func, "__qualname__", type(func).__name__)
         if module == "__main__" or "<lambda>" in qualname or "<locals>" in qualname:

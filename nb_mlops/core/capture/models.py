@@ -122,6 +122,8 @@ def _fingerprint(value: Any, depth: int = 0) -> tuple[Any, ...]:
     params = _param_names(value)
     marks: list[Any] = [id(value)]
     for key, item in list(state.items())[:_MAX_ITEMS]:
+        if key.startswith("_mlflow"):
+            continue  # MLflow's autolog marks what it patched (`_mlflow_run_id`): not a fit
         if key in params:
             nested = tuple(
                 _fingerprint(sub, depth + 1)
@@ -192,9 +194,20 @@ def fitted_since(namespace: dict[str, Any], before: dict[int, Mark]) -> dict[str
         fitted = {k: v for k, v in fitted.items() if k not in inner}
     # models that predict are logged last: promotion prefers them, then the newest
     ordered = sorted(fitted.values(), key=lambda item: hasattr(item[1], "predict"))
-    if len(ordered) == 1:
-        return {"model": copy.deepcopy(ordered[0][1])}
-    return {key: copy.deepcopy(value) for key, value in ordered}
+    copies = {key: _copy(value) for key, value in ordered}
+    from nb_mlops.core.capture import autolog
+
+    autolog.forget_copies()
+    return {"model": next(iter(copies.values()))} if len(copies) == 1 else copies
+
+
+def _copy(model: Any) -> Any:
+    """A copy of the model as it is now: the one autolog made right after the fit when the
+    model has not changed since (a forest costs tens of milliseconds to copy), else a new one."""
+    from nb_mlops.core.capture import autolog
+
+    shared = autolog.shared_copy(model)
+    return shared if shared is not None else copy.deepcopy(model)
 
 
 # --- status of a run's models ----------------------------------------------------------------------
