@@ -288,3 +288,20 @@ def test_loading_a_model_whose_trust_list_was_stripped_is_refused(project: Path)
     mlflow.set_tracking_uri(cfg.tracking_uri)
     with pytest.raises(UntrustedTypesFoundException, match="sklearn.tree._tree.Tree"):
         mlflow.pyfunc.load_model(f"models:/{model_id}")
+
+
+def test_an_estimator_that_breaks_the_fitted_check_never_fails_the_cell(project: Path) -> None:
+    # Given an estimator whose own fitted check raises, next to a good model
+    namespace = _namespace()
+    state = _track(
+        namespace,
+        "class Odd(BaseEstimator):\n"
+        "    def fit(self, X, y=None):\n        return self\n"
+        "    def __sklearn_is_fitted__(self):\n        raise RuntimeError('odd')\n"
+        "odd = Odd().fit(X)\n"
+        "model = LogisticRegression().fit(X, Y)",
+    )
+    # Then the cell's run finishes and the good model is logged
+    run = store.client(load_config()).get_run(state["run_id"])
+    assert run.info.status == "FINISHED"
+    assert state["model"] == "logged"

@@ -108,6 +108,10 @@ def promote(
     console = _console()
     console.print(_gate_table(decision))
     console.print(decision.summary(), markup=False)
+    from nb_mlops.core.config import load_config
+    from nb_mlops.core.runs import model_url, ui_url
+
+    console.print(f"model page: {model_url(ui_url(load_config()), model, decision.version)}")
 
 
 @click.command()

@@ -83,12 +83,11 @@ def is_fitted(value: Any) -> bool:
     a native Booster is trained by construction."""
     if _is_booster(value):
         return True
-    from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
 
     try:
         check_is_fitted(value)
-    except (NotFittedError, TypeError, AttributeError):
+    except Exception:  # noqa: BLE001 - NotFittedError, or a custom estimator's own failure
         return False
     return True
 
@@ -162,13 +161,24 @@ def _estimators_in(value: Any, depth: int, shallow: bool = False) -> Iterator[An
 # --- fitted during the cell ----------------------------------------------------------------------
 
 
+def _mark(value: Any) -> Mark | None:
+    """(id, fitted, fingerprint) of a model, None for anything else (or a model whose state
+    cannot be read: a tracked cell never fails because of what it finds in the namespace)."""
+    try:
+        if model_kind(value) is None:
+            return None
+        return (id(value), is_fitted(value), _fingerprint(value))
+    except Exception:  # noqa: BLE001 - see above
+        return None
+
+
 def snapshot(namespace: dict[str, Any]) -> dict[int, Mark]:
     """The models bound to names of the namespace now, by object id."""
     found: dict[int, Mark] = {}
     for key, value in list(namespace.items()):
-        if key.startswith("_") or model_kind(value) is None:
-            continue
-        found[id(value)] = (id(value), is_fitted(value), _fingerprint(value))
+        mark = None if key.startswith("_") else _mark(value)
+        if mark is not None:
+            found[id(value)] = mark
     return found
 
 
@@ -179,10 +189,10 @@ def fitted_since(namespace: dict[str, Any], before: dict[int, Mark]) -> dict[str
     Each is deep-copied, so the background writer stores it as it is now."""
     fitted: dict[int, tuple[str, Any]] = {}
     for key, value in list(namespace.items()):
-        if key.startswith("_") or id(value) in fitted or model_kind(value) is None:
+        if key.startswith("_") or id(value) in fitted:
             continue
-        mark = (id(value), is_fitted(value), _fingerprint(value))
-        if mark[1] and before.get(id(value)) != mark:
+        mark = _mark(value)
+        if mark is not None and mark[1] and before.get(id(value)) != mark:
             fitted[id(value)] = (key, value)
     if len(fitted) > 1:
         inner = {
@@ -274,8 +284,16 @@ class Watch:
         or why one is refused at once)."""
         from nb_mlops.core.capture import model_format
 
-        for name, model in fitted_since(self.namespace, self.before).items():
-            refused = model_format.refusal(model, cfg)
+        try:
+            found = fitted_since(self.namespace, self.before)
+        except Exception as exc:  # noqa: BLE001 - said on the run; the cell's own result stands
+            writer.tag(run_id, "nb_mlops.model", f"not logged: {type(exc).__name__}: {exc}"[:500])
+            return status(run_id)
+        for name, model in found.items():
+            try:
+                refused = model_format.refusal(model, cfg)
+            except Exception as exc:  # noqa: BLE001 - as above
+                refused = f"{type(exc).__name__}: {exc}"
             if refused:
                 _set_status(run_id, name, f"not logged: {refused}")
                 writer.tag(run_id, f"nb_mlops.model.{name}", f"not logged: {refused}"[:500])
