@@ -133,43 +133,56 @@ def _project_file(module: str, root: Path) -> str | None:
 # --- checks that need no serialisation (run when the cell ends) ------------------------------------
 
 
-def _parts(model: Any) -> tuple[list[type], list[tuple[str, Any]]]:
-    """The classes of the model's estimators, and the plain functions they hold as attributes
-    (a FunctionTransformer's `func`, a custom scorer; constructor parameters are attributes
-    too). An estimator's attributes are read once per class: the hundred trees of a forest are
+@dataclass
+class _Parts:
+    """What a model is made of, read from its estimators' attributes (constructor parameters
+    are attributes too). Each estimator class is read once: the hundred trees of a forest are
     clones of one template, with the same parameters."""
+
+    classes: list[type] = field(default_factory=list)
+    # (attribute, function) for the plain functions held (a FunctionTransformer's `func`)
+    functions: list[tuple[str, Any]] = field(default_factory=list)
+    # qualified names of the types of everything the estimators hold
+    held: set[str] = field(default_factory=set)
+
+
+def _parts(model: Any) -> _Parts:
     from nb_mlops.core.capture.models import model_kind
 
-    classes: dict[type, None] = {}
-    functions: list[tuple[str, Any]] = []
+    parts = _Parts()
+    seen: set[type] = set()
     stack: list[tuple[Any, int]] = [(model, 0)]
     while stack:
         value, depth = stack.pop()
         if depth > 6:
             continue
+        cls = type(value)
+        parts.held.add(f"{cls.__module__}.{cls.__qualname__}")
         if isinstance(value, list | tuple):
             stack.extend((item, depth + 1) for item in value[:256])
         elif isinstance(value, dict):
             stack.extend((item, depth + 1) for item in list(value.values())[:256])
-        elif model_kind(value) is not None and type(value) not in classes:
-            classes[type(value)] = None
+        elif cls not in seen and model_kind(value) is not None:
+            seen.add(cls)
+            parts.classes.append(cls)
             for key, item in list(getattr(value, "__dict__", {}).items()):
                 if isinstance(item, FunctionType | functools.partial):
-                    functions.append((key, getattr(item, "func", item)))
+                    parts.functions.append((key, getattr(item, "func", item)))
                 else:
                     stack.append((item, depth + 1))
-    return list(classes), functions
+    return parts
 
 
 def _classes(model: Any) -> list[type]:
-    return _parts(model)[0]
+    return _parts(model).classes
 
 
 def refusal(model: Any, cfg: Config) -> str | None:
     """Why `model` cannot be stored safely, found without serialising it (a class or function
     defined in the notebook, a class outside the trust policy); None when nothing is found."""
     trust = policy(cfg)
-    for cls in _classes(model):
+    parts = _parts(model)
+    for cls in parts.classes:
         module = cls.__module__
         name = f"{module}.{cls.__qualname__}"
         if module == "__main__":
@@ -186,7 +199,7 @@ def refusal(model: Any, cfg: Config) -> str | None:
                 f'"{module.split(".")[0]}" to trusted_model_modules in [tool.nb_mlops] '
                 "if loading it is safe"
             )
-    for key, func in _parts(model)[1]:
+    for key, func in parts.functions:
         module = getattr(func, "__module__", None) or ""
         qualname = getattr(func, "__qualname__", type(func).__name__)
         if module == "__main__" or "<lambda>" in qualname or "<locals>" in qualname:
@@ -225,13 +238,14 @@ def _plan(model: Any) -> tuple[str, str]:
     return ("lightgbm" if kind == "lightgbm" else "sklearn"), "skops"
 
 
-# untrusted types by the set of estimator classes in a model: a refit or a new model of the same
-# shape skips the extra serialisation (a wrong guess is caught by MLflow's check, then derived)
+# untrusted types by the types a model's estimators hold: a refit, or a new model of the same
+# shape, skips the extra serialisation (a guess missing a type is caught by MLflow's own check
+# when it saves the model, and the types are then derived from that model)
 _TYPES_CACHE: dict[frozenset[str], list[str]] = {}
 
 
 def _signature(model: Any) -> frozenset[str]:
-    return frozenset(f"{c.__module__}.{c.__qualname__}" for c in _classes(model))
+    return frozenset(_parts(model).held)
 
 
 def _derive_types(model: Any) -> list[str]:
