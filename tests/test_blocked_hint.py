@@ -20,10 +20,12 @@ def test_blocked_promotion_names_the_history_command_of_the_model(
     run_id = make_pipeline_run()
     # When it is promoted from the command line
     assert main(["promote", run_id, "--model", "churn-model"]) == 1
-    err = capsys.readouterr().err
-    # Then the hint names the model, and the command it names works as printed
-    assert "BLOCKED: the champion of churn-model stays as it was" in err
-    command = err.split("`")[1]
+    printed = capsys.readouterr()
+    assert printed.err.startswith("error: BLOCKED: 1 gate(s) failed")
+    # Then the hint after the gate table names the model, and its command works as printed
+    hint = next(line for line in printed.out.splitlines() if "stays as it was" in line)
+    assert hint.startswith("BLOCKED: the champion of churn-model stays as it was")
+    command = hint.split("`")[1]
     assert command == "nb-mlops history churn-model"
     assert main(shlex.split(command)[1:]) == 0
     assert "blocked" in capsys.readouterr().out

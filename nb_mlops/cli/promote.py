@@ -100,7 +100,7 @@ def promote(
             _echo_json(blocked.decision.as_dict())
         else:
             _console().print(_gate_table(blocked.decision))
-            click.echo(blocked_hint(model), err=True)
+            click.echo(blocked_hint(model))
         raise
     if as_json:
         _echo_json(decision.as_dict())
