@@ -62,10 +62,10 @@ def runs(
 ) -> None:
     """List one page of an experiment's runs: status, duration, params, metrics, UI link.
 
-    The table fits the terminal: run name and status always show; then the start, the duration,
-    the sort metric, your own parameters (the notebook's `parameters` cell) and the other
-    metrics, as many as fit. Parameters sklearn autolog added are hidden unless --columns
-    names them. Only the page asked for is read, however many runs the experiment holds. With
+    The table fits the terminal: run name and status always show; then the sort metric, your
+    own parameters (the notebook's `parameters` cell), your metrics, the duration, the start
+    and autolog's metrics, as many as fit (the rest are named below the table). Parameters
+    sklearn autolog added are hidden unless --columns names them. Only the page asked for is read, however many runs the experiment holds. With
     --json the output has the keys experiment, experiment_id, order_by, offset, limit,
     next_page_token, runs.
 
