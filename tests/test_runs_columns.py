@@ -37,6 +37,10 @@ def wine_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     nbformat.write(nb, str(root / "wine.ipynb"))
     X, y = load_wine(return_X_y=True)
     with pytest.MonkeyPatch.context() as patch:
+        # module-scoped: runs before the per-test clean environment of conftest, so clean it here
+        for name in list(os.environ):
+            if name.startswith(("NB_MLOPS_", "MLFLOW_")):
+                patch.delenv(name)
         patch.chdir(root)
         patch.setenv("NB_MLOPS_NOTEBOOK", str(root / "wine.ipynb"))
         session.clear()
