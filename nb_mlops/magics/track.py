@@ -160,7 +160,9 @@ def _run_link(run: Any) -> str:
     from nb_mlops.core.runs import run_url, ui_url
 
     try:
-        return run_url(ui_url(load_config()), run.experiment_id, run.run_id)
+        store = getattr(run, "_store", None)  # the configuration the run was made with
+        cfg = store.cfg if store is not None else load_config()
+        return run_url(ui_url(cfg), run.experiment_id, run.run_id)
     except NbMlopsError:  # a bad ui_url setting must not hide the run's summary
         return ""
 
