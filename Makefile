@@ -3,16 +3,26 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# the TypeScript side of the labextension: a change here (and only here) rebuilds the bundle
+LAB_SOURCES := labextension/package.json labextension/yarn.lock labextension/tsconfig.json \
+	$(wildcard labextension/src/*.ts labextension/src/*.tsx labextension/style/* labextension/schema/*.json)
+LAB_STAMP := $(VENV)/.labextension-sources
 
 .PHONY: setup demo test lint typecheck pytest browser bench clean
 
 setup: $(STAMP)
 
-# the labextension is built by `pip install` (hatch-jupyter-builder): its sources count too
-$(STAMP): pyproject.toml constraints.txt labextension/package.json labextension/yarn.lock $(wildcard labextension/src/*.ts labextension/style/*)
+# `pip install` builds the bundle (hatch-jupyter-builder, needs node >= 18) only when
+# nb_mlops/labextension is missing: drop a stale bundle when its sources changed, never otherwise
+# (a change to pyproject.toml or constraints.txt alone reinstalls without node)
+$(LAB_STAMP): $(LAB_SOURCES)
+	rm -rf nb_mlops/labextension
+	mkdir -p $(VENV)
+	touch $(LAB_STAMP)
+
+$(STAMP): pyproject.toml constraints.txt $(LAB_STAMP)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	rm -rf nb_mlops/labextension  # the build hook skips an existing bundle: rebuild from the sources
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 

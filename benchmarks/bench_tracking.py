@@ -159,6 +159,63 @@ PRIME = (
 )
 
 
+# --- a tracked random forest: the most common model that is not a linear one ------------------
+
+RF_FIT = "m = RandomForestClassifier(n_estimators=100, random_state=0).fit(X, y)"
+RF_SETUP = (
+    SHELL
+    + "import statistics\n"
+    + "ip.run_cell('from sklearn.datasets import load_wine\\n"
+    + "from sklearn.ensemble import RandomForestClassifier\\n"
+    + "X, y = load_wine(return_X_y=True)')\n"
+    + f"FIT = {RF_FIT!r}\n"
+)
+RF_OURS = (
+    RF_SETUP
+    + "timed('%load_ext nb_mlops'); warmed()\n"
+    + "def flush():\n    ip.run_cell('import nb_mlops.core.tracking as tr; tr.flush()')\n"
+    # the first tracked forest imports what storing a model needs (skops): off the clock
+    + "timed('%%track\\n' + FIT); flush()\n"
+    # pairs of (plain fit, tracked fit), each tracked fit after the previous one's model is
+    # stored (as after a user's think time): the machine is shared, pairs cancel its drift
+    + "ds = []\n"
+    + "for _ in range(7):\n"
+    + "    p = timed(FIT)[0]\n"
+    + "    ds.append(timed('%%track\\n' + FIT)[0] - p); flush()\n"
+    + "print(json.dumps(statistics.median(ds)))"
+)
+RF_PEER = (
+    RF_SETUP
+    + 'ip.run_cell(\'import mlflow, mlflow.sklearn\\nmlflow.set_tracking_uri("sqlite:///mlflow.db")\\n'
+    + "mlflow.sklearn.autolog()')\n"
+    + "timed('with mlflow.start_run():\\n    ' + FIT)\n"
+    + "ds = []\n"
+    + "for _ in range(7):\n"
+    + "    ip.run_cell('mlflow.sklearn.autolog(disable=True)')\n"
+    + "    p = timed(FIT)[0]\n"
+    + "    ip.run_cell('mlflow.sklearn.autolog()')\n"
+    + "    ds.append(timed('with mlflow.start_run():\\n    ' + FIT)[0] - p)\n"
+    + "print(json.dumps(statistics.median(ds)))"
+)
+RF_TARGET = 0.150
+
+
+def random_forest_case() -> tuple[str, str, str, float, str, bool]:
+    """A tracked `RandomForestClassifier(n_estimators=100)` fit on wine: time the cell blocks
+    beyond the plain fit, ours (`%%track`: params, training metrics, the model stored in the
+    background in the skops format) against MLflow's autolog (everything in the cell)."""
+    ours = float(_run(RF_OURS))  # type: ignore[arg-type]
+    peer = float(_run(RF_PEER))  # type: ignore[arg-type]
+    return (
+        "tracked RandomForest(100) fit on wine + model (blocking beyond fit)",
+        f"{ours * 1e3:.1f} ms",
+        f"{peer * 1e3:.1f} ms",
+        peer / ours if ours > 0 else float("inf"),
+        f"≤ {RF_TARGET * 1e3:.0f} ms",
+        ours <= RF_TARGET,
+    )
+
+
 def _run(code: str) -> object:
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "pyproject.toml").write_text("[tool.nb_mlops]\n")
@@ -194,6 +251,7 @@ def main() -> None:
                 ours <= target,
             )
         )
+    rows.append(random_forest_case())
     ours_rates = _run(LOG_LOOP.format(**OURS_LOG))
     peer_rates = _run(LOG_LOOP.format(**PEER_LOG))
     assert isinstance(ours_rates, list) and isinstance(peer_rates, list)

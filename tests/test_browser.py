@@ -55,10 +55,10 @@ def _notebook(project: Path) -> Path:
                 "from sklearn.linear_model import LogisticRegression",
                 ["imports"],
             ),
-            ("C: float = 1.0\nmax_iter: int = 300", ["parameters"]),
+            ("max_depth: int = 8\nmax_iter: int = 300", ["parameters"]),
             (
                 "%%track\nX, y = load_iris(return_X_y=True)\n"
-                "model = LogisticRegression(C=C, max_iter=max_iter).fit(X, y)\n"
+                "model = LogisticRegression(C=1 / max_depth, max_iter=max_iter).fit(X, y)\n"
                 "nb_mlops.log(accuracy=model.score(X, y))",
                 ["step:train"],
             ),
@@ -180,15 +180,15 @@ def test_promote_and_rollback_from_jupyterlab(lab: dict[str, Any]) -> None:
             expect(ask).to_contain_text("unsaved changes", timeout=10_000)
             ask.locator(".jp-Dialog-button.jp-mod-accept").click()
 
-            # and change C (a typo first: the type is checked as you type) → submit
+            # and change max_depth (a typo first: the type is checked as you type) → submit
             dialog = page.locator(".jp-Dialog")
             expect(dialog.locator(".nbm-form")).to_be_visible(timeout=30_000)
-            field = dialog.locator("#nbm-param-C")
-            expect(field).to_have_value("1.0")
+            field = dialog.locator("#nbm-param-max_depth")
+            expect(field).to_have_value("8")
             field.fill("abc")
-            expect(dialog.locator('[data-param-error="C"]')).to_contain_text("number")
-            field.fill("0.5")
-            expect(dialog.locator('[data-param-error="C"]')).to_have_text("")
+            expect(dialog.locator('[data-param-error="max_depth"]')).to_contain_text("integer")
+            field.fill("5")
+            expect(dialog.locator('[data-param-error="max_depth"]')).to_have_text("")
             expect(dialog.locator(".nbm-gate-preview")).to_contain_text("metric:accuracy")
             page.screenshot(path=str(ARTIFACTS / "browser-2-promote-dialog.png"))
             clicked = time.monotonic()
@@ -207,11 +207,11 @@ def test_promote_and_rollback_from_jupyterlab(lab: dict[str, Any]) -> None:
             assert _champion(project) == "2"
             stored = json.loads(next((project / ".nb_mlops" / "jobs").glob("*.json")).read_text())
             assert stored["parameters"] == {
-                "C": 0.5,
-                "max_iter": 500,
+                "n_estimators": 100,
+                "max_depth": 5,
                 "test_size": 0.25,
                 "seed": 42,
-            } or (stored["parameters"].get("C") == 0.5)
+            } or (stored["parameters"].get("max_depth") == 5)
 
             # When: Rollback with a reason → Then: champion is back at v1
             champion = page.locator(".nbm-champion b")

@@ -314,7 +314,9 @@ def test_changed_model_files_are_refused(project: Path) -> None:
     client.set_logged_model_tags(model.model_id, {"nb_mlops.model_sha256": ""})
     nb_mlops.promote(second, model="m")
     pkl = next(
-        Path(client.get_model_version("m", "1").source.removeprefix("file://")).glob("model.*")
+        Path(client.get_model_version_download_uri("m", "1").removeprefix("file://")).glob(
+            "model.*"
+        )
     )
     pkl.write_bytes(pkl.read_bytes() + b"tampered")
     with pytest.raises(RollbackError, match="no longer match the digest recorded at promotion"):

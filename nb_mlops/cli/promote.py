@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-__all__ = ["history", "lineage", "promote", "rollback"]
+__all__ = ["blocked_hint", "history", "lineage", "promote", "rollback"]
 
 _VERDICT_STYLE = {"PASS": "green", "FAIL": "bold red", "SKIP": "yellow"}
 
@@ -21,6 +21,14 @@ def _console() -> Any:
     # piped output (scripts, logs, CI) gets wide tables rather than folded cells
     width = None if sys.stdout.isatty() else 200
     return Console(highlight=False, soft_wrap=False, width=width)
+
+
+def blocked_hint(model: str) -> str:
+    """What to do after a BLOCKED promotion (nothing changed; the attempt is journaled)."""
+    return (
+        f"BLOCKED: the champion of {model} stays as it was; the attempt and every gate are "
+        f"journaled: `nb-mlops history {model}`"
+    )
 
 
 def _echo_json(value: Any) -> None:
@@ -92,6 +100,7 @@ def promote(
             _echo_json(blocked.decision.as_dict())
         else:
             _console().print(_gate_table(blocked.decision))
+            click.echo(blocked_hint(model))
         raise
     if as_json:
         _echo_json(decision.as_dict())
@@ -99,6 +108,10 @@ def promote(
     console = _console()
     console.print(_gate_table(decision))
     console.print(decision.summary(), markup=False)
+    from nb_mlops.core.config import load_config
+    from nb_mlops.core.runs import model_url, ui_url
+
+    console.print(f"model page: {model_url(ui_url(load_config()), model, decision.version)}")
 
 
 @click.command()

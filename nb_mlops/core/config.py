@@ -73,6 +73,20 @@ class Config:
         gates = self.settings.get("gates", {})
         return gates if isinstance(gates, dict) else {}
 
+    @property
+    def trusted_model_modules(self) -> tuple[str, ...] | None:
+        """`trusted_model_modules`: the modules (or exact type names) whose types a stored model
+        may ask its loader to trust; None when unset (then a built-in default applies)."""
+        value = self.settings.get("trusted_model_modules")
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise ConfigError(
+                f"{self.config_file}: `trusted_model_modules` must be a list of module names, "
+                f'e.g. ["sklearn", "numpy", "myproject"], got {value!r}'
+            )
+        return tuple(v.strip() for v in value)
+
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape printed by `nb-mlops config --json`."""
         return {

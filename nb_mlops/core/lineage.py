@@ -15,7 +15,12 @@ from nb_mlops.core import store
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.errors import PromotionError
 from nb_mlops.core.promotion.journal import Journal
-from nb_mlops.core.promotion.registry import CHAMPION, check_model_name, source_path
+from nb_mlops.core.promotion.registry import (
+    CHAMPION,
+    check_model_name,
+    source_path,
+    version_location,
+)
 
 __all__ = ["Lineage", "lineage", "parse_ref"]
 
@@ -167,7 +172,7 @@ def lineage(ref: str, *, cfg: Config | None = None) -> Lineage:
         model=name,
         version=str(mv.version),
         aliases=sorted(mv.aliases or []),
-        model_source=str(mv.source),
+        model_source=version_location(client, mv),
         model_sha256=tags.get("nb_mlops.model_sha256"),
         pipeline_run={
             "run_id": run_id,
@@ -196,7 +201,7 @@ def lineage(ref: str, *, cfg: Config | None = None) -> Lineage:
         environment={
             "python": tag("nb_mlops.python"),
             "env_sha256": tag("nb_mlops.env_sha256"),
-            "requirements": _requirements(str(mv.source)),
+            "requirements": _requirements(version_location(client, mv)),
         },
         parameters=dict(run.data.params) if run else {},
         metrics={k: float(v) for k, v in run.data.metrics.items()} if run else {},

@@ -31,6 +31,8 @@ __all__ = [
     "OrderBy",
     "RunRow",
     "RunsPage",
+    "experiment_url",
+    "model_url",
     "parse_order_by",
     "resolve_experiment",
     "run_row",
@@ -362,6 +364,18 @@ def ui_url(cfg: Config) -> str:
 def run_url(base: str, experiment_id: str, run_id: str) -> str:
     """The link to one run in the MLflow UI."""
     return f"{base}/#/experiments/{quote(experiment_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
+def experiment_url(base: str, experiment_id: str) -> str:
+    """The link to an experiment's runs list in the MLflow UI (its bare page opens MLflow 3's
+    overview tab, not the runs)."""
+    return f"{base}/#/experiments/{quote(experiment_id, safe='')}/runs"
+
+
+def model_url(base: str, name: str, version: str | None = None) -> str:
+    """The link to a registered model (or one of its versions) in the MLflow UI."""
+    page = f"{base}/#/models/{quote(name, safe='')}"
+    return f"{page}/versions/{quote(str(version), safe='')}" if version is not None else page
 
 
 # --- page tokens: the same shape as MLflow's, so either path reads the other's -------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import copy
 import json
 import os
 import sys
@@ -26,6 +25,7 @@ from typing import Any
 
 from nb_mlops.core import session
 from nb_mlops.core.capture import autolog as autolog_capture
+from nb_mlops.core.capture import models as capture_models
 from nb_mlops.core.capture import notebook as nbcap
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.errors import NoActiveRun, StoreError, TrackingError
@@ -61,6 +61,7 @@ __all__ = [
     "warm_up_async",
 ]
 
+USER_PARAMS_TAG = "nb_mlops.params"
 _NO_RUN = (
     "nb_mlops.log() has no run to log to: put %%track on the first line of the cell "
     "(or use `with nb_mlops.track():`)"
@@ -612,13 +613,15 @@ def _start(
     source_nb = analysis or nb
     params = nbcap.parameter_values(source_nb, namespace) if source_nb is not None else {}
     run.log_params(params)
+    if params:  # the user's own parameters, told apart from those autolog adds
+        run.set_tag(USER_PARAMS_TAG, json.dumps(list(params)))
     # autolog patches sklearn: needed when sklearn is loaded, or the cell is about to load it
     sklearn_on = autolog and ("sklearn" in sys.modules or "sklearn" in (cell or ""))
     fluent = _push_fluent(cfg, run, start_ms, need=sklearn_on or "mlflow" in (cell or ""))
     if sklearn_on:
         _setup_autolog(cfg)
         _autolog_integration()["disable"] = False
-    before = _estimators(namespace) if sklearn_on else {}
+    models = capture_models.Watch(namespace) if autolog else None
     st.writer.call(
         lambda: _capture(cfg, run, nb, analysis, history, cell or ""), f"capture of run {run_id}"
     )
@@ -635,8 +638,8 @@ def _start(
             session.remove_listener(on_data)
             if sklearn_on:
                 _autolog_integration()["disable"] = True
-                for model_name, model in _fitted_since(namespace, before).items():
-                    st.writer.call(_model_logger(cfg, run, model_name, model), f"model of {run_id}")
+            if models is not None:
+                models.finish(cfg, st.writer, run_id, lambda: _as_active(cfg, run))
             if exc is not None:
                 _note_error(run, exc)
         finally:
@@ -709,37 +712,6 @@ def _pop_fluent(active: Any) -> None:
     # runs the cell started with mlflow.start_run() and left open are dropped with ours
     while active in stack:
         stack.pop()
-
-
-def _estimators(namespace: dict[str, Any]) -> dict[str, tuple[int, tuple[tuple[str, int], ...]]]:
-    """name → (object id, ids of its fitted attributes) for sklearn estimators in the namespace."""
-    if "sklearn" not in sys.modules:
-        return {}
-    from sklearn.base import BaseEstimator as base
-
-    found = {}
-    for key, value in list(namespace.items()):
-        if not key.startswith("_") and isinstance(value, base) and not isinstance(value, type):
-            fitted = tuple(sorted((k, id(v)) for k, v in vars(value).items() if k.endswith("_")))
-            found[key] = (id(value), fitted)
-    return found
-
-
-def _fitted_since(namespace: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
-    """Estimators fitted during the cell (new objects or re-fitted ones), deep-copied so the
-    background writer stores them as they are now."""
-    now = _estimators(namespace)
-    fitted = {}
-    for key, mark in now.items():
-        if mark[1] and before.get(key) != mark:
-            fitted[key] = copy.deepcopy(namespace[key])
-    if len(fitted) == 1:
-        return {"model": next(iter(fitted.values()))}
-    return fitted
-
-
-def _model_logger(cfg: Config, run: Run, name: str, model: Any) -> Callable[[], None]:
-    return lambda: _log_model(cfg, run, name, model)
 
 
 def _note_error(run: Run, exc: BaseException) -> None:
@@ -858,22 +830,15 @@ def _log_input(cfg: Config, run: Run, use: session.DataUse) -> None:
     client(cfg).log_inputs(run.run_id, datasets=[DatasetInput(dataset, input_tags)])
 
 
-def _log_model(cfg: Config, run: Run, name: str, model: Any) -> None:
-    """Log a fitted sklearn model with explicit pip requirements (MLflow would infer them in a
-    subprocess: seconds) and no signature/plots."""
-    from nb_mlops.core.capture.environment import environment, pip_requirements
-
+@contextlib.contextmanager
+def _as_active(cfg: Config, run: Run) -> Iterator[None]:
+    """Make `run` MLflow's active run on this (writer) thread: a logged model belongs to the
+    active run's experiment. Models are logged by `nb_mlops.core.capture.models`."""
     _mlflow_ready(cfg)
-    with _proc.autolog_lock:  # the warm-up may be importing the flavor right now
-        import mlflow.sklearn
-
-    reqs = pip_requirements(
-        environment(), "mlflow", "scikit-learn", "cloudpickle", "numpy", "scipy"
-    )
-    # the logged model belongs to the run's experiment: MLflow takes it from the (thread-local)
-    # active run, so make the run active on this thread while logging
+    with _proc.autolog_lock:  # the warm-up may be importing the flavors right now
+        import mlflow.sklearn  # noqa: F401
     active = _push_fluent(cfg, run, 0, need=True)
     try:
-        mlflow.sklearn.log_model(model, name=name, pip_requirements=reqs)
+        yield
     finally:
         _pop_fluent(active)

@@ -102,7 +102,8 @@ class TrackMagics(Magics):
         values win), sklearn autolog metrics and the fitted model, `nb_mlops.log(...)` metrics,
         the notebook file and its sha256, per-cell hashes, a hidden-state report, the
         environment and the git commit. A raising cell ends the run FAILED (the exception is
-        re-raised); an interrupt ends it KILLED.
+        re-raised); an interrupt ends it KILLED. The cell ends with one line: run name, id,
+        status, model state (logged / pending / none / not logged: why) and a link to the run.
 
         Example::
 
@@ -123,10 +124,47 @@ class TrackMagics(Magics):
         from nb_mlops.core import tracking
 
         raw = f"%%track {line}\n{cell}".rstrip() if line else f"%%track\n{cell}"
-        with tracking.track(
-            name=args.name, autolog=not args.no_autolog, tags=tags, cell=_raw_cell(shell, raw)
-        ):
-            return _run(shell, cell)
+        run = None
+        try:
+            with tracking.track(
+                name=args.name, autolog=not args.no_autolog, tags=tags, cell=_raw_cell(shell, raw)
+            ) as run:
+                return _run(shell, cell)
+        finally:
+            if run is not None:
+                _summarise(shell, run)
+
+
+def _summarise(shell: Any, run: Any) -> None:
+    """End the cell with one line: run name, id, status, model state, link (a widget whose model
+    state follows the background writer where widgets render, plain text elsewhere)."""
+    from nb_mlops.core.capture import models as capture_models
+    from nb_mlops.widgets.run_summary import RunSummary
+
+    summary = RunSummary(run.name, run.run_id, run.status, _run_link(run))
+    if getattr(shell, "kernel", None) is None:  # terminal IPython: no widgets, no HTML
+        summary.models = capture_models.status(run.run_id)
+        print(summary.text())
+        return
+    from IPython.display import display
+
+    summary.widget()
+    capture_models.watch_status(run.run_id, summary.update)  # before reading: no change missed
+    summary.update(capture_models.status(run.run_id))
+    display(summary)  # type: ignore[no-untyped-call]
+
+
+def _run_link(run: Any) -> str:
+    from nb_mlops.core.config import load_config
+    from nb_mlops.core.errors import NbMlopsError
+    from nb_mlops.core.runs import run_url, ui_url
+
+    try:
+        store = getattr(run, "_store", None)  # the configuration the run was made with
+        cfg = store.cfg if store is not None else load_config()
+        return run_url(ui_url(cfg), run.experiment_id, run.run_id)
+    except NbMlopsError:  # a bad ui_url setting must not hide the run's summary
+        return ""
 
 
 def _raw_cell(shell: Any, fallback: str) -> str:

@@ -183,8 +183,9 @@ class Recorder:
 
     def interactive_runs(
         self, exp_id: str, limit: int = 200
-    ) -> list[tuple[str, str, dict[str, float]]]:
-        """The experiment's interactive runs, newest first: (run_id, mlflow.source.name, metrics)."""
+    ) -> list[tuple[str, str, dict[str, float], dict[str, str]]]:
+        """The experiment's interactive runs, newest first: (run_id, mlflow.source.name, metrics,
+        params)."""
         if self.sqlite is not None:
             con = self.sqlite._con()
             rows = con.execute(
@@ -205,7 +206,13 @@ class Recorder:
                         (run_id,),
                     )
                 }
-                found.append((str(run_id), str(source), metrics))
+                params = {
+                    str(k): str(v)
+                    for k, v in con.execute(
+                        "SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)
+                    )
+                }
+                found.append((str(run_id), str(source), metrics, params))
             return found
         runs = self.client.search_runs(
             [exp_id],
@@ -218,6 +225,7 @@ class Recorder:
                 str(r.info.run_id),
                 r.data.tags.get("mlflow.source.name", ""),
                 dict(r.data.metrics),
+                dict(r.data.params),
             )
             for r in runs
         ]

@@ -8,6 +8,7 @@ terminal IPython show the same runs. All user strings are escaped.
 from __future__ import annotations
 
 import html
+import json
 import math
 import sys
 import unicodedata
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nb_mlops.core.config import Config, load_config
-from nb_mlops.core.runs import OrderBy, RunRow, RunsPage, runs
+from nb_mlops.core.runs import OrderBy, RunRow, RunsPage, experiment_url, runs
 
 __all__ = [
     "RunsTable",
@@ -28,10 +29,15 @@ __all__ = [
     "format_started",
     "html_table",
     "metric_svg",
+    "ordered_metrics",
+    "param_groups",
     "plain",
+    "sort_key_problem",
     "text_table",
 ]
 
+# the tag a tracked run lists its user's parameters in (written by `nb_mlops.core.tracking`)
+USER_PARAMS_TAG = "nb_mlops.params"
 MAX_PARAM_COLUMNS = 8
 MAX_METRIC_COLUMNS = 8
 _STATUS_COLOURS = {
@@ -90,15 +96,57 @@ def format_started(row: RunRow) -> str:
     return datetime.fromtimestamp(row.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def columns(page: RunsPage) -> tuple[list[str], list[str]]:
-    """(param keys, metric keys) to show: the sort key first, then the rest up to a cap."""
-    metrics = page.metric_keys
-    params = page.param_keys
+def param_groups(page: RunsPage) -> tuple[list[str], list[str]]:
+    """(the user's parameters, in the order of their `parameters` cell; the others, sorted).
+
+    A tracked run names its user's parameters (the notebook's `parameters` cell) in the tag
+    `nb_mlops.params`; every parameter of a pipeline or production run is the user's; a run
+    without the tag (plain MLflow) counts as all the user's. The rest is what sklearn autolog
+    added (`bootstrap`, `ccp_alpha`, …).
+    """
+    user: dict[str, None] = {}
+    for row in page.rows:
+        listed = row.tags.get(USER_PARAMS_TAG)
+        if listed is None or row.tags.get("nb_mlops.mode") in ("pipeline", "production"):
+            user.update(dict.fromkeys(sorted(row.params)))
+            continue
+        try:
+            names = json.loads(listed)
+        except ValueError:
+            names = list(row.params)
+        user.update(dict.fromkeys(n for n in names if n in row.params))
+    keys = page.param_keys
+    return list(user), [k for k in keys if k not in user]
+
+
+def ordered_metrics(page: RunsPage) -> list[str]:
+    """Metric keys: the sort metric first, the user's own next, autolog's last (`training_*`,
+    and `<Estimator>_score_<data>` from scoring calls)."""
+    metrics = sorted(page.metric_keys, key=lambda m: m.startswith("training_") or m[:1].isupper())
     if page.order is not None and page.order.kind == "metrics" and page.order.key in metrics:
         metrics = [page.order.key, *[m for m in metrics if m != page.order.key]]
+    return metrics
+
+
+def columns(page: RunsPage) -> tuple[list[str], list[str]]:
+    """(param keys, metric keys) to show: the sort key first, the user's parameters before
+    autolog's, then the rest up to a cap."""
+    user, other = param_groups(page)
+    params = user + other
     if page.order is not None and page.order.kind == "params" and page.order.key in params:
         params = [page.order.key, *[p for p in params if p != page.order.key]]
-    return params[:MAX_PARAM_COLUMNS], metrics[:MAX_METRIC_COLUMNS]
+    return params[:MAX_PARAM_COLUMNS], ordered_metrics(page)[:MAX_METRIC_COLUMNS]
+
+
+def sort_key_problem(page: RunsPage) -> str | None:
+    """The error for a page sorted by a metric or param no run of the experiment has, else None."""
+    if not (page.sort_key_missing and page.order is not None):
+        return None
+    known = page.metric_keys if page.order.kind == "metrics" else page.param_keys
+    return (
+        f"no run of experiment {page.experiment!r} has {page.order.label()!r}; "
+        f"known: {', '.join(known) or 'none'}"
+    )
 
 
 def caption(page: RunsPage) -> str:
@@ -195,7 +243,9 @@ def text_table(page: RunsPage) -> str:
     if body:
         lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in body]
-        lines.append(f"open a run: {page.rows[0].url.split('/#/')[0]} (nb-mlops ui)")
+        if page.experiment_id is not None:
+            base = page.rows[0].url.split("/#/")[0]
+            lines.append(f"all runs: {experiment_url(base, page.experiment_id)} (nb-mlops ui)")
     return "\n".join(line.rstrip() for line in lines)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from nb_mlops.core.writer import Writer
 
-__all__ = ["COPY_LIMIT", "install"]
+__all__ = ["COPY_LIMIT", "forget_copies", "install", "shared_copy"]
 
 # training data up to this size is copied and scored in the background
 COPY_LIMIT = 64 << 20
@@ -106,6 +106,7 @@ def install(owner: Callable[[str], Writer | None]) -> None:
             )
             return result
         fitted = copy.deepcopy(estimator)
+        _share(estimator, fitted)
 
         def later() -> None:
             client = DeferringClient()
@@ -133,6 +134,33 @@ def install(owner: Callable[[str], Writer | None]) -> None:
     flavor.MlflowAutologgingQueueingClient = DeferringClient
     # read by `mlflow.sklearn._autolog` through a local import: patch before autolog() runs
     utils._log_estimator_content = deferred_content
+
+
+# the copies made of estimators fitted in the current cell, by object id, with the fingerprint
+# of their fitted state then: model capture reuses one instead of copying the model again
+_shared: dict[int, tuple[Any, Any]] = {}
+
+
+def _share(estimator: Any, fitted: Any) -> None:
+    from nb_mlops.core.capture.models import _fingerprint
+
+    _shared[id(estimator)] = (_fingerprint(estimator), fitted)
+
+
+def shared_copy(estimator: Any) -> Any | None:
+    """The copy autolog made of `estimator` right after its fit, if it is still as fitted then
+    (same fitted-state fingerprint), else None. The writer thread only reads it."""
+    from nb_mlops.core.capture.models import _fingerprint
+
+    found = _shared.get(id(estimator))
+    if found is None or found[0] != _fingerprint(estimator):
+        return None
+    return found[1]
+
+
+def forget_copies() -> None:
+    """Drop the copies of this cell (called when the cell's models have been taken)."""
+    _shared.clear()
 
 
 def _copies(values: tuple[Any, ...]) -> tuple[Any, ...] | None:

@@ -6,6 +6,7 @@ and the current champion; each gives PASS, FAIL or SKIP with the values it compa
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 import re
@@ -344,22 +345,65 @@ def _same_note(run: RunFacts, champ: RunFacts) -> str:
 
 
 def _reproduced(run: RunFacts) -> GateResult:
+    """The pipeline's reproduction check, as recorded on the run (`nb_mlops.reproduced`, and what
+    was compared in `nb_mlops.reproduction`): which interactive run, at which parameters, the
+    first metric that differs with both values, and the tolerance."""
+    name = "require_reproduced"
     value = run.tags.get("nb_mlops.reproduced")
     if value is None:
         return GateResult(
-            "require_reproduced",
+            name,
             FAIL,
             None,
             "true",
-            f"run {run.run_id} has no nb_mlops.reproduced tag (the pipeline did not compare with the interactive run)",
+            f"run {run.run_id} has no nb_mlops.reproduced tag: the notebook has no interactive "
+            "tracked run to compare with; run its %%track cells, then the pipeline again",
         )
     ok = value.lower() == "true"
-    detail = (
-        "the pipeline reproduced the interactive metrics"
-        if ok
-        else "the pipeline did not reproduce the interactive metrics"
+    try:
+        report = json.loads(run.tags.get("nb_mlops.reproduction") or "{}")
+    except ValueError:
+        report = {}
+    if not isinstance(report, dict) or not report:
+        detail = (
+            "the pipeline reproduced the interactive metrics"
+            if ok
+            else "the pipeline did not reproduce the interactive metrics"
+        )
+        return GateResult(name, PASS if ok else FAIL, value, "true", detail)
+    params = report.get("parameters") or "no parameters"
+    tolerance = f"rel {report.get('rel_tol', 0):g} + abs {report.get('abs_tol', 0):g}"
+    if report.get("matched") == "none":
+        last = report.get("last_interactive") or "-"
+        return GateResult(
+            name,
+            FAIL,
+            value,
+            "true",
+            f"no interactive run of the notebook used these parameter values ({params}); the "
+            f"newest one used {last}: track the notebook with these values (or run the "
+            "pipeline with the interactive ones), then promote",
+        )
+    against = f"interactive run {report.get('interactive_run_id')}"
+    against += (
+        f" (same parameters: {params})"
+        if report.get("matched") == "same"
+        else " (it recorded no parameters)"
     )
-    return GateResult("require_reproduced", PASS if ok else FAIL, value, "true", detail)
+    if ok:
+        detail = f"{report.get('compared', 0)} metric(s) agree with {against} within {tolerance}"
+        return GateResult(name, PASS, value, "true", detail)
+    metric = report.get("metric")
+    got = report.get("pipeline")
+    shown = "missing" if got is None else f"{got:g}"
+    more = report.get("differing", 1) - 1
+    detail = (
+        f"{metric}: pipeline {shown} vs interactive {report.get('interactive', 0):g} "
+        f"({against}), beyond the tolerance {tolerance}"
+        + (f"; {more} more metric(s) differ" if more > 0 else "")
+        + " (reproduction.json lists every metric)"
+    )
+    return GateResult(name, FAIL, value, "true", detail)
 
 
 def _data_verified(run: RunFacts, verify: DataVerifier | None) -> GateResult:

@@ -64,6 +64,8 @@ class JournalEntry:
         data: snapshot name → `vN:<digest>` used by the candidate run.
         notebook, notebook_sha256, git_commit: where the pipeline came from.
         model_source, model_sha256: the registered artifacts and their digest.
+        model_safety: how the model is stored and what loading it trusts (flavor, format,
+            trusted_types, reason), as checked against `trusted_model_modules`.
         previous_champion_before: the `previous-champion` alias before the act (restored on abort).
         recovered: True when a pending entry was settled after a crash.
         settled_at: when the entry became done/aborted.
@@ -89,6 +91,7 @@ class JournalEntry:
     git_commit: str | None = None
     model_source: str | None = None
     model_sha256: str | None = None
+    model_safety: dict[str, Any] = field(default_factory=dict)
     previous_champion_before: str | None = None
     recovered: bool = False
     settled_at: str | None = None

@@ -1,11 +1,13 @@
 """What a promotion reads from and writes to MLflow: the candidate pipeline run and its model,
-the model's source check and digest, versions and the `champion` / `previous-champion`
-aliases. Models are never loaded here: artifacts are hashed as bytes, never unpickled.
+the model's source check, digest and safety (its format and the types its loader must trust),
+versions linked to their logged model, and the `champion` / `previous-champion` aliases.
+Models are never loaded here: artifacts are hashed as bytes and MLmodel files read as text.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+from nb_mlops.core.capture import model_format
+from nb_mlops.core.config import Config
 from nb_mlops.core.errors import PromotionError
 from nb_mlops.core.promotion.gates import RunFacts
 
@@ -32,13 +36,20 @@ __all__ = [
     "get_alias",
     "latest_pipeline_run",
     "load_candidate",
+    "model_safety",
+    "register_version",
     "run_facts",
     "source_path",
+    "version_location",
 ]
 
 CHAMPION = "champion"
 PREVIOUS = "previous-champion"
-DIGEST_TAG = "nb_mlops.model_sha256"
+DIGEST_TAG = model_format.DIGEST_TAG
+PREDICTS_TAG = model_format.PREDICTS_TAG
+MODEL_ID_TAG = "nb_mlops.model_id"
+# the logged model's tag listing the registered versions made from it (MLflow's UI reads it)
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}\Z")
 _ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}\Z")
 _PROMOTABLE_MODES = ("pipeline", "production")
@@ -74,12 +85,14 @@ class ModelRef:
         run_id: the run (step or nested) that logged it.
         model_id: the MLflow 3 logged-model id, or None for a model logged as run artifacts.
         recorded_sha256: the digest recorded at logging time, when the logging side recorded one.
+        tags: the logged model's tags (format, trusted types, project modules as logged).
     """
 
     source: str
     run_id: str
     model_id: str | None = None
     recorded_sha256: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -248,7 +261,12 @@ def _models(client: MlflowClient, tree: dict[str, Run]) -> list[ModelRef]:
             filter_string=f"source_run_id IN ({ids})",
             max_results=100,
         )
-    found = sorted(found, key=lambda m: m.creation_timestamp or 0, reverse=True)
+    # a model that predicts before a lone transformer, then the newest
+    found = sorted(
+        found,
+        key=lambda m: ((m.tags or {}).get(PREDICTS_TAG) != "false", m.creation_timestamp or 0),
+        reverse=True,
+    )
     models = [
         ModelRef(
             source=str(m.artifact_location),
@@ -256,6 +274,7 @@ def _models(client: MlflowClient, tree: dict[str, Run]) -> list[ModelRef]:
             model_id=str(m.model_id),
             recorded_sha256=(m.tags or {}).get(DIGEST_TAG)
             or tree[str(m.source_run_id)].data.tags.get(f"{DIGEST_TAG}.{m.model_id}"),
+            tags=dict(m.tags or {}),
         )
         for m in found
         if str(getattr(m, "status", "READY")).endswith("READY")
@@ -447,9 +466,190 @@ def get_version(client: MlflowClient, model: str, version: str) -> ModelVersion 
         return None
 
 
-def find_version(client: MlflowClient, model: str, run_id: str, source: str) -> ModelVersion | None:
-    """A version of `model` already registered from this run and source (a re-promotion)."""
+def find_version(
+    client: MlflowClient, model: str, run_id: str, ref: ModelRef
+) -> ModelVersion | None:
+    """A version of `model` already registered from this run and model (a re-promotion)."""
+    wanted = {ref.source.rstrip("/")} | ({f"models:/{ref.model_id}"} if ref.model_id else set())
     for mv in client.search_model_versions(f"name = '{model}' and run_id = '{run_id}'"):
-        if str(mv.source).rstrip("/") == source.rstrip("/"):
+        if str(mv.source).rstrip("/") in wanted:
             return mv
     return None
+
+
+def version_location(client: MlflowClient, mv: ModelVersion) -> str:
+    """Where a version's files are: its source, or for a version registered from a logged model
+    (`models:/<model_id>`) the location MLflow resolved for it."""
+    source = str(mv.source)
+    if source.startswith("models:/"):
+        return str(client.get_model_version_download_uri(mv.name, mv.version))
+    return source
+
+
+def version_model_id(mv: ModelVersion) -> str | None:
+    """The logged model a version was registered from (MLflow's SQL registry keeps it only in
+    the source URI `models:/<model_id>`; we also tag it)."""
+    found = getattr(mv, "model_id", None) or (mv.tags or {}).get(MODEL_ID_TAG)
+    if found:
+        return str(found)
+    source = str(mv.source)
+    if source.startswith("models:/") and "/" not in source[len("models:/") :].strip("/"):
+        return source[len("models:/") :].strip("/")
+    return None
+
+
+def register_version(
+    client: MlflowClient,
+    model: str,
+    candidate: Candidate,
+    ref: ModelRef,
+    tags: dict[str, str],
+    *,
+    exists: bool,
+) -> str:
+    """A new version of `model` from the candidate's model. A model logged as an MLflow 3
+    LoggedModel is registered as `models:/<model_id>`, as `mlflow.register_model` does: the
+    version's page in the MLflow UI then links its logged model (metrics, params, run), and the
+    logged model lists the version."""
+    if not exists:
+        client.create_registered_model(model, tags={"nb_mlops.managed": "true"})
+    version_tags = {k: v for k, v in tags.items() if v}
+    if ref.model_id:
+        version_tags[MODEL_ID_TAG] = ref.model_id
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    # MLflow's SQL registry resolves `models:/<model_id>` with a default client, i.e. with the
+    # process-wide tracking URI: point it at this store for the call
+    with _use_tracking_uri(client.tracking_uri):
+        mv = client.create_model_version(
+            model,
+            source=f"models:/{ref.model_id}" if ref.model_id else ref.source,
+            run_id=candidate.run_id,
+            tags=version_tags,
+            model_id=ref.model_id,
+            await_creation_for=0,
+        )
+    if ref.model_id:
+        _link_logged_model(client, ref.model_id, model, mv.version)
+    return str(mv.version)
+
+
+def _link_logged_model(client: MlflowClient, model_id: str, model: str, version: Any) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        logged = client.get_logged_model(model_id)
+        listed = json.loads((logged.tags or {}).get(MODEL_VERSIONS_TAG) or "[]")
+    except (MlflowException, ValueError):
+        return  # the version exists and says its model id; the back link is a convenience
+    if not isinstance(listed, list):
+        listed = []
+    listed.append({"name": model, "version": version})
+    client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: json.dumps(listed)})
+
+
+# --- model safety ---------------------------------------------------------------------------------
+
+
+def read_mlmodel(source: str) -> dict[str, Any]:
+    """The MLmodel file of a model folder, as data (read as YAML text, never loading the model)."""
+    import yaml
+
+    local = source_path(source)
+    try:
+        if local is not None:
+            text = (local / "MLmodel").read_text()
+        else:
+            import mlflow.artifacts
+
+            with tempfile.TemporaryDirectory(prefix="nb_mlops-mlmodel-") as tmp:
+                path = mlflow.artifacts.download_artifacts(
+                    artifact_uri=source.rstrip("/") + "/MLmodel", dst_path=tmp
+                )
+                text = Path(path).read_text()
+        data = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError) as exc:
+        raise PromotionError(
+            f"cannot read the MLmodel file of {source} ({exc}); promote a model logged with MLflow"
+        ) from exc
+    return data if isinstance(data, dict) else {}
+
+
+def model_safety(cfg: Config, ref: ModelRef) -> dict[str, Any]:
+    """How the model is stored and what loading it trusts, checked against the project's trust
+    policy (`trusted_model_modules`) before anything is registered.
+
+    Returns:
+        {"flavor", "format", "trusted_types", "reason"}: recorded on the version and journaled.
+
+    Raises:
+        PromotionError: the model is a pickle, or asks its loader to trust a type the policy does
+            not admit, or has no flavor whose loading can be checked.
+    """
+    flavors = read_mlmodel(ref.source).get("flavors") or {}
+    trust = model_format.policy(cfg)
+    trust_all = model_format.ANY in trust.entries
+    project = _json_dict(ref.tags.get(model_format.PROJECT_TAG))
+    xgb = flavors.get("xgboost")
+    lgb = flavors.get("lightgbm")
+    if isinstance(xgb, dict):
+        return _safety("xgboost", str(xgb.get("model_format", "xgb")), [], "xgboost", ref)
+    if isinstance(lgb, dict) and lgb.get("model_class", "lightgbm.basic.Booster").endswith(
+        "Booster"
+    ):
+        return _safety("lightgbm", "text", [], "lightgbm", ref)
+    conf = flavors.get("sklearn") if isinstance(flavors.get("sklearn"), dict) else lgb
+    if not isinstance(conf, dict):
+        if trust_all:
+            return _safety(",".join(sorted(flavors)), "unchecked", [], None, ref)
+        raise PromotionError(
+            f"model {ref.source} has flavor(s) {', '.join(sorted(flavors)) or 'none'}, whose "
+            "loading nb_mlops cannot check; log scikit-learn, xgboost or lightgbm models, or "
+            'accept any model with trusted_model_modules = ["*"] in [tool.nb_mlops]'
+        )
+    flavor = "sklearn" if conf is flavors.get("sklearn") else "lightgbm"
+    fmt = str(conf.get("serialization_format", "pickle"))
+    types = [str(t) for t in conf.get("skops_trusted_types") or []]
+    if fmt != "skops" and not trust_all:
+        raise PromotionError(
+            f"model {ref.source} is stored as a {fmt} file: loading it can run arbitrary code; "
+            "log it in the skops format (as %%track does, and mlflow.sklearn.log_model by "
+            'default), or accept it with trusted_model_modules = ["*"] in [tool.nb_mlops]'
+        )
+    refused = [t for t in types if not trust.trusts(t, project)]
+    if refused:
+        raise PromotionError(
+            f"model {ref.source} asks its loader to trust {', '.join(refused)}, which "
+            f"{trust.described} does not trust; if loading it is safe, add its module to "
+            "trusted_model_modules in [tool.nb_mlops]"
+        )
+    return _safety(flavor, fmt, types, None, ref)
+
+
+def _safety(
+    flavor: str, fmt: str, types: list[str], native: str | None, ref: ModelRef
+) -> dict[str, Any]:
+    reason = ref.tags.get(model_format.REASON_TAG) or (
+        model_format.NATIVE_REASON[native] if native else model_format.SKOPS_REASON
+    )
+    if fmt == "unchecked":
+        reason = 'not checked: trusted_model_modules = ["*"] accepts any model'
+    return {"flavor": flavor, "format": fmt, "trusted_types": types, "reason": reason}
+
+
+def safety_tags(safety: dict[str, Any]) -> dict[str, str]:
+    """The safety record as model-version tags."""
+    return {
+        model_format.FORMAT_TAG: str(safety.get("format", "")),
+        model_format.TYPES_TAG: json.dumps(safety.get("trusted_types", [])),
+        model_format.REASON_TAG: str(safety.get("reason", "")),
+        "nb_mlops.model.flavor": str(safety.get("flavor", "")),
+    }
+
+
+def _json_dict(text: str | None) -> dict[str, str]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}

@@ -42,10 +42,14 @@ from nb_mlops.core.promotion.registry import (
     load_candidate,
     model_aliases,
     model_exists,
+    model_safety,
+    register_version,
     resolve_source,
     run_facts,
+    safety_tags,
     source_digest,
     verify_digest,
+    version_location,
 )
 
 if TYPE_CHECKING:
@@ -173,6 +177,7 @@ def evaluate(
     spec = parse_gates(cfg.gates)
     candidate = load_candidate(client, _resolve_run(client, run_id, latest))
     ref = resolve_source(candidate, source)
+    model_safety(cfg, ref)
     current = get_alias(client, model, CHAMPION)
     gates = evaluate_gates(
         spec, candidate.facts, _champion(client, model, current), _data_verifier(cfg)
@@ -232,15 +237,14 @@ def promote(
     spec = parse_gates(cfg.gates)
     candidate = load_candidate(client, _resolve_run(client, run_id, latest))
     ref = resolve_source(candidate, source)
+    safety = model_safety(cfg, ref)
     journal = Journal(cfg, model)
     with store.lock(cfg, f"promote-{model}"):
         _reconcile_locked(cfg, client, model, journal)
         aliases = model_aliases(client, model)
         current = aliases.get(CHAMPION) if aliases is not None else None
         existing = (
-            find_version(client, model, candidate.run_id, ref.source)
-            if aliases is not None
-            else None
+            find_version(client, model, candidate.run_id, ref) if aliases is not None else None
         )
         if existing is not None and str(existing.version) == current:
             raise PromotionError(
@@ -251,6 +255,7 @@ def promote(
         )
         failed = [g for g in gates if g.verdict == FAIL]
         fields = _entry_fields(candidate, ref, gates, failed, reason, current)
+        fields["model_safety"] = safety
         if failed and not force:
             entry = journal.append(JournalEntry.new("blocked", model, state="done", **fields))
             _tag_blocked(client, candidate.run_id, model, failed)
@@ -259,7 +264,14 @@ def promote(
         version = (
             str(existing.version)
             if existing
-            else _register(client, model, candidate, ref, digest, exists=aliases is not None)
+            else register_version(
+                client,
+                model,
+                candidate,
+                ref,
+                {**_version_tags(candidate, ref, digest), **safety_tags(safety)},
+                exists=aliases is not None,
+            )
         )
         entry = JournalEntry.new(
             "forced-promote" if failed else "promote",
@@ -319,7 +331,7 @@ def rollback(
                 f"model {model!r} has no version {target}; see `nb-mlops history {model}`"
             )
         recorded = (mv.tags or {}).get(DIGEST_TAG)
-        actual = source_digest(str(mv.source)) if recorded else None
+        actual = source_digest(version_location(client, mv)) if recorded else None
         if recorded and actual != recorded:
             raise RollbackError(
                 f"{model} version {target}: its files no longer match the digest recorded at promotion "
@@ -344,7 +356,7 @@ def rollback(
                 for k, v in tags.items()
                 if k.startswith("nb_mlops.data.")
             },
-            model_source=str(mv.source),
+            model_source=version_location(client, mv),
             model_sha256=recorded,
             previous_champion_before=aliases.get(PREVIOUS),
         )
@@ -486,14 +498,10 @@ def _entry_fields(
 _GIT_COMMIT = ("nb_mlops.git_commit", "nb_mlops.git.commit", "mlflow.source.git.commit")
 
 
-def _register(
-    client: MlflowClient, model: str, candidate: Candidate, ref: ModelRef, digest: str, exists: bool
-) -> str:
-    """A new version of `model` from the candidate's model, carrying its production pipeline."""
-    if not exists:
-        client.create_registered_model(model, tags={"nb_mlops.managed": "true"})
+def _version_tags(candidate: Candidate, ref: ModelRef, digest: str) -> dict[str, str]:
+    """What a new version carries: its production pipeline, provenance and digest."""
     tags = candidate.tags
-    version_tags = {
+    return {
         "nb_mlops.pipeline": tags.get("nb_mlops.pipeline", ""),
         "nb_mlops.pipeline_hash": tags.get("nb_mlops.pipeline_hash", ""),
         "nb_mlops.pipeline_run_id": candidate.run_id,
@@ -509,15 +517,6 @@ def _register(
         DIGEST_TAG: digest,
         **{k: v for k, v in tags.items() if k.startswith("nb_mlops.data.")},
     }
-    mv = client.create_model_version(
-        model,
-        source=ref.source,
-        run_id=candidate.run_id,
-        tags={k: v for k, v in version_tags.items() if v},
-        model_id=ref.model_id,
-        await_creation_for=0,
-    )
-    return str(mv.version)
 
 
 def _fault(point: str) -> None:
