@@ -180,6 +180,15 @@ export class PromoteForm
 
   private gates(): HTMLElement {
     const info = this.info;
+    const problems = info.config_errors || [];
+    if (problems.length > 0) {
+      return h(
+        'div',
+        { class: 'nbm-config-errors' },
+        h('p', { class: 'nbm-error' }, 'Promotion refuses until the configuration is fixed:'),
+        ...problems.map(problem => h('p', { class: 'nbm-error' }, problem))
+      );
+    }
     if (!info.gates || info.gates.length === 0) {
       return h('p', { class: 'nbm-muted' }, 'No gates configured ([tool.nb_mlops.gates]).');
     }

@@ -62,6 +62,8 @@ export interface INotebookInfo {
   runs: ITrackedRun[];
   ui_url: string;
   warnings: string[];
+  /** Configuration problems, one line each: promotion refuses while there is any. */
+  config_errors?: string[];
 }
 
 export interface IStepProgress {

@@ -3,6 +3,8 @@
 The root is the nearest folder, walking up from the start folder, whose `pyproject.toml` holds a
 `[tool.nb_mlops]` table or which holds `nb_mlops.toml`; else the start folder itself. Environment
 variables override the store: `NB_MLOPS_TRACKING_URI` / `MLFLOW_TRACKING_URI`, and `NB_MLOPS_ROOT`.
+Every key is checked against `config_schema`; the problems found are kept on the `Config`, and
+reading its gates raises while there is any (promotion fails closed on a bad setting).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nb_mlops.core.config_schema import problems as schema_problems
 from nb_mlops.core.errors import ConfigError
 
 __all__ = ["Config", "find_root", "load_config", "STORE_DIRNAME"]
@@ -32,6 +35,8 @@ class Config:
         artifact_root: folder (or URI) where new experiments keep their artifacts.
         experiment: the configured experiment name, or None (then: the notebook's file stem).
         settings: every key of the configuration table, as read (e.g. `gates`).
+        problems: one line per configuration problem (unknown key, wrong type, bad threshold),
+            each naming the file and the key; empty when the configuration is valid.
     """
 
     root: Path
@@ -41,6 +46,20 @@ class Config:
     artifact_root: str
     experiment: str | None
     settings: dict[str, Any] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        """Raise the configuration's problems, if any.
+
+        Raises:
+            ConfigError: the first problem (and how many more), and how to list them all.
+        """
+        if self.problems:
+            more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+            raise ConfigError(
+                f"{self.problems[0]}{more}; fix the configuration (`nb-mlops config --check` "
+                "lists every problem): promotion refuses until it is valid"
+            )
 
     @property
     def store_dir(self) -> Path:
@@ -70,8 +89,10 @@ class Config:
 
     @property
     def gates(self) -> dict[str, Any]:
-        gates = self.settings.get("gates", {})
-        return gates if isinstance(gates, dict) else {}
+        """The gates table. Fails closed: raises ConfigError while the configuration has any
+        problem, so a misspelt or misshapen setting never reads as "no gates"."""
+        self.check()
+        return dict(self.settings.get("gates", {}))
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape printed by `nb-mlops config --json`."""
@@ -85,7 +106,8 @@ class Config:
             "runs_dir": str(self.runs_dir),
             "experiment": self.experiment,
             "embedded": self.is_embedded,
-            "gates": self.gates,
+            "gates": self.settings.get("gates", {}),
+            "problems": list(self.problems),
         }
 
 
@@ -160,7 +182,15 @@ def load_config(start: Path | str | None = None) -> Config:
         artifact_root=artifact_root,
         experiment=_setting_str(settings, "experiment", source),
         settings=settings,
+        problems=_problems(settings, source),
     )
+
+
+def _problems(settings: dict[str, Any], source: Path | None) -> tuple[str, ...]:
+    if source is None:
+        return ()
+    prefix = "tool.nb_mlops." if source.name == "pyproject.toml" else ""
+    return tuple(f"{source}: {line}" for line in schema_problems(settings, prefix))
 
 
 def _setting_str(settings: dict[str, Any], key: str, source: Path | None) -> str | None:
