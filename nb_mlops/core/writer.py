@@ -3,14 +3,21 @@
 `log()` only appends a tuple to a queue (microseconds); the thread turns runs of queued values into
 one transaction each. On the embedded store it writes MLflow's tables directly with `sqlite3` (MLflow's
 own `log_batch` persists ≈ 4-8k points/s and `create_run` costs ≈ 8 ms); on a server it calls
-`MlflowClient.log_batch`. Order is kept: a run's end (its status) is written only after everything
-queued before it. Nothing is dropped silently: a write that keeps failing is reported by `flush()`.
+`MlflowClient.log_batch`. Nothing is dropped silently: a write that keeps failing is reported by
+`flush()`, or by the run's end.
+
+A run's end is synchronous (`finish_run`): the caller takes the run's values still queued and commits
+them with the status in one transaction (a WAL commit: it survives a killed process), and raises
+what could not be saved. Slow work queued for the run (the model, artifacts, training metrics) may
+still be running then: the run stays RUNNING with tags `nb_mlops.pending` (what) and
+`nb_mlops.end_status` (how it ended) until that work is done, and a later session that finds its
+owner dead marks it FAILED, naming what was never saved — never FINISHED with a piece missing, never
+KILLED when its owner ended it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import getpass
 import math
 import os
@@ -29,7 +36,15 @@ from nb_mlops.core.procs import pid_alive
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-__all__ = ["ClientBackend", "SqliteBackend", "Writer", "owner_token", "SCHEMA_REVISION"]
+__all__ = [
+    "END_STATUS_TAG",
+    "PENDING_TAG",
+    "SCHEMA_REVISION",
+    "ClientBackend",
+    "SqliteBackend",
+    "Writer",
+    "owner_token",
+]
 
 # The MLflow schema revision these SQL statements were written against (MLflow 3.17). Any other
 # revision makes the embedded store fall back to MlflowClient (slower, always correct).
@@ -39,15 +54,23 @@ MAX_TAG_VALUE = 8000
 _MAX_FLOAT = 1.7976931348623157e308
 _BATCH = 20_000
 
+PENDING_TAG = "nb_mlops.pending"  # what an ended run still waits for ("model, notebook capture")
+END_STATUS_TAG = "nb_mlops.end_status"  # how its owner ended it, "FINISHED@<end ms>"
+
 Metric = tuple[str, str, float, int, int]  # run_id, key, value, timestamp_ms, step
 Pair = tuple[str, str, str]  # run_id, key, value
 
+_tokens: dict[int, str] = {}
 
-@functools.cache
+
 def owner_token(pid: int | None = None) -> str:
-    """`host:pid:start` naming this process, so a later session can tell a dead owner's runs."""
+    """`host:pid:start` naming this process, so a later session can tell a dead owner's runs
+    (computed per pid: a forked child is its own owner)."""
     pid = pid or os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_process_start(pid)}"
+    token = _tokens.get(pid)
+    if token is None:
+        token = _tokens[pid] = f"{socket.gethostname()}:{pid}:{_process_start(pid)}"
+    return token
 
 
 def _process_start(pid: int) -> str:
@@ -73,6 +96,15 @@ class Backend(Protocol):
     def write(self, metrics: list[Metric], params: list[Pair], tags: list[Pair]) -> None: ...
 
     def end(self, run_id: str, status: str, end_ms: int) -> None: ...
+
+    def finish(
+        self,
+        run_id: str,
+        values: tuple[list[Metric], list[Pair], list[Pair]],
+        status: str | None,
+        end_ms: int,
+        drop_tags: tuple[str, ...] = (),
+    ) -> None: ...
 
 
 class SqliteBackend:
@@ -160,6 +192,42 @@ class SqliteBackend:
             )
 
     def write(self, metrics: list[Metric], params: list[Pair], tags: list[Pair]) -> None:
+        with self._tx() as con:
+            self._write_in(con, metrics, params, tags)
+
+    def finish(
+        self,
+        run_id: str,
+        values: tuple[list[Metric], list[Pair], list[Pair]],
+        status: str | None,
+        end_ms: int,
+        drop_tags: tuple[str, ...] = (),
+    ) -> None:
+        """One transaction: a run's last values, then (unless `status` is None) its end, with
+        `drop_tags` removed. A WAL commit: it survives the process being killed."""
+        metrics, params, tags = values
+        with self._tx() as con:
+            self._write_in(con, metrics, params, tags, also={run_id})
+            if drop_tags:
+                marks = ",".join("?" * len(drop_tags))
+                con.execute(
+                    f"DELETE FROM tags WHERE run_uuid = ? AND key IN ({marks})",
+                    (run_id, *drop_tags),
+                )
+            if status is not None:
+                con.execute(
+                    "UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",
+                    (status, end_ms, run_id),
+                )
+
+    def _write_in(
+        self,
+        con: sqlite3.Connection,
+        metrics: list[Metric],
+        params: list[Pair],
+        tags: list[Pair],
+        also: set[str] | frozenset[str] = frozenset(),
+    ) -> None:
         rows = [_metric_row(m) for m in metrics]
         latest: dict[tuple[str, str], tuple[Any, ...]] = {}
         for row in rows:
@@ -168,39 +236,40 @@ class SqliteBackend:
             # MLflow's rule: the latest value is the one with the greatest (step, timestamp, value)
             if best is None or (row[4], row[2], row[1]) >= (best[4], best[2], best[1]):
                 latest[key] = row
-        with self._tx() as con:
-            self._check_active(
-                con, {m[0] for m in metrics} | {p[0] for p in params} | {t[0] for t in tags}
+        self._check_active(
+            con, {m[0] for m in metrics} | {p[0] for p in params} | {t[0] for t in tags} | also
+        )
+        if rows:
+            con.executemany(
+                "INSERT OR IGNORE INTO metrics (key, value, timestamp, run_uuid, step, is_nan)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
             )
-            if rows:
-                con.executemany(
-                    "INSERT OR IGNORE INTO metrics (key, value, timestamp, run_uuid, step, is_nan)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                con.executemany(
-                    "INSERT INTO latest_metrics (key, value, timestamp, run_uuid, step, is_nan) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key, run_uuid) DO UPDATE SET "
-                    "value = excluded.value, timestamp = excluded.timestamp, step = excluded.step,"
-                    " is_nan = excluded.is_nan WHERE (excluded.step, excluded.timestamp, "
-                    "excluded.value) >= (latest_metrics.step, latest_metrics.timestamp, "
-                    "latest_metrics.value)",
-                    list(latest.values()),
-                )
-            if params:
-                con.executemany(
-                    "INSERT OR IGNORE INTO params (key, value, run_uuid) VALUES (?, ?, ?)",
-                    [(k, v[:MAX_PARAM_VALUE], r) for r, k, v in params],
-                )
-            if tags:
-                con.executemany(
-                    "INSERT OR REPLACE INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
-                    [(k, v[:MAX_TAG_VALUE], r) for r, k, v in tags],
-                )
+            con.executemany(
+                "INSERT INTO latest_metrics (key, value, timestamp, run_uuid, step, is_nan) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key, run_uuid) DO UPDATE SET "
+                "value = excluded.value, timestamp = excluded.timestamp, step = excluded.step,"
+                " is_nan = excluded.is_nan WHERE (excluded.step, excluded.timestamp, "
+                "excluded.value) >= (latest_metrics.step, latest_metrics.timestamp, "
+                "latest_metrics.value)",
+                list(latest.values()),
+            )
+        if params:
+            con.executemany(
+                "INSERT OR IGNORE INTO params (key, value, run_uuid) VALUES (?, ?, ?)",
+                [(k, v[:MAX_PARAM_VALUE], r) for r, k, v in params],
+            )
+        if tags:
+            con.executemany(
+                "INSERT OR REPLACE INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
+                [(k, v[:MAX_TAG_VALUE], r) for r, k, v in tags],
+            )
 
     @staticmethod
     def _check_active(con: sqlite3.Connection, run_ids: set[str]) -> None:
         """MLflow refuses writes to missing or deleted runs; so do we (SQLite does not check)."""
+        if not run_ids:
+            return
         marks = ",".join("?" * len(run_ids))
         found = dict(
             con.execute(
@@ -222,33 +291,55 @@ class SqliteBackend:
             )
 
     def kill_orphans(self) -> list[str]:
-        """Mark KILLED the RUNNING runs whose owning process (tag `nb_mlops.owner`) is dead."""
+        """Settle the RUNNING runs whose owning process (tag `nb_mlops.owner`) is dead.
+
+        A run its owner never ended (the process died inside the block) becomes KILLED. A run its
+        owner ended while slow work was still pending (tags `nb_mlops.pending`, `end_status`)
+        keeps the status it ended with, except that FINISHED becomes FAILED: what was pending
+        (the model, artifacts) was never saved, and `nb_mlops.error` says so.
+        """
         rows = (
             self._con()
             .execute(
-                "SELECT r.run_uuid, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-                "WHERE r.status = 'RUNNING' AND t.key = 'nb_mlops.owner'"
+                "SELECT r.run_uuid, o.value, p.value, e.value FROM runs r "
+                "JOIN tags o ON o.run_uuid = r.run_uuid AND o.key = 'nb_mlops.owner' "
+                "LEFT JOIN tags p ON p.run_uuid = r.run_uuid AND p.key = ? "
+                "LEFT JOIN tags e ON e.run_uuid = r.run_uuid AND e.key = ? "
+                "WHERE r.status = 'RUNNING'",
+                (PENDING_TAG, END_STATUS_TAG),
             )
             .fetchall()
         )
-        dead = [run_id for run_id, token in rows if not _owner_alive(token)]
+        dead = [row for row in rows if not _owner_alive(row[1])]
         now = int(time.time() * 1000)
-        for run_id in dead:
+        for run_id, _owner, pending, ended in dead:
+            status, _, end_text = (ended or "").partition("@")
+            if pending and status in ("FINISHED", "FAILED", "KILLED"):
+                end_ms = int(end_text) if end_text.isdigit() else now
+                final = "FAILED" if status == "FINISHED" else status
+                why = (
+                    f"incomplete: the process ended before its {pending} was saved "
+                    f"(the tracked block itself ended {status})"
+                )
+                tags = [(run_id, "nb_mlops.error", why)]
+            else:
+                end_ms, final = now, "KILLED"
+                why = "owning kernel died; marked by a later session"
+                tags = [(run_id, "nb_mlops.killed_reason", why)]
             with self._tx() as con:
+                # only while still RUNNING: its owner may have ended it meanwhile after all
                 con.execute(
-                    "UPDATE runs SET status = 'KILLED', end_time = ? "
+                    "UPDATE runs SET status = ?, end_time = ? "
                     "WHERE run_uuid = ? AND status = 'RUNNING'",
-                    (now, run_id),
+                    (final, end_ms, run_id),
                 )
-                con.execute(
-                    "INSERT OR REPLACE INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
-                    (
-                        "nb_mlops.killed_reason",
-                        "owning kernel died; marked by a later session",
-                        run_id,
-                    ),
-                )
-        return dead
+                if con.execute("SELECT changes()").fetchone()[0]:
+                    self._write_in(con, [], [], tags)
+                    con.execute(
+                        "DELETE FROM tags WHERE run_uuid = ? AND key IN (?, ?)",
+                        (run_id, PENDING_TAG, END_STATUS_TAG),
+                    )
+        return [row[0] for row in dead]
 
 
 def _metric_row(m: Metric) -> tuple[str, float, int, str, int, int]:
@@ -290,6 +381,22 @@ class ClientBackend:
     def end(self, run_id: str, status: str, end_ms: int) -> None:
         self.client.set_terminated(run_id, status=status, end_time=end_ms)
 
+    def finish(
+        self,
+        run_id: str,
+        values: tuple[list[Metric], list[Pair], list[Pair]],
+        status: str | None,
+        end_ms: int,
+        drop_tags: tuple[str, ...] = (),
+    ) -> None:
+        """The run's last values, then its end: each acknowledged by the server before return."""
+        self.write(*values)
+        for key in drop_tags:
+            with contextlib.suppress(Exception):  # absent already: nothing to drop
+                self.client.delete_tag(run_id, key)
+        if status is not None:
+            self.end(run_id, status, end_ms)
+
 
 class _Barrier:
     __slots__ = ("done",)
@@ -309,7 +416,7 @@ class Writer:
     Args:
         backend: where values go.
         retry_seconds: how long a write refused because the database is locked is retried before
-            it is reported as failed (by the next `flush()`).
+            it is reported as failed (by `finish_run`, or the next `flush()`).
     """
 
     def __init__(self, backend: Backend, retry_seconds: float = 120.0) -> None:
@@ -319,6 +426,12 @@ class Writer:
         self._wake = threading.Event()
         self._errors: list[str] = []
         self._errors_lock = threading.Lock()
+        # held while values are taken off the queue and written, by the thread or a run's end:
+        # a run's end never commits before values of that run the thread holds in hand
+        self._write_lock = threading.Lock()
+        self._calls: dict[str, list[str]] = {}  # run id → what its queued/running calls do
+        self._bound = threading.local()  # per thread: the tracked runs open there, innermost last
+        self._call_failures: dict[str, list[str]] = {}
         self.written = 0
         self._busy = False
         self._thread = threading.Thread(target=self._loop, name="nb_mlops-writer", daemon=True)
@@ -354,11 +467,33 @@ class Writer:
         self._queue.extend(("t", *t) for t in tags)
         self._wake.set()
 
-    def call(self, fn: Callable[[], object], what: str) -> None:
-        """Run `fn` on the writer thread, in order with the values queued around it."""
-        self._put(("call", fn, what))
+    def bind(self, run_id: str) -> None:
+        """Calls queued from this thread belong to `run_id` until `unbind` (a tracked block)."""
+        stack = getattr(self._bound, "runs", None)
+        if stack is None:
+            stack = self._bound.runs = []
+        stack.append(run_id)
+
+    def unbind(self, run_id: str) -> None:
+        stack = getattr(self._bound, "runs", [])
+        if run_id in stack:
+            stack.remove(run_id)
+
+    def call(self, fn: Callable[[], object], what: str, run_id: str | None = None) -> None:
+        """Run `fn` on the writer thread, in order with the values queued around it. It belongs
+        to `run_id` (default: the run bound to this thread): that run's end waits for it, and the
+        run shows `nb_mlops.pending` meanwhile."""
+        if run_id is None:
+            stack = getattr(self._bound, "runs", None)
+            run_id = stack[-1] if stack else None
+        if run_id is not None:
+            with self._errors_lock:
+                self._calls.setdefault(run_id, []).append(what)
+        self._put(("call", fn, what, run_id))
 
     def end(self, run_id: str, status: str, end_ms: int) -> None:
+        """Queue a run's end after everything queued before it (see `finish_run` for the
+        synchronous end of a tracked block)."""
         self._put(("end", run_id, status, end_ms))
 
     def _put(self, op: tuple[Any, ...]) -> None:
@@ -366,29 +501,100 @@ class Writer:
         self._wake.set()
 
     def pending(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + (1 if self._busy else 0)
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Block until everything queued so far is persisted; raise what failed meanwhile.
+    def pending_work(self, run_id: str) -> list[str]:
+        """What queued or running calls of `run_id` do (e.g. ["model of …"]), oldest first."""
+        with self._errors_lock:
+            return list(self._calls.get(run_id, ()))
+
+    def finish_run(self, run_id: str, status: str, end_ms: int) -> bool:
+        """End a run now: its values still queued and its status, in one committed transaction.
+
+        When calls queued for the run are still to run (the model, artifacts), the values are
+        committed with tags saying what is pending and how the run ended, the status stays
+        RUNNING, and the thread writes the end after those calls.
+
+        Returns:
+            True when the run is completely stored, False when calls are still pending.
+
+        Raises:
+            StoreError: the values or the end could not be saved (the run is then not FINISHED),
+                or an earlier background write failed and nobody was told yet.
+        """
+        with self._write_lock:
+            mine = self._take(run_id)
+            metrics = [op[1:] for op in mine if op[0] == "m"]
+            params = [op[1:] for op in mine if op[0] == "p"]
+            tags = [op[1:] for op in mine if op[0] == "t"]
+            waiting = self.pending_work(run_id)
+            if waiting:
+                tags += [
+                    (run_id, PENDING_TAG, ", ".join(_short(w) for w in waiting)),
+                    (run_id, END_STATUS_TAG, f"{status}@{end_ms}"),
+                ]
+            n = len(metrics) + len(params) + len(tags)
+            failure = self._attempt(
+                lambda: self.backend.finish(
+                    run_id, (metrics, params, tags), None if waiting else status, end_ms
+                )
+            )
+            if failure is None:
+                self.written += n
+        if failure is None and waiting:
+            self._put(("end", run_id, status, end_ms))
+        earlier = self._take_errors()
+        if failure is not None:
+            # the thread marks it FAILED once it can (a lock gone, space freed): it must not read
+            # RUNNING for as long as this process lives, nor ever FINISHED
+            self._put(("end", run_id, "FAILED", end_ms, f"{n} value(s) were not saved: {failure}"))
+            raise StoreError(
+                f"run {run_id} was not saved: {n} value(s) and its end ({status}) failed: "
+                f"{failure}" + (f" (earlier: {earlier[0]})" if earlier else "")
+            )
+        if earlier:
+            more = f" (and {len(earlier) - 1} more)" if len(earlier) > 1 else ""
+            raise StoreError(f"{earlier[0]}{more}")
+        return not waiting
+
+    def _take(self, run_id: str) -> list[tuple[Any, ...]]:
+        """Remove and return the values of `run_id` still queued (under `_write_lock`)."""
+        queue = self._queue
+        mine: list[tuple[Any, ...]] = []
+        kept: list[tuple[Any, ...]] = []
+        for _ in range(len(queue)):  # producers may append meanwhile: only these are looked at
+            op = queue.popleft()
+            (mine if op[0] in ("m", "p", "t") and op[1] == run_id else kept).append(op)
+        queue.extendleft(reversed(kept))
+        return mine
+
+    def flush(self, timeout: float | None = None, report: bool = True) -> int:
+        """Block until everything queued so far is persisted; raise what failed meanwhile
+        (with `report=False`, leave failures for a later flush: a read that only waits).
+
+        Returns:
+            0, or with a `timeout` that passed first, how many items are still queued.
 
         Raises:
             StoreError: the writer could not persist something (the message says what).
-            TrackingError: `timeout` passed first.
         """
+        left = 0
         idle = not self._queue and not self._busy  # nothing queued, nothing in hand: no handoff
         if not idle and threading.current_thread() is not self._thread:
             barrier = _Barrier()
             self._put(("barrier", barrier))
             if not barrier.done.wait(timeout):
-                raise TrackingError(
-                    f"flush timed out after {timeout}s with {len(self._queue)} values still "
-                    "queued; they are still being written: call flush() again"
-                )
-        with self._errors_lock:
-            errors, self._errors = self._errors, []
+                left = max(1, len(self._queue))
+        errors = self._take_errors() if report else []
         if errors:
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise StoreError(f"{errors[0]}{more}")
+        return left
+
+    def _take_errors(self) -> list[str]:
+        with self._errors_lock:
+            errors, self._errors = self._errors, []
+        return errors
 
     # --- consumer side (the writer thread) ----------------------------------------------------
     def _loop(self) -> None:
@@ -405,55 +611,104 @@ class Writer:
         params: list[Pair] = []
         tags: list[Pair] = []
         queue = self._queue
-        while queue and len(metrics) + len(params) + len(tags) < _BATCH:
-            op = queue[0]
-            kind = op[0]
-            if kind == "m":
-                metrics.append(op[1:])
-            elif kind == "p":
-                params.append(op[1:])
-            elif kind == "t":
-                tags.append(op[1:])
-            else:
-                if metrics or params or tags:
+        control = None
+        with self._write_lock:
+            while queue and len(metrics) + len(params) + len(tags) < _BATCH:
+                op = queue[0]
+                kind = op[0]
+                if kind == "m":
+                    metrics.append(op[1:])
+                elif kind == "p":
+                    params.append(op[1:])
+                elif kind == "t":
+                    tags.append(op[1:])
+                else:
+                    if not (metrics or params or tags):
+                        control = queue.popleft()
                     break  # write what came before this op first
                 queue.popleft()
-                self._control(op)
-                return
-            queue.popleft()
-        if metrics or params or tags:
-            n = len(metrics) + len(params) + len(tags)
-            self._retrying(
-                lambda: self.backend.write(metrics, params, tags),
-                f"{n} values for run(s) {', '.join(sorted({m[0] for m in metrics} | {p[0] for p in params} | {t[0] for t in tags}))}",
-            )
-            self.written += n
+            if metrics or params or tags:
+                n = len(metrics) + len(params) + len(tags)
+                runs = sorted(
+                    {m[0] for m in metrics} | {p[0] for p in params} | {t[0] for t in tags}
+                )
+                self._retrying(
+                    lambda: self.backend.write(metrics, params, tags),
+                    f"{n} values for run(s) {', '.join(runs)}",
+                )
+                self.written += n
+        if control is not None:
+            self._control(control)
 
     def _control(self, op: tuple[Any, ...]) -> None:
         kind = op[0]
         if kind == "barrier":
             op[1].done.set()
         elif kind == "end":
-            _, run_id, status, end_ms = op
-            self._retrying(lambda: self.backend.end(run_id, status, end_ms), f"end of run {run_id}")
+            self._deferred_end(*op[1:])
         elif kind == "call":
-            self._retrying(op[1], op[2])
+            _, fn, what, run_id = op
+            failure = self._attempt(fn)
+            if failure is not None:
+                text = f"could not save {what}: {failure}"
+                with self._errors_lock:
+                    self._errors.append(text)
+                    if run_id is not None:
+                        self._call_failures.setdefault(run_id, []).append(text)
+            if run_id is not None:
+                with self._errors_lock:
+                    calls = self._calls.get(run_id, [])
+                    if what in calls:
+                        calls.remove(what)
+                    if not calls:
+                        self._calls.pop(run_id, None)
 
-    def _retrying(self, fn: Callable[[], object], what: str) -> None:
-        deadline = time.monotonic() + self.retry_seconds
+    def _deferred_end(
+        self, run_id: str, status: str, end_ms: int, error: str | None = None
+    ) -> None:
+        """The end of a run whose owner ended it while its calls were pending (they have run
+        now), or whose own end could not be saved (`error`)."""
+        with self._errors_lock:
+            failures = self._call_failures.pop(run_id, [])
+        if error is not None:
+            failures.insert(0, error)
+        tags: list[Pair] = []
+        if failures:
+            status = "FAILED" if status == "FINISHED" else status
+            tags.append((run_id, "nb_mlops.error", failures[0][:500]))
+        self._retrying(
+            lambda: self.backend.finish(
+                run_id, ([], [], tags), status, end_ms, (PENDING_TAG, END_STATUS_TAG)
+            ),
+            f"end of run {run_id}",
+        )
+
+    def _attempt(self, fn: Callable[[], object], retry: bool = True) -> str | None:
+        """Run `fn`, retrying while the database is locked (up to `retry_seconds`); return what
+        failed, as text, or None."""
+        deadline = time.monotonic() + (self.retry_seconds if retry else 0)
         delay = 0.05
         while True:
             try:
                 fn()
-                return
-            except Exception as exc:  # noqa: BLE001 - reported by flush(), never swallowed
+                return None
+            except Exception as exc:  # noqa: BLE001 - returned to the caller, never swallowed
                 if _is_busy(exc) and time.monotonic() < deadline:
                     time.sleep(delay)
                     delay = min(delay * 2, 1.0)
                     continue
-                with self._errors_lock:
-                    self._errors.append(f"could not save {what}: {type(exc).__name__}: {exc}")
-                return
+                return f"{type(exc).__name__}: {exc}"
+
+    def _retrying(self, fn: Callable[[], object], what: str) -> None:
+        failure = self._attempt(fn)
+        if failure is not None:
+            with self._errors_lock:
+                self._errors.append(f"could not save {what}: {failure}")
+
+
+def _short(what: str) -> str:
+    """`model of 3f2a…` → `model`: the pending tag names the work, the run is the tag's own."""
+    return what.split(" of ", 1)[0]
 
 
 def default_user() -> str:
