@@ -119,9 +119,7 @@ class Run:
         """What is still being saved for this run after its block ended (e.g. `["model"]`);
         [] once it is completely stored. The run reads RUNNING, tag `nb_mlops.pending`, until
         then."""
-        if self._store is None:
-            return []
-        return [w.split(" of ", 1)[0] for w in self._store.writer.pending_work(self.run_id)]
+        return [] if self._store is None else self._store.writer.pending_work(self.run_id)
 
     def log(self, step: int | None = None, **metrics: float) -> None:
         """Log metrics to this run (see `nb_mlops.log`)."""
@@ -652,7 +650,9 @@ def _start(
         _autolog_integration()["disable"] = False
     before = _estimators(namespace) if sklearn_on else {}
     st.writer.call(
-        lambda: _capture(cfg, run, nb, analysis, history, cell or ""), f"capture of run {run_id}"
+        lambda: _capture(cfg, run, nb, analysis, history, cell or ""),
+        f"capture of run {run_id}",
+        result=False,
     )
     for use in session.data_used():
         _note_input(run, use)
@@ -794,7 +794,9 @@ def _note_error(run: Run, exc: BaseException) -> None:
     data = text.encode()
     assert run._store is not None
     run._store.writer.call(
-        lambda: _put_artifact(run, "error/traceback.txt", data), f"traceback of run {run.run_id}"
+        lambda: _put_artifact(run, "error/traceback.txt", data),
+        f"traceback of run {run.run_id}",
+        result=False,
     )
 
 
@@ -802,7 +804,9 @@ def _note_input(run: Run, use: session.DataUse) -> None:
     run.set_tag(f"nb_mlops.data.{use.name}", use.tag_value)
     assert run._store is not None
     cfg = run._store.cfg
-    run._store.writer.call(lambda: _log_input(cfg, run, use), f"input {use.name} of {run.run_id}")
+    run._store.writer.call(
+        lambda: _log_input(cfg, run, use), f"input {use.name} of {run.run_id}", result=False
+    )
 
 
 # --- background capture (runs on the writer thread) ---------------------------------------------

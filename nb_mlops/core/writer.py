@@ -8,11 +8,12 @@ own `log_batch` persists ≈ 4-8k points/s and `create_run` costs ≈ 8 ms); on 
 
 A run's end is synchronous (`finish_run`): the caller takes the run's values still queued and commits
 them with the status in one transaction (a WAL commit: it survives a killed process), and raises
-what could not be saved. Slow work queued for the run (the model, artifacts, training metrics) may
-still be running then: the run stays RUNNING with tags `nb_mlops.pending` (what) and
-`nb_mlops.end_status` (how it ended) until that work is done, and a later session that finds its
-owner dead marks it FAILED, naming what was never saved — never FINISHED with a piece missing, never
-KILLED when its owner ended it.
+what could not be saved. Slow work queued for the run may still be running then — results (the
+model, training metrics) or provenance (notebook and environment capture, dataset inputs): the run
+stays RUNNING with tags `nb_mlops.pending` (what) and `nb_mlops.end_status` (how it ended) until that
+work is done. A later session that finds its owner dead marks it FAILED when a result was never
+saved, else gives it the status it ended with and `nb_mlops.incomplete`: never FINISHED with a
+result missing, never KILLED when its owner ended it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "END_STATUS_TAG",
+    "INCOMPLETE_TAG",
     "PENDING_TAG",
     "SCHEMA_REVISION",
     "ClientBackend",
@@ -55,7 +57,8 @@ _MAX_FLOAT = 1.7976931348623157e308
 _BATCH = 20_000
 
 PENDING_TAG = "nb_mlops.pending"  # what an ended run still waits for ("model, notebook capture")
-END_STATUS_TAG = "nb_mlops.end_status"  # how its owner ended it, "FINISHED@<end ms>"
+END_STATUS_TAG = "nb_mlops.end_status"  # "FINISHED@<end ms>@<results pending, |-separated>"
+INCOMPLETE_TAG = "nb_mlops.incomplete"  # provenance never saved (the run's results all were)
 
 Metric = tuple[str, str, float, int, int]  # run_id, key, value, timestamp_ms, step
 Pair = tuple[str, str, str]  # run_id, key, value
@@ -144,7 +147,10 @@ class SqliteBackend:
         try:
             yield con
         except BaseException:
-            con.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (a full disk): never mask the cause
+            if con.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
             raise
         con.execute("COMMIT")
 
@@ -295,8 +301,9 @@ class SqliteBackend:
 
         A run its owner never ended (the process died inside the block) becomes KILLED. A run its
         owner ended while slow work was still pending (tags `nb_mlops.pending`, `end_status`)
-        keeps the status it ended with, except that FINISHED becomes FAILED: what was pending
-        (the model, artifacts) was never saved, and `nb_mlops.error` says so.
+        keeps the status it ended with, except that FINISHED becomes FAILED when part of its
+        results (the model, training metrics) was never saved (`nb_mlops.error` says which);
+        missing provenance only (capture, dataset inputs) is named by `nb_mlops.incomplete`.
         """
         rows = (
             self._con()
@@ -313,15 +320,22 @@ class SqliteBackend:
         dead = [row for row in rows if not _owner_alive(row[1])]
         now = int(time.time() * 1000)
         for run_id, _owner, pending, ended in dead:
-            status, _, end_text = (ended or "").partition("@")
+            status, _, rest = (ended or "").partition("@")
+            end_text, _, results = rest.partition("@")
             if pending and status in ("FINISHED", "FAILED", "KILLED"):
                 end_ms = int(end_text) if end_text.isdigit() else now
-                final = "FAILED" if status == "FINISHED" else status
-                why = (
-                    f"incomplete: the process ended before its {pending} was saved "
-                    f"(the tracked block itself ended {status})"
-                )
-                tags = [(run_id, "nb_mlops.error", why)]
+                lost = results.replace("|", ", ")
+                if lost:  # part of its results was never saved: not FINISHED
+                    final = "FAILED" if status == "FINISHED" else status
+                    why = (
+                        f"incomplete: the process ended before its {lost} was saved "
+                        f"(the tracked block itself ended {status})"
+                    )
+                    tags = [(run_id, "nb_mlops.error", why)]
+                else:  # every result is there; only provenance is missing
+                    final = status
+                    why = f"{pending}: the process ended before it was saved"
+                    tags = [(run_id, INCOMPLETE_TAG, why)]
             else:
                 end_ms, final = now, "KILLED"
                 why = "owning kernel died; marked by a later session"
@@ -429,9 +443,11 @@ class Writer:
         # held while values are taken off the queue and written, by the thread or a run's end:
         # a run's end never commits before values of that run the thread holds in hand
         self._write_lock = threading.Lock()
-        self._calls: dict[str, list[str]] = {}  # run id → what its queued/running calls do
+        # run id → (what, is it a result) of its queued or running calls
+        self._calls: dict[str, list[tuple[str, bool]]] = {}
         self._bound = threading.local()  # per thread: the tracked runs open there, innermost last
-        self._call_failures: dict[str, list[str]] = {}
+        self._call_failures: dict[str, list[tuple[str, bool]]] = {}
+        self._lost: dict[str, str] = {}  # run id → values of it a background write lost
         self.written = 0
         self._busy = False
         self._thread = threading.Thread(target=self._loop, name="nb_mlops-writer", daemon=True)
@@ -459,7 +475,11 @@ class Writer:
         if threading.current_thread() is self._thread:
             n = len(metrics) + len(params) + len(tags)
             if n:
-                self._retrying(lambda: self.backend.write(metrics, params, tags), f"{n} values")
+                self._retrying(
+                    lambda: self.backend.write(metrics, params, tags),
+                    f"{n} values",
+                    _runs_of(metrics, params, tags),
+                )
                 self.written += n
             return
         self._queue.extend(("m", *m) for m in metrics)
@@ -479,16 +499,28 @@ class Writer:
         if run_id in stack:
             stack.remove(run_id)
 
-    def call(self, fn: Callable[[], object], what: str, run_id: str | None = None) -> None:
+    def call(
+        self,
+        fn: Callable[[], object],
+        what: str,
+        run_id: str | None = None,
+        *,
+        result: bool = True,
+    ) -> None:
         """Run `fn` on the writer thread, in order with the values queued around it. It belongs
         to `run_id` (default: the run bound to this thread): that run's end waits for it, and the
-        run shows `nb_mlops.pending` meanwhile."""
+        run shows `nb_mlops.pending` meanwhile.
+
+        `result` says whether it saves part of the run's results (the model, training metrics:
+        a run missing one is never FINISHED) or only provenance (notebook and environment
+        capture, dataset inputs, a traceback: a run missing one keeps its status, tagged
+        `nb_mlops.incomplete`)."""
         if run_id is None:
             stack = getattr(self._bound, "runs", None)
             run_id = stack[-1] if stack else None
         if run_id is not None:
             with self._errors_lock:
-                self._calls.setdefault(run_id, []).append(what)
+                self._calls.setdefault(run_id, []).append((what, result))
         self._put(("call", fn, what, run_id))
 
     def end(self, run_id: str, status: str, end_ms: int) -> None:
@@ -504,9 +536,13 @@ class Writer:
         return len(self._queue) + (1 if self._busy else 0)
 
     def pending_work(self, run_id: str) -> list[str]:
-        """What queued or running calls of `run_id` do (e.g. ["model of …"]), oldest first."""
+        """What queued or running calls of `run_id` save (e.g. ["model"]), oldest first."""
         with self._errors_lock:
-            return list(self._calls.get(run_id, ()))
+            return [_short(what) for what, _ in self._calls.get(run_id, ())]
+
+    def _pending_results(self, run_id: str) -> list[str]:
+        with self._errors_lock:
+            return [_short(what) for what, result in self._calls.get(run_id, ()) if result]
 
     def finish_run(self, run_id: str, status: str, end_ms: int) -> bool:
         """End a run now: its values still queued and its status, in one committed transaction.
@@ -527,20 +563,26 @@ class Writer:
             metrics = [op[1:] for op in mine if op[0] == "m"]
             params = [op[1:] for op in mine if op[0] == "p"]
             tags = [op[1:] for op in mine if op[0] == "t"]
+            n = len(mine)
+            with self._errors_lock:
+                lost = self._lost.pop(run_id, None)
+            if lost is not None and status == "FINISHED":
+                status = "FAILED"  # some of its values were never saved
+                tags.append((run_id, "nb_mlops.error", f"not saved: {lost}"[:500]))
             waiting = self.pending_work(run_id)
             if waiting:
+                results = "|".join(self._pending_results(run_id))
                 tags += [
-                    (run_id, PENDING_TAG, ", ".join(_short(w) for w in waiting)),
-                    (run_id, END_STATUS_TAG, f"{status}@{end_ms}"),
+                    (run_id, PENDING_TAG, ", ".join(waiting)),
+                    (run_id, END_STATUS_TAG, f"{status}@{end_ms}@{results}"),
                 ]
-            n = len(metrics) + len(params) + len(tags)
             failure = self._attempt(
                 lambda: self.backend.finish(
                     run_id, (metrics, params, tags), None if waiting else status, end_ms
                 )
             )
             if failure is None:
-                self.written += n
+                self.written += len(metrics) + len(params) + len(tags)
         if failure is None and waiting:
             self._put(("end", run_id, status, end_ms))
         earlier = self._take_errors()
@@ -629,12 +671,11 @@ class Writer:
                 queue.popleft()
             if metrics or params or tags:
                 n = len(metrics) + len(params) + len(tags)
-                runs = sorted(
-                    {m[0] for m in metrics} | {p[0] for p in params} | {t[0] for t in tags}
-                )
+                runs = _runs_of(metrics, params, tags)
                 self._retrying(
                     lambda: self.backend.write(metrics, params, tags),
                     f"{n} values for run(s) {', '.join(runs)}",
+                    runs,
                 )
                 self.written += n
         if control is not None:
@@ -649,19 +690,19 @@ class Writer:
         elif kind == "call":
             _, fn, what, run_id = op
             failure = self._attempt(fn)
-            if failure is not None:
-                text = f"could not save {what}: {failure}"
-                with self._errors_lock:
+            with self._errors_lock:
+                calls = self._calls.get(run_id, []) if run_id is not None else []
+                entry = next((c for c in calls if c[0] == what), None)
+                if entry is not None:
+                    calls.remove(entry)
+                if run_id is not None and not calls:
+                    self._calls.pop(run_id, None)
+                if failure is not None:
+                    text = f"could not save {what}: {failure}"
                     self._errors.append(text)
                     if run_id is not None:
-                        self._call_failures.setdefault(run_id, []).append(text)
-            if run_id is not None:
-                with self._errors_lock:
-                    calls = self._calls.get(run_id, [])
-                    if what in calls:
-                        calls.remove(what)
-                    if not calls:
-                        self._calls.pop(run_id, None)
+                        result = entry[1] if entry is not None else True
+                        self._call_failures.setdefault(run_id, []).append((text, result))
 
     def _deferred_end(
         self, run_id: str, status: str, end_ms: int, error: str | None = None
@@ -671,11 +712,14 @@ class Writer:
         with self._errors_lock:
             failures = self._call_failures.pop(run_id, [])
         if error is not None:
-            failures.insert(0, error)
+            failures.insert(0, (error, True))
         tags: list[Pair] = []
-        if failures:
+        lost = [text for text, result in failures if result]
+        if lost:
             status = "FAILED" if status == "FINISHED" else status
-            tags.append((run_id, "nb_mlops.error", failures[0][:500]))
+            tags.append((run_id, "nb_mlops.error", lost[0][:500]))
+        elif failures:
+            tags.append((run_id, INCOMPLETE_TAG, "; ".join(t for t, _ in failures)[:500]))
         self._retrying(
             lambda: self.backend.finish(
                 run_id, ([], [], tags), status, end_ms, (PENDING_TAG, END_STATUS_TAG)
@@ -699,11 +743,17 @@ class Writer:
                     continue
                 return f"{type(exc).__name__}: {exc}"
 
-    def _retrying(self, fn: Callable[[], object], what: str) -> None:
+    def _retrying(self, fn: Callable[[], object], what: str, runs: Iterable[str] = ()) -> None:
         failure = self._attempt(fn)
         if failure is not None:
             with self._errors_lock:
+                for run_id in runs:  # their end must not read FINISHED
+                    self._lost.setdefault(run_id, f"{what}: {failure}")
                 self._errors.append(f"could not save {what}: {failure}")
+
+
+def _runs_of(metrics: list[Metric], params: list[Pair], tags: list[Pair]) -> list[str]:
+    return sorted({m[0] for m in metrics} | {p[0] for p in params} | {t[0] for t in tags})
 
 
 def _short(what: str) -> str:
