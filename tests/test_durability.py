@@ -200,7 +200,7 @@ def test_a_run_whose_model_never_landed_is_failed_by_the_next_session_never_kill
     _next_session(project)
     got = _client(project).get_run(run_id)
     assert got.info.status == "FAILED"
-    assert "ended before its model was saved" in got.data.tags["nb_mlops.error"]
+    assert "ended before it saved the run's model" in got.data.tags["nb_mlops.error"]
     assert "nb_mlops.pending" not in got.data.tags and "nb_mlops.killed_reason" not in got.data.tags
     assert got.info.end_time is not None
 
@@ -370,3 +370,74 @@ def test_listed_first_versions_report_the_bytes_they_added(project: Path, capsys
 
 def test_errors_raised_by_flush_are_nb_mlops_errors(project: Path) -> None:
     assert issubclass(StoreError, NbMlopsError) and issubclass(DataError, NbMlopsError)
+
+
+# --- a kernel and a pipeline step end with their writes stored ----------------------------------
+
+STEP_CELLS: list[Any] = [
+    (
+        "import numpy as np, pandas as pd, nb_mlops\n"
+        "from sklearn.linear_model import LogisticRegression",
+        ["imports"],
+    ),
+    (
+        "%%track -n fit\n"
+        "X = np.random.RandomState(0).randn(200, 3); y = (X[:, 0] > 0).astype(int)\n"
+        "model = LogisticRegression().fit(X, y)\n"
+        "snap = nb_mlops.snapshot(pd.DataFrame({'a': np.arange(50_000)}), DATA)",
+        ["step:train"],
+    ),
+]
+
+
+def _assert_model_never_lost(root: Path, run: Any) -> None:
+    """FINISHED with its model; or, had the kernel been killed while saving it, FAILED naming
+    the model: never KILLED, never FINISHED without it."""
+    models = _client(root).search_logged_models([run.info.experiment_id])
+    mine = [m for m in models if m.source_run_id == run.info.run_id]
+    if run.info.status == "FINISHED":
+        assert mine, "FINISHED without its model"
+    else:
+        assert run.info.status == "FAILED", run.info.status
+        error = run.data.tags["nb_mlops.error"]
+        assert "process ended before it saved the run's" in error and "model" in error
+
+
+def test_a_kernel_and_a_pipeline_step_store_what_they_acknowledged_before_exiting(
+    project: Path,
+) -> None:
+    from nbutil import execute, new_notebook
+
+    from nb_mlops.core.data import snapshots
+    from nb_mlops.pipeline import build_pipeline, run_pipeline
+
+    # Given a notebook whose last cell fits a tracked model and snapshots a frame, run in a
+    # kernel that is shut down as soon as the cell returns
+    interactive = new_notebook(
+        project / "kernel.ipynb", ["%load_ext nb_mlops", "DATA = 'kernel-data'", *STEP_CELLS]
+    )
+    execute(interactive)
+    # Then the kernel's exit stored the snapshot and the run (with its model)
+    _next_session(project)
+    runs = _client(project).search_runs(
+        [e.experiment_id for e in _client(project).search_experiments()]
+    )
+    (fit,) = [r for r in runs if r.info.run_name == "fit"]
+    _assert_model_never_lost(project, fit)
+    assert "kernel-data@v1" in [s.ref for s in snapshots()]
+
+    # And a pipeline step doing the same stores both before the runner ends its run
+    step_nb = new_notebook(
+        project / "steps.ipynb", [("DATA = 'step-data'", ["parameters"]), *STEP_CELLS]
+    )
+    build_pipeline(step_nb)
+    result = run_pipeline("steps", cache=False)
+    assert result.succeeded, result.error
+    assert "step-data@v1" in [s.ref for s in snapshots()]
+    nested = _client(project).search_runs(
+        [result.experiment_id], filter_string="attributes.run_name = 'fit'"
+    )
+    step_fits = [r for r in nested if r.data.tags.get("nb_mlops.mode") == "pipeline"]
+    assert len(step_fits) == 1
+    assert step_fits[0].info.status == "FINISHED"
+    _assert_model_never_lost(project, step_fits[0])

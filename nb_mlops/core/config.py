@@ -9,6 +9,7 @@ reading its gates raises while there is any (promotion fails closed on a bad set
 
 from __future__ import annotations
 
+import copy
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -115,14 +116,25 @@ def _sqlite_uri(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+# path → ((mtime_ns, size, inode), parsed table): every tracked cell resolves the configuration
+_parsed: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
+        info = path.stat()
+        mark = (info.st_mtime_ns, info.st_size, info.st_ino)
+        hit = _parsed.get(path)
+        if hit is not None and hit[0] == mark:
+            return copy.deepcopy(hit[1])
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            table = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc}); fix the file or remove it") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
+    _parsed[path] = (mark, table)
+    return copy.deepcopy(table)
 
 
 def find_root(start: Path | str | None = None) -> tuple[Path, Path | None, dict[str, Any]]:

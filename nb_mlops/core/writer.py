@@ -55,6 +55,10 @@ MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 _MAX_FLOAT = 1.7976931348623157e308
 _BATCH = 20_000
+# the thread lets a few values gather before writing (unless work that waits is queued): a short
+# block's values are then committed once, by its end, instead of racing it for the database
+_LINGER_SECONDS = 0.02
+_LINGER_ITEMS = 1_000
 
 PENDING_TAG = "nb_mlops.pending"  # what an ended run still waits for ("model, notebook capture")
 END_STATUS_TAG = "nb_mlops.end_status"  # "FINISHED@<end ms>@<results pending, |-separated>"
@@ -117,6 +121,9 @@ class SqliteBackend:
         self.db_path = db_path
         self.busy_timeout = busy_timeout
         self._local = threading.local()
+        # threads of this process take turns here, in microseconds; SQLite's own busy handler
+        # (for other processes) sleeps 1 ms and more per collision
+        self._tx_lock = threading.Lock()
 
     @staticmethod
     def compatible(db_path: Path) -> bool:
@@ -143,16 +150,17 @@ class SqliteBackend:
     @contextlib.contextmanager
     def _tx(self) -> Any:
         con = self._con()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            yield con
-        except BaseException:
-            # SQLite rolls back by itself on some errors (a full disk): never mask the cause
-            if con.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
+        with self._tx_lock:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                # SQLite rolls back by itself on some errors (a full disk): never mask the cause
+                if con.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
 
     def experiment(self, name: str) -> tuple[str, str] | None:
         """(experiment_id, artifact_location) of an active experiment, or None."""
@@ -297,55 +305,52 @@ class SqliteBackend:
             )
 
     def kill_orphans(self) -> list[str]:
-        """Settle the RUNNING runs whose owning process (tag `nb_mlops.owner`) is dead.
+        """Settle the runs whose owning process (tag `nb_mlops.owner`) died before it was done.
 
         A run its owner never ended (the process died inside the block) becomes KILLED. A run its
-        owner ended while slow work was still pending (tags `nb_mlops.pending`, `end_status`)
-        keeps the status it ended with, except that FINISHED becomes FAILED when part of its
-        results (the model, training metrics) was never saved (`nb_mlops.error` says which);
-        missing provenance only (capture, dataset inputs) is named by `nb_mlops.incomplete`.
+        owner ended while part of its results (the model, training metrics) was still being saved
+        is RUNNING with `nb_mlops.pending`: it becomes FAILED (or KILLED, as it ended), and
+        `nb_mlops.error` names what was never saved. A run ended with only provenance pending
+        (capture, dataset inputs) keeps its status; `nb_mlops.incomplete` names what is missing.
         """
         rows = (
             self._con()
             .execute(
-                "SELECT r.run_uuid, o.value, p.value, e.value FROM runs r "
+                "SELECT r.run_uuid, r.status, o.value, p.value, e.value FROM runs r "
                 "JOIN tags o ON o.run_uuid = r.run_uuid AND o.key = 'nb_mlops.owner' "
                 "LEFT JOIN tags p ON p.run_uuid = r.run_uuid AND p.key = ? "
                 "LEFT JOIN tags e ON e.run_uuid = r.run_uuid AND e.key = ? "
-                "WHERE r.status = 'RUNNING'",
+                "WHERE r.status = 'RUNNING' OR p.value IS NOT NULL",
                 (PENDING_TAG, END_STATUS_TAG),
             )
             .fetchall()
         )
-        dead = [row for row in rows if not _owner_alive(row[1])]
+        dead = [row for row in rows if not _owner_alive(row[2])]
         now = int(time.time() * 1000)
-        for run_id, _owner, pending, ended in dead:
+        for run_id, current, _owner, pending, ended in dead:
             status, _, rest = (ended or "").partition("@")
             end_text, _, results = rest.partition("@")
-            if pending and status in ("FINISHED", "FAILED", "KILLED"):
-                end_ms = int(end_text) if end_text.isdigit() else now
-                lost = results.replace("|", ", ")
-                if lost:  # part of its results was never saved: not FINISHED
-                    final = "FAILED" if status == "FINISHED" else status
-                    why = (
-                        f"incomplete: the process ended before its {lost} was saved "
-                        f"(the tracked block itself ended {status})"
-                    )
-                    tags = [(run_id, "nb_mlops.error", why)]
-                else:  # every result is there; only provenance is missing
-                    final = status
-                    why = f"{pending}: the process ended before it was saved"
-                    tags = [(run_id, INCOMPLETE_TAG, why)]
+            end_ms = int(end_text) if end_text.isdigit() else now
+            if current != "RUNNING":  # ended; only its provenance was pending
+                final, tags = current, [(run_id, INCOMPLETE_TAG, f"{pending}: never saved")]
+            elif pending and status in ("FINISHED", "FAILED", "KILLED"):
+                final = "FAILED" if status == "FINISHED" else status
+                lost = results.replace("|", ", ") or pending
+                why = (
+                    f"incomplete: the process ended before it saved the run's {lost} "
+                    f"(the tracked block itself ended {status})"
+                )
+                tags = [(run_id, "nb_mlops.error", why)]
             else:
                 end_ms, final = now, "KILLED"
                 why = "owning kernel died; marked by a later session"
                 tags = [(run_id, "nb_mlops.killed_reason", why)]
             with self._tx() as con:
-                # only while still RUNNING: its owner may have ended it meanwhile after all
+                # only as found: its owner may have settled it meanwhile after all
                 con.execute(
-                    "UPDATE runs SET status = ?, end_time = ? "
-                    "WHERE run_uuid = ? AND status = 'RUNNING'",
-                    (final, end_ms, run_id),
+                    "UPDATE runs SET status = ?, end_time = coalesce(end_time, ?) "
+                    "WHERE run_uuid = ? AND status = ?",
+                    (final, end_ms, run_id, current),
                 )
                 if con.execute("SELECT changes()").fetchone()[0]:
                     self._write_in(con, [], [], tags)
@@ -438,6 +443,7 @@ class Writer:
         self.retry_seconds = retry_seconds
         self._queue: deque[tuple[Any, ...]] = deque()
         self._wake = threading.Event()
+        self._urgent = threading.Event()  # an end or a barrier is queued: no lingering
         self._errors: list[str] = []
         self._errors_lock = threading.Lock()
         # held while values are taken off the queue and written, by the thread or a run's end:
@@ -530,6 +536,8 @@ class Writer:
 
     def _put(self, op: tuple[Any, ...]) -> None:
         self._queue.append(op)
+        if op[0] in ("barrier", "end"):  # someone waits for these
+            self._urgent.set()
         self._wake.set()
 
     def pending(self) -> int:
@@ -547,9 +555,10 @@ class Writer:
     def finish_run(self, run_id: str, status: str, end_ms: int) -> bool:
         """End a run now: its values still queued and its status, in one committed transaction.
 
-        When calls queued for the run are still to run (the model, artifacts), the values are
-        committed with tags saying what is pending and how the run ended, the status stays
-        RUNNING, and the thread writes the end after those calls.
+        When calls queued for the run are still to run, the values are committed with tags
+        saying what is pending and how the run ended, and the thread settles the run after those
+        calls. Pending results (the model, training metrics) keep the status RUNNING until then;
+        pending provenance (capture, dataset inputs) does not hold the status back.
 
         Returns:
             True when the run is completely stored, False when calls are still pending.
@@ -570,21 +579,22 @@ class Writer:
                 status = "FAILED"  # some of its values were never saved
                 tags.append((run_id, "nb_mlops.error", f"not saved: {lost}"[:500]))
             waiting = self.pending_work(run_id)
+            results = self._pending_results(run_id)
             if waiting:
-                results = "|".join(self._pending_results(run_id))
                 tags += [
                     (run_id, PENDING_TAG, ", ".join(waiting)),
-                    (run_id, END_STATUS_TAG, f"{status}@{end_ms}@{results}"),
+                    (run_id, END_STATUS_TAG, f"{status}@{end_ms}@{'|'.join(results)}"),
                 ]
             failure = self._attempt(
                 lambda: self.backend.finish(
-                    run_id, (metrics, params, tags), None if waiting else status, end_ms
+                    run_id, (metrics, params, tags), None if results else status, end_ms
                 )
             )
             if failure is None:
                 self.written += len(metrics) + len(params) + len(tags)
         if failure is None and waiting:
-            self._put(("end", run_id, status, end_ms))
+            # after its pending calls: the status when results were pending, else only the tags
+            self._put(("end", run_id, status if results else None, end_ms))
         earlier = self._take_errors()
         if failure is not None:
             # the thread marks it FAILED once it can (a lock gone, space freed): it must not read
@@ -643,10 +653,20 @@ class Writer:
         while True:
             self._wake.wait(0.5)
             self._wake.clear()
+            self._linger()
             while self._queue:
                 self._busy = True
                 self._drain()
             self._busy = False
+
+    def _linger(self) -> None:
+        deadline = time.monotonic() + _LINGER_SECONDS
+        while len(self._queue) < _LINGER_ITEMS and not self._urgent.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._urgent.wait(min(left, 0.005))
+        self._urgent.clear()
 
     def _drain(self) -> None:
         metrics: list[Metric] = []
@@ -705,7 +725,7 @@ class Writer:
                         self._call_failures.setdefault(run_id, []).append((text, result))
 
     def _deferred_end(
-        self, run_id: str, status: str, end_ms: int, error: str | None = None
+        self, run_id: str, status: str | None, end_ms: int, error: str | None = None
     ) -> None:
         """The end of a run whose owner ended it while its calls were pending (they have run
         now), or whose own end could not be saved (`error`)."""
@@ -715,7 +735,7 @@ class Writer:
             failures.insert(0, (error, True))
         tags: list[Pair] = []
         lost = [text for text, result in failures if result]
-        if lost:
+        if lost and status is not None:
             status = "FAILED" if status == "FINISHED" else status
             tags.append((run_id, "nb_mlops.error", lost[0][:500]))
         elif failures:
