@@ -79,7 +79,11 @@ BROKEN: dict[str, tuple[Callable[[bytes], Callable[[Path], None]], str]] = {
 def good_db(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     root = tmp_path_factory.mktemp("good")
     (root / "pyproject.toml").write_text("[tool.nb_mlops]\n")
-    return _good_db(root)
+    with pytest.MonkeyPatch.context() as env:  # module scope: before the per-test clean-up
+        for name in list(os.environ):
+            if name.startswith(("NB_MLOPS_", "MLFLOW_")):
+                env.delenv(name)
+        return _good_db(root)
 
 
 def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
