@@ -55,7 +55,7 @@ MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 _MAX_FLOAT = 1.7976931348623157e308
 _BATCH = 20_000
-# the thread lets a few values gather before writing (unless work that waits is queued): a short
+# the thread lets a few values gather before writing them (unless other work is queued): a short
 # block's values are then committed once, by its end, instead of racing it for the database
 _LINGER_SECONDS = 0.02
 _LINGER_ITEMS = 1_000
@@ -443,7 +443,7 @@ class Writer:
         self.retry_seconds = retry_seconds
         self._queue: deque[tuple[Any, ...]] = deque()
         self._wake = threading.Event()
-        self._urgent = threading.Event()  # an end or a barrier is queued: no lingering
+        self._urgent = threading.Event()  # a call, an end or a barrier is queued: no lingering
         self._errors: list[str] = []
         self._errors_lock = threading.Lock()
         # held while values are taken off the queue and written, by the thread or a run's end:
@@ -461,13 +461,18 @@ class Writer:
 
     # --- producer side (any thread) -----------------------------------------------------------
     def metric(self, run_id: str, key: str, value: float, ts: int, step: int) -> None:
-        self._queue.append(("m", run_id, key, value, ts, step))
+        queue = self._queue
+        queue.append(("m", run_id, key, value, ts, step))
         if not self._wake.is_set():
             self._wake.set()
+        if len(queue) >= _LINGER_ITEMS and not self._urgent.is_set():
+            self._urgent.set()  # enough for a batch: no more lingering
 
     def metrics(self, items: Iterable[tuple[str, str, float, int, int]]) -> None:
         self._queue.extend(("m", *item) for item in items)
         self._wake.set()
+        if len(self._queue) >= _LINGER_ITEMS:
+            self._urgent.set()
 
     def param(self, run_id: str, key: str, value: str) -> None:
         self._put(("p", run_id, key, value))
@@ -492,6 +497,8 @@ class Writer:
         self._queue.extend(("p", *p) for p in params)
         self._queue.extend(("t", *t) for t in tags)
         self._wake.set()
+        if len(self._queue) >= _LINGER_ITEMS:
+            self._urgent.set()
 
     def bind(self, run_id: str) -> None:
         """Calls queued from this thread belong to `run_id` until `unbind` (a tracked block)."""
@@ -536,7 +543,7 @@ class Writer:
 
     def _put(self, op: tuple[Any, ...]) -> None:
         self._queue.append(op)
-        if op[0] in ("barrier", "end"):  # someone waits for these
+        if op[0] not in ("p", "t"):  # work to start now, or someone waiting
             self._urgent.set()
         self._wake.set()
 
@@ -653,19 +660,20 @@ class Writer:
         while True:
             self._wake.wait(0.5)
             self._wake.clear()
-            self._linger()
             while self._queue:
                 self._busy = True
+                if self._queue[0][0] in ("m", "p", "t"):
+                    self._linger()  # a short block's end may take them: one commit, no race
+                    if not self._queue:
+                        break
                 self._drain()
             self._busy = False
 
     def _linger(self) -> None:
-        deadline = time.monotonic() + _LINGER_SECONDS
-        while len(self._queue) < _LINGER_ITEMS and not self._urgent.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            self._urgent.wait(min(left, 0.005))
+        """Sleep up to `_LINGER_SECONDS` unless a batch's worth or other work is queued (the
+        producers set `_urgent` then): one wake-up, no polling against the cell for the GIL."""
+        if len(self._queue) < _LINGER_ITEMS:
+            self._urgent.wait(_LINGER_SECONDS)
         self._urgent.clear()
 
     def _drain(self) -> None:
