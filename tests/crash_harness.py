@@ -100,8 +100,12 @@ class Zygote:
         return int(self.proc.stdout.readline())
 
     def kill_after(self, seed: int, ack_path: Path, seconds: float) -> list[dict[str, Any]]:
-        """Fork a child, SIGKILL it after `seconds`; return its acknowledgements."""
+        """Fork a child, SIGKILL it `seconds` after it started working; return its
+        acknowledgements (the first is `{"op": "start"}`)."""
         pid = self.fork(seed, ack_path)
+        deadline = time.monotonic() + 30
+        while not read_acks(ack_path) and time.monotonic() < deadline:
+            time.sleep(0.002)  # a loaded machine may take a while to schedule the child
         time.sleep(seconds)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
