@@ -662,7 +662,11 @@ class Writer:
             self._wake.clear()
             while self._queue:
                 self._busy = True
-                if self._queue[0][0] in ("m", "p", "t"):
+                try:
+                    head = self._queue[0][0]
+                except IndexError:  # a run's end took the last values meanwhile
+                    break
+                if head in ("m", "p", "t"):
                     self._linger()  # a short block's end may take them: one commit, no race
                     if not self._queue:
                         break
