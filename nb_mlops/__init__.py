@@ -25,6 +25,7 @@ _LAZY: dict[str, str] = {
     "NbMlopsError": "nb_mlops.core.errors",
     "track": "nb_mlops.core.tracking",
     "log": "nb_mlops.core.tracking",
+    "flush": "nb_mlops.core.durable",
     "runs": "nb_mlops.core.runs",
     "snapshot": "nb_mlops.core.data",
     "restore": "nb_mlops.core.data",
@@ -51,6 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nb_mlops.core.data import restore as restore
     from nb_mlops.core.data import snapshot as snapshot
     from nb_mlops.core.data import snapshots as snapshots
+    from nb_mlops.core.durable import flush as flush
     from nb_mlops.core.errors import NbMlopsError as NbMlopsError
     from nb_mlops.core.lineage import lineage as lineage
     from nb_mlops.core.monitoring import monitor as monitor

@@ -61,7 +61,7 @@ def test_metric_threshold_specs_parse(spec: str, op: str, threshold: float) -> N
         ({"beat_champion": {"metric": "acc", "min_delta": "x"}}, "min_delta must be a number"),
         ({"beat_champion": {"metric": "acc", "direction": "up"}}, "direction must be"),
         ({"require_reproduced": "yes"}, "gates.require_reproduced must be true or false"),
-        ({"accuracy": ">= 0.9"}, "unknown gate 'accuracy'"),
+        ({"accuracy": ">= 0.9"}, "gates.accuracy is not a known gate"),
     ],
 )
 def test_bad_gate_specs_are_refused_with_the_offending_value(table: dict, message: str) -> None:

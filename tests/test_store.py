@@ -73,7 +73,9 @@ def test_foreign_database_file_is_never_overwritten(project: Path) -> None:
     con.commit()
     con.close()
     # When the store is opened, then a clear error names the file and nothing is replaced
-    with pytest.raises(StoreError, match=r"mlflow\.db is not a complete MLflow database"):
+    with pytest.raises(
+        StoreError, match=r"mlflow\.db is not an MLflow database \(its tables: precious\)"
+    ):
         store.ensure_store(load_config())
     assert sqlite3.connect(db).execute("SELECT x FROM precious").fetchone() == (42,)
 

@@ -145,14 +145,19 @@ def test_lock_outlasting_the_retry_window_fails_visibly(
     monkeypatch.setenv("NB_MLOPS_WRITE_RETRY_SECONDS", "0.5")
     import nb_mlops
 
-    with nb_mlops.track(name="lost?", autolog=False):
+    # the block's end cannot commit: the cell itself raises (never a silent FINISHED)
+    with (
+        pytest.raises(StoreError, match=r"was not saved: 1 value\(s\) .*locked"),
+        nb_mlops.track(name="lost?", autolog=False) as run,
+    ):
         tracking.flush()  # the run's start and capture are saved: only the metric meets the lock
         holder = _hold_write_lock(project / ".nb_mlops" / "mlflow.db", 7)
         nb_mlops.log(auc=0.5)
-    with pytest.raises(StoreError, match="could not save .*locked"):
-        tracking.flush()
     holder.wait(timeout=60)
-    tracking.flush()  # the run's end, queued after the failure, went through after the lock
+    tracking.flush()  # the run is marked FAILED once the lock is gone
+    got = _client(project).get_run(run.run_id)
+    assert got.info.status == "FAILED" and got.data.metrics == {}
+    assert "were not saved" in got.data.tags["nb_mlops.error"]
 
 
 def test_unreachable_tracking_server_is_one_clear_error(

@@ -165,6 +165,19 @@ export class PromoteForm
 
   private gates(): HTMLElement {
     const { info, trans } = this;
+    const problems = info.config_errors || [];
+    if (problems.length > 0) {
+      return h(
+        'div',
+        { class: 'nbm-config-errors' },
+        h(
+          'p',
+          { class: 'nbm-error' },
+          trans.__('Promotion refuses until the configuration is fixed:')
+        ),
+        ...problems.map(problem => h('p', { class: 'nbm-error' }, problem))
+      );
+    }
     if (!info.gates || info.gates.length === 0) {
       return h(
         'p',

@@ -74,6 +74,8 @@ export interface INotebookInfo {
   runs: ITrackedRun[];
   ui_url: string;
   warnings: string[];
+  /** Configuration problems, one line each: promotion refuses while there is any. */
+  config_errors?: string[];
 }
 
 export interface IStepProgress {
@@ -271,7 +273,8 @@ export function parseNotebookInfo(value: unknown): INotebookInfo {
     gates: arrayOr(data.gates).filter(isObject) as unknown as IGatePreview[],
     runs: arrayOr(data.runs).filter(isObject) as unknown as ITrackedRun[],
     ui_url: optionalText(data.ui_url) ?? '',
-    warnings: arrayOr(data.warnings).map(String)
+    warnings: arrayOr(data.warnings).map(String),
+    config_errors: arrayOr(data.config_errors).map(String)
   };
 }
 

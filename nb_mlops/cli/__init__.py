@@ -17,6 +17,7 @@ from nb_mlops import __version__
 # command name → "module:attribute" of a click command or group
 COMMANDS: dict[str, str] = {
     "config": "nb_mlops.cli.config:config",
+    "store": "nb_mlops.cli.store:store",
     "runs": "nb_mlops.cli.runs:runs",
     "ui": "nb_mlops.cli.runs:ui",
     "demo": "nb_mlops.cli.demo:demo",
@@ -32,6 +33,7 @@ COMMANDS: dict[str, str] = {
 
 HELP = {
     "config": "Show the resolved configuration (root, store, experiment).",
+    "store": "Check the embedded tracking store, or start a new one.",
     "runs": "List tracked runs of an experiment.",
     "ui": "Open the MLflow UI on the configured store.",
     "demo": "Run the quickstart end to end on the embedded store.",

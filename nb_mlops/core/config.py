@@ -3,16 +3,20 @@
 The root is the nearest folder, walking up from the start folder, whose `pyproject.toml` holds a
 `[tool.nb_mlops]` table or which holds `nb_mlops.toml`; else the start folder itself. Environment
 variables override the store: `NB_MLOPS_TRACKING_URI` / `MLFLOW_TRACKING_URI`, and `NB_MLOPS_ROOT`.
+Every key is checked against `config_schema`; the problems found are kept on the `Config`, and
+reading its gates raises while there is any (promotion fails closed on a bad setting).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nb_mlops.core.config_schema import problems as schema_problems
 from nb_mlops.core.errors import ConfigError
 
 __all__ = ["Config", "find_root", "load_config", "STORE_DIRNAME"]
@@ -32,6 +36,8 @@ class Config:
         artifact_root: folder (or URI) where new experiments keep their artifacts.
         experiment: the configured experiment name, or None (then: the notebook's file stem).
         settings: every key of the configuration table, as read (e.g. `gates`).
+        problems: one line per configuration problem (unknown key, wrong type, bad threshold),
+            each naming the file and the key; empty when the configuration is valid.
     """
 
     root: Path
@@ -41,6 +47,20 @@ class Config:
     artifact_root: str
     experiment: str | None
     settings: dict[str, Any] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        """Raise the configuration's problems, if any.
+
+        Raises:
+            ConfigError: the first problem (and how many more), and how to list them all.
+        """
+        if self.problems:
+            more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+            raise ConfigError(
+                f"{self.problems[0]}{more}; fix the configuration (`nb-mlops config --check` "
+                "lists every problem): promotion refuses until it is valid"
+            )
 
     @property
     def store_dir(self) -> Path:
@@ -70,8 +90,10 @@ class Config:
 
     @property
     def gates(self) -> dict[str, Any]:
-        gates = self.settings.get("gates", {})
-        return gates if isinstance(gates, dict) else {}
+        """The gates table. Fails closed: raises ConfigError while the configuration has any
+        problem, so a misspelt or misshapen setting never reads as "no gates"."""
+        self.check()
+        return dict(self.settings.get("gates", {}))
 
     @property
     def trusted_model_modules(self) -> tuple[str, ...] | None:
@@ -99,7 +121,8 @@ class Config:
             "runs_dir": str(self.runs_dir),
             "experiment": self.experiment,
             "embedded": self.is_embedded,
-            "gates": self.gates,
+            "gates": self.settings.get("gates", {}),
+            "problems": list(self.problems),
         }
 
 
@@ -107,14 +130,25 @@ def _sqlite_uri(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+# path → ((mtime_ns, size, inode), parsed table): every tracked cell resolves the configuration
+_parsed: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
+        info = path.stat()
+        mark = (info.st_mtime_ns, info.st_size, info.st_ino)
+        hit = _parsed.get(path)
+        if hit is not None and hit[0] == mark:
+            return copy.deepcopy(hit[1])
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            table = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc}); fix the file or remove it") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
+    _parsed[path] = (mark, table)
+    return copy.deepcopy(table)
 
 
 def find_root(start: Path | str | None = None) -> tuple[Path, Path | None, dict[str, Any]]:
@@ -174,7 +208,15 @@ def load_config(start: Path | str | None = None) -> Config:
         artifact_root=artifact_root,
         experiment=_setting_str(settings, "experiment", source),
         settings=settings,
+        problems=_problems(settings, source),
     )
+
+
+def _problems(settings: dict[str, Any], source: Path | None) -> tuple[str, ...]:
+    if source is None:
+        return ()
+    prefix = "tool.nb_mlops." if source.name == "pyproject.toml" else ""
+    return tuple(f"{source}: {line}" for line in schema_problems(settings, prefix))
 
 
 def _setting_str(settings: dict[str, Any], key: str, source: Path | None) -> str | None:

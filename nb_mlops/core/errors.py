@@ -5,7 +5,8 @@ Every message says what was wrong, names the offending value, and says what to d
     NbMlopsError
      ├── ConfigError             bad or unreadable configuration
      ├── StoreError              the tracking / data store cannot be used
-     │    └── StoreUnavailable   the tracking server is down or unreachable
+     │    ├── StoreUnavailable   the tracking server is down or unreachable
+     │    └── StillPending       flush(timeout) ran out with writes still pending
      ├── TrackingError           misuse of runs and logging
      │    └── NoActiveRun        nb_mlops.log() outside a tracked cell or pipeline step
      ├── DataError               data snapshots
@@ -38,6 +39,7 @@ __all__ = [
     "RollbackError",
     "SnapshotNotFound",
     "StepFailed",
+    "StillPending",
     "StoreError",
     "StoreUnavailable",
     "TrackingError",
@@ -58,6 +60,10 @@ class StoreError(NbMlopsError):
 
 class StoreUnavailable(StoreError):
     """A remote tracking server did not answer within the timeout."""
+
+
+class StillPending(StoreError):
+    """`flush(timeout)` returned before every pending write was stored (they keep going)."""
 
 
 class TrackingError(NbMlopsError):

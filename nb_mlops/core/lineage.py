@@ -13,6 +13,7 @@ from typing import Any
 
 from nb_mlops.core import store
 from nb_mlops.core.config import Config, load_config
+from nb_mlops.core.durable import settle
 from nb_mlops.core.errors import PromotionError
 from nb_mlops.core.promotion.journal import Journal
 from nb_mlops.core.promotion.registry import (
@@ -123,6 +124,7 @@ def lineage(ref: str, *, cfg: Config | None = None) -> Lineage:
 
     name, alias, version = parse_ref(ref)
     cfg = store.ensure_store(cfg or load_config())
+    settle()  # this process's own pending writes first
     client = store.client(cfg)
     try:
         if version is None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from nb_mlops.core.config import Config, load_config
+from nb_mlops.core.durable import settle
 from nb_mlops.core.errors import ConfigError, TrackingError
 
 if TYPE_CHECKING:
@@ -295,6 +296,7 @@ def runs(
         >>> [(r.name, r.metrics["accuracy"]) for r in page]        # doctest: +SKIP
     """
     cfg = cfg or load_config()
+    settle()  # this process's own pending writes first: one kernel reads what it just wrote
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise TrackingError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")
     if metric and order_by:
@@ -319,6 +321,7 @@ def runs(
 def run_row(run_id: str, cfg: Config | None = None) -> RunRow | None:
     """One run as a RunRow (e.g. the session's last run for `%mlops`), None if it is not stored."""
     cfg = cfg or load_config()
+    settle()
     if _sql_readable(cfg):
         try:
             con = _connect(cfg.db_path)

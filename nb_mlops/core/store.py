@@ -4,6 +4,9 @@ MLflow's schema migrations are not safe when several processes create a new SQLi
 take seconds. So the schema is created once, under our own cross-process lock, from a per-user
 template copied in milliseconds (made by MLflow's own migrations the first time on a machine). The
 database runs in WAL mode; every connection uses `synchronous=NORMAL` and a long busy timeout.
+An existing database is checked first (`check_database`, milliseconds): an empty, foreign, damaged,
+truncated or read-only file is refused in one line instead of MLflow's minutes of retries, and only
+`init_store(force=True)` (`nb-mlops store init --force`) moves an unusable one aside.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
+import struct
 import sys
 import threading
 import time
@@ -27,10 +32,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "artifact_location_for",
+    "check_database",
     "client",
     "embedded_experiment",
     "ensure_store",
     "experiment_id",
+    "init_store",
     "install_sqlite_pragmas",
     "lock",
     "STORE_SUBDIRS",
@@ -73,6 +80,9 @@ def ensure_store(cfg: Config | None = None) -> Config:
             ) from exc
         if "sqlalchemy" in sys.modules:  # an engine may be opened by anyone from now on
             install_sqlite_pragmas()
+        problem = check_database(cfg.db_path) if cfg.is_embedded else None
+        if problem is not None:
+            raise StoreError(problem)
         if cfg.is_embedded and not _schema_ready(cfg.db_path):
             with lock(cfg, "schema"):
                 if not _schema_ready(cfg.db_path):
@@ -183,6 +193,131 @@ def _experiment_row(con: sqlite3.Connection, name: str) -> tuple[str, str] | Lit
     if row[2] != "active":
         return False
     return (str(row[0]), str(row[1]))
+
+
+# --- checking an existing database ------------------------------------------------------------
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_INIT = "`nb-mlops store init --force` moves it aside and starts a new, empty tracking store"
+
+
+def check_database(path: Path) -> str | None:
+    """Why `path` cannot be the embedded MLflow database, in one line; None when it can (or is
+    missing: then it is created).
+
+    Reads the 100-byte header and one row, so it costs milliseconds on any size: a zero-length,
+    foreign, damaged, truncated or read-only file is named with what to do, where MLflow would
+    retry for minutes and end in a traceback.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{path} cannot be read ({exc.strerror}); check the permissions of its folder"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a regular file; move it away so the store can use the name"
+    if info.st_size == 0:
+        return f"{path} is empty (0 bytes), not an MLflow database; {_INIT}"
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(100)
+    except OSError as exc:
+        return f"{path} cannot be read ({exc.strerror}); check its permissions"
+    if not header.startswith(_SQLITE_MAGIC) or len(header) < 100:
+        return f"{path} is not an SQLite database (damaged, or another kind of file); {_INIT}"
+    (page_size,) = struct.unpack(">H", header[16:18])
+    page_size = 65536 if page_size == 1 else page_size
+    (pages,) = struct.unpack(">I", header[28:32])
+    if header[24:28] == header[92:96] and info.st_size < pages * page_size:
+        return (
+            f"{path} is truncated ({info.st_size} of {pages * page_size} bytes): restore it from "
+            f"a backup, or {_INIT}"
+        )
+    if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        return (
+            f"{path} is read-only (the file or its folder): every run is written to it; make "
+            "both writable, or set NB_MLOPS_ROOT to a project folder you can write"
+        )
+    return _check_tables(path)
+
+
+def _check_tables(path: Path) -> str | None:
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error as exc:
+        return f"{path} cannot be opened ({exc}); {_INIT}"
+    try:
+        tables = {
+            str(row[0])
+            for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        revision = (
+            con.execute("SELECT version_num FROM alembic_version").fetchone()
+            if "alembic_version" in tables
+            else None
+        )
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return None  # another process holds it: it is a database, and it is in use
+        return f"{path} cannot be read ({exc}); {_INIT}"
+    except sqlite3.DatabaseError as exc:
+        return f"{path} is damaged ({exc}); restore it from a backup, or {_INIT}"
+    finally:
+        con.close()
+    if not tables:
+        return f"{path} is an empty SQLite file, not an MLflow database; {_INIT}"
+    if revision is None:
+        shown = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
+        return (
+            f"{path} is not an MLflow database (its tables: {shown}); it is never overwritten: "
+            f"move it away, or {_INIT}"
+        )
+    if any(name.startswith("_alembic_tmp_") for name in tables):
+        return (
+            f"{path} is not a complete MLflow database (a half-finished migration); restore it "
+            f"from a backup, or {_INIT}"
+        )
+    return None
+
+
+def init_store(cfg: Config | None = None, force: bool = False) -> tuple[Config, Path | None]:
+    """Create the embedded store; with `force`, first move an unusable database aside.
+
+    A usable database is never touched. The moved file keeps its bytes
+    (`mlflow.db.unusable-<UTC time>`, with its `-wal`/`-shm`), so nothing is deleted.
+
+    Returns:
+        (the configuration, where the unusable database was moved, or None).
+
+    Raises:
+        StoreError: the database is unusable and `force` is not set, or it is read-only (moving it
+            aside would not help), or the store is not the embedded one.
+    """
+    cfg = cfg or load_config()
+    if not cfg.is_embedded:
+        raise StoreError(
+            f"the tracking store is {cfg.tracking_uri}, not the embedded one: nothing to initialise"
+        )
+    moved: Path | None = None
+    problem = check_database(cfg.db_path)
+    if problem is not None:
+        if not force:
+            raise StoreError(problem)
+        if "read-only" in problem:
+            raise StoreError(problem)
+        with lock(cfg, "schema"):
+            if check_database(cfg.db_path) is not None:
+                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                moved = cfg.db_path.with_name(f"{cfg.db_path.name}.unusable-{stamp}")
+                for suffix in ("", "-wal", "-shm"):
+                    old = Path(f"{cfg.db_path}{suffix}")
+                    if old.exists():
+                        os.replace(old, Path(f"{moved}{suffix}"))
+                cfg.db_path.with_name(".schema-ok").unlink(missing_ok=True)
+        with _ready_lock:
+            _ready.discard(cfg.store_dir)
+    return ensure_store(cfg), moved
 
 
 # --- schema ----------------------------------------------------------------------------------

@@ -2,13 +2,15 @@
 
 A run is created synchronously (a direct insert on the embedded store, so autolog can write to it at
 once); everything else — params, metrics, tags, artifacts, dataset inputs, the model — goes through
-the background writer (`nb_mlops.core.writer`), and the run's status is written only after all of it.
-`track()` waits for the previous run to be persisted before it starts the next one.
+the background writer (`nb_mlops.core.writer`). When a block ends, its params, metrics, tags and
+status are committed before `track()` returns, and a failure to save them is raised there; slower
+work (the model, artifacts) may still be running, and the run shows it (`nb_mlops.pending`) until it
+is done. `track()` waits for the previous run to be persisted before it starts the next one; process
+exit and `nb_mlops.flush()` wait for everything (`nb_mlops.core.durable`).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
@@ -23,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nb_mlops.core import session
+from nb_mlops.core import durable, session
 from nb_mlops.core.capture import autolog as autolog_capture
 from nb_mlops.core.capture import models as capture_models
 from nb_mlops.core.capture import notebook as nbcap
 from nb_mlops.core.config import Config, load_config
-from nb_mlops.core.errors import NoActiveRun, StoreError, TrackingError
+from nb_mlops.core.errors import NoActiveRun, StillPending, StoreError, TrackingError
 from nb_mlops.core.store import (
     client,
     embedded_experiment,
@@ -113,6 +115,13 @@ class Run:
     _store: _Store | None = field(default=None, repr=False)
     _steps: dict[str, int] = field(default_factory=dict, repr=False)
 
+    @property
+    def pending(self) -> list[str]:
+        """What is still being saved for this run after its block ended (e.g. `["model"]`);
+        [] once it is completely stored. The run reads RUNNING, tag `nb_mlops.pending`, until
+        then."""
+        return [] if self._store is None else self._store.writer.pending_work(self.run_id)
+
     def log(self, step: int | None = None, **metrics: float) -> None:
         """Log metrics to this run (see `nb_mlops.log`)."""
         _log_to(self, step, metrics)
@@ -146,10 +155,22 @@ class _Process:
         self.warm_thread: threading.Thread | None = None
         self.mlflow_imported = threading.Event()
         self.probed: set[str] = set()
-        self.atexit = False
 
 
 _proc = _Process()
+
+
+def _forget_after_fork() -> None:
+    """A forked child has none of its parent's writer threads: it opens its own stores and owns
+    no run of its parent's (their ends are the parent's to write)."""
+    _proc.lock = threading.RLock()
+    _proc.stores.clear()
+    _proc.stack.clear()
+    _proc.env_runs.clear()
+    _proc.warm_thread = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 # --- context -----------------------------------------------------------------------------------
@@ -300,26 +321,34 @@ def _store_for(cfg: Config) -> _Store:
         backend = sqlite if sqlite is not None else ClientBackend(client(cfg))
         found = _Store(cfg=cfg, writer=Writer(backend, _retry_seconds(cfg)), sqlite=sqlite)
         _proc.stores[key] = found
-        if not _proc.atexit:
-            atexit.register(_flush_all_at_exit)
-            _proc.atexit = True
+        durable.register("tracking", _wait)  # nb_mlops.flush() and process exit wait for it
     return found
 
 
-def _flush_all_at_exit() -> None:
+def _wait(timeout: float | None, report: bool = True) -> int:
+    """Wait for every writer of this process; return how many items are still queued."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    left = 0
     for st in list(_proc.stores.values()):
-        with contextlib.suppress(Exception):
-            st.writer.flush(timeout=60)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        left += st.writer.flush(remaining, report=report)
+    return left
 
 
 def flush(timeout: float | None = None) -> None:
-    """Block until everything logged in this process is persisted.
+    """Block until everything tracked in this process is persisted (`nb_mlops.flush()` waits
+    for data snapshots too).
 
     Raises:
         StoreError: something could not be saved (the message names it).
+        StillPending: `timeout` passed first.
     """
-    for st in list(_proc.stores.values()):
-        st.writer.flush(timeout)
+    left = _wait(timeout)
+    if left:
+        raise StillPending(
+            f"{left} tracking write(s) still pending after {timeout:g} s; they keep being "
+            "written: call flush() again"
+        )
 
 
 def _warming() -> bool:
@@ -609,6 +638,7 @@ def _start(
     run = Run(run_id, exp_id, run_name, artifact_uri, parent, _store=st)
     _proc.stack.append(run)
     _proc.last_run_id = run_id
+    st.writer.bind(run_id)  # background work queued from here on belongs to this run
 
     source_nb = analysis or nb
     params = nbcap.parameter_values(source_nb, namespace) if source_nb is not None else {}
@@ -623,7 +653,9 @@ def _start(
         _autolog_integration()["disable"] = False
     models = capture_models.Watch(namespace) if autolog else None
     st.writer.call(
-        lambda: _capture(cfg, run, nb, analysis, history, cell or ""), f"capture of run {run_id}"
+        lambda: _capture(cfg, run, nb, analysis, history, cell or ""),
+        f"capture of run {run_id}",
+        result=False,
     )
     for use in session.data_used():
         _note_input(run, use)
@@ -647,9 +679,22 @@ def _start(
             if run in _proc.stack:
                 _proc.stack.remove(run)
             run.status = status
-            st.writer.end(run_id, status, int(time.time() * 1000))
+            _end(st, run, status, exc)
 
     return run, finish
+
+
+def _end(st: _Store, run: Run, status: str, exc: BaseException | None) -> None:
+    """Commit the run's values and status now; raise what could not be saved — or, when the
+    block raised, add it to that exception as a note (the user's error stays the one raised)."""
+    st.writer.unbind(run.run_id)
+    try:
+        st.writer.finish_run(run.run_id, status, int(time.time() * 1000))
+    except StoreError as failure:
+        run.status = "FAILED"
+        if exc is None:
+            raise
+        exc.add_note(f"nb_mlops: {failure}")
 
 
 def _base_tags(
@@ -721,7 +766,9 @@ def _note_error(run: Run, exc: BaseException) -> None:
     data = text.encode()
     assert run._store is not None
     run._store.writer.call(
-        lambda: _put_artifact(run, "error/traceback.txt", data), f"traceback of run {run.run_id}"
+        lambda: _put_artifact(run, "error/traceback.txt", data),
+        f"traceback of run {run.run_id}",
+        result=False,
     )
 
 
@@ -729,7 +776,9 @@ def _note_input(run: Run, use: session.DataUse) -> None:
     run.set_tag(f"nb_mlops.data.{use.name}", use.tag_value)
     assert run._store is not None
     cfg = run._store.cfg
-    run._store.writer.call(lambda: _log_input(cfg, run, use), f"input {use.name} of {run.run_id}")
+    run._store.writer.call(
+        lambda: _log_input(cfg, run, use), f"input {use.name} of {run.run_id}", result=False
+    )
 
 
 # --- background capture (runs on the writer thread) ---------------------------------------------

@@ -224,10 +224,10 @@ class Step:
                 number = float(value)
                 if math.isfinite(number):
                     found[name] = number
-        tracking = sys.modules.get("nb_mlops.core.tracking")
-        flush = getattr(tracking, "flush", None)
+        pending = sys.modules.get("nb_mlops.core.durable")  # loaded by any background writer
+        flush = getattr(pending, "flush", None)
         if flush is not None:
-            flush()  # everything nb_mlops.log()-ed is persisted before the runner ends the run
+            flush()  # everything logged or snapshotted is stored before the runner ends the run
         if self.exited:
             raise RuntimeError(
                 f"step {self.name!r} called {self.exited} midway: the step did not run to its end"

@@ -2,7 +2,8 @@
 
 `spec_of` parses the notebook's steps and typed parameter schema (the pipeline package's grammar and
 parameter contract: one implementation); `validate` checks request values against it; `describe`
-adds the tracked runs, the target model, its current champion and the configured gates.
+adds the tracked runs, the target model, its current champion and the configured gates — or the
+configuration's problems, which make every promotion refuse (`config_errors`).
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def describe(notebook: Path, root_dir: Path) -> dict[str, Any]:
     """Everything the Promote dialog shows for `notebook`.
 
     Returns:
-        `{pipeline, model, steps, parameters, champion, gates, runs, ui_url, warnings}`.
+        `{pipeline, model, steps, parameters, champion, gates, runs, ui_url, warnings,
+        config_errors}`; `config_errors` lists the configuration's problems (one line each):
+        while there is any, promotion refuses and `gates` is empty.
     """
     spec = spec_of(notebook)
     warnings = [f"{p}: a run stops there with this error" for p in spec.problems]
@@ -142,6 +145,7 @@ def describe(notebook: Path, root_dir: Path) -> dict[str, Any]:
         if isinstance(ui, str) and ui.startswith(("http://", "https://"))
         else DEFAULT_UI_URL,
         "warnings": warnings,
+        "config_errors": list(cfg.problems),
     }
 
 
@@ -159,10 +163,11 @@ def _store_facts(
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
     """Champion, gate preview and tracked runs from the MLflow store (read-only)."""
     from nb_mlops.core import store
-    from nb_mlops.core.promotion.gates import parse_gates
+    from nb_mlops.core.promotion.gates import GateSpec, parse_gates
     from nb_mlops.core.promotion.registry import CHAMPION, get_alias
 
-    gates = parse_gates(cfg.gates)
+    # with configuration problems there are no trustworthy gates to preview (`config_errors`)
+    gates = GateSpec() if cfg.problems else parse_gates(cfg.gates)
     if not cfg.db_path.exists() and cfg.is_embedded:
         # No store yet: nothing tracked, no champion. Do not create one from a GET.
         return None, _gate_rows(gates, {}), []

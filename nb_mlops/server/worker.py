@@ -111,6 +111,12 @@ class Worker:
         build_dir = self.folder / "pipeline"
         status_file = self.folder / "status.json"
 
+        if job["action"] == "promote":
+            # a bad setting must never open a gate: refuse before running anything
+            code, _ = self.call("check", ["config", "--check"])
+            if code != 0:
+                return self.fail(self._error_line(f"config --check exited with status {code}"))
+
         code, _ = self.call(
             "build",
             ["pipeline", "build", staged, "-n", job["pipeline"], "-o", str(build_dir)],

@@ -117,6 +117,42 @@ describe('PromoteForm', () => {
     });
   });
 
+  it('shows configuration problems instead of the gates: promotion refuses until fixed', () => {
+    const info = {
+      ...INFO,
+      config_errors: ['gates: did you mean `gates`? (`gate`)']
+    };
+    const form = new PromoteForm(info, plain);
+    const shown =
+      form.node.querySelector('.nbm-config-errors')?.textContent ?? '';
+    expect(shown).toContain(
+      'Promotion refuses until the configuration is fixed:'
+    );
+    expect(shown).toContain('gates: did you mean `gates`? (`gate`)');
+    expect(form.node.querySelector('table')).toBeNull();
+  });
+
+  it('leaves a computed default unsent while its field is empty, and says what computes it', () => {
+    const info: INotebookInfo = {
+      ...INFO,
+      parameters: [
+        {
+          name: 'rows',
+          type: 'int',
+          declared_type: 'int',
+          default: null,
+          has_default: false,
+          computed: '10**6'
+        }
+      ]
+    };
+    const form = new PromoteForm(info, plain);
+    expect(field(form, 'rows').placeholder).toBe('computed: 10**6');
+    expect(form.getValue().parameters).toEqual({});
+    type(field(form, 'rows'), '12');
+    expect(form.getValue().parameters).toEqual({ rows: 12 });
+  });
+
   it('labels each field with its declared type', () => {
     const form = new PromoteForm(INFO, plain);
     const labels = Array.from(form.node.querySelectorAll('.nbm-type')).map(

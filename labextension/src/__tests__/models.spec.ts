@@ -141,6 +141,7 @@ describe('parseNotebookInfo', () => {
       }
     ]);
     expect(parsed.warnings).toEqual(['gates: bad spec']);
+    expect(parsed.config_errors).toEqual([]);
   });
 
   it('names the parameter that has no name', () => {

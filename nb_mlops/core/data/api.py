@@ -115,14 +115,18 @@ class Snapshot:
         return f"v{self.version}:{self.digest}"
 
     @classmethod
-    def from_manifest(cls, m: dict[str, Any], new: bool = False) -> Snapshot:
+    def from_manifest(
+        cls, m: dict[str, Any], new: bool = False, added: int | None = None
+    ) -> Snapshot:
+        """The version a manifest records; `added` overrides the bytes it records as added
+        (0 when a call found the content stored already)."""
         return cls(
             name=m["name"],
             version=int(m["version"]),
             digest=m["digest"],
             kind=m["kind"],
             rows=m.get("rows"),
-            stored_bytes_added=int(m.get("bytes_added", 0)) if new else 0,
+            stored_bytes_added=int(m.get("bytes_added", 0)) if added is None else added,
             stored_size=int(m.get("size", 0)),
             profile=m.get("profile", {}),
             schema=m.get("schema", {}),
@@ -199,12 +203,18 @@ def snapshot(
             raise DataError("a DataFrame or array snapshot needs a name: snapshot(df, 'train')")
         name = suggest_name(Path(os.path.abspath(obj_or_path)).name)
     check_name(name)
-    store = open_store(cfg)
-    hold = store.gc_hold()  # handed to the background write, which releases it
+    cfg = cfg or load_config()
+    try:
+        store = open_store(cfg)
+        hold = store.gc_hold()  # handed to the background write, which releases it
+    except OSError as exc:
+        raise _os_error(exc, cfg) from exc
     try:
         snap = _take(store, hold, obj_or_path, name, is_path, context, message, lineage)
-    except BaseException:
+    except BaseException as exc:
         os.close(hold)
+        if isinstance(exc, OSError):
+            raise _os_error(exc, cfg) from exc
         raise
     if snap.job is None or not snap.new:
         os.close(hold)
@@ -212,6 +222,22 @@ def snapshot(
         snap.wait()
     _note(snap, context)
     return snap
+
+
+def _os_error(exc: OSError, cfg: Config) -> DataError:
+    """One line for an OS error met while snapshotting: the store's folder, or the source."""
+    where = Path(exc.filename) if exc.filename else None
+    reason = exc.strerror or str(exc)
+    inside = where is not None and (
+        where.is_relative_to(cfg.data_store) or where.is_relative_to(cfg.store_dir)
+    )
+    if where is None or inside:
+        return DataError(
+            f"cannot write to the data store {cfg.data_store} ({reason}"
+            f"{f': {where}' if where else ''}); make {cfg.store_dir} writable, or set "
+            "NB_MLOPS_ROOT to a project folder you can write"
+        )
+    return DataError(f"cannot read {where} ({reason}); check the path and its permissions")
 
 
 def _take(
@@ -245,7 +271,7 @@ def _take(
     reserved = store.reserve_version(name, digest, dedup=job is None)
     if isinstance(reserved, dict):
         _discard(staged)
-        return Snapshot.from_manifest(reserved, new=False)
+        return Snapshot.from_manifest(reserved, new=False, added=0)
     version, ref = reserved, format_ref(name, reserved)
     try:
         if prep is not None:

@@ -5,18 +5,23 @@ waits, with every byte it still has to store already captured (file bytes copied
 DataFrame values copied out of the frame), so later edits of the source never reach the store. One
 writer thread per process then encodes, fsyncs and renames the new objects and only then writes the
 manifest, in submission order. Until that, the version is invisible to other processes; `restore`,
-`snapshots`, `verify` and `gc` in this process wait for pending writes, and so does interpreter exit.
+`snapshots`, `verify` and `gc` in this process wait for pending writes, and so do `nb_mlops.flush()`
+and interpreter exit (see `nb_mlops.core.durable`: before thread pools shut down, status 1 on a
+failure). A forked child starts with no pending write of its parent's.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from nb_mlops.core import durable
 from nb_mlops.core.errors import DataError
 
 __all__ = [
@@ -70,9 +75,11 @@ class PendingWrite:
     def failed(self) -> bool:
         return self.future.done() and self.future.exception() is not None
 
-    def wait(self) -> dict[str, Any]:
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
         """Block until the version is durable; return its manifest (DataError if the write failed:
-        then nothing of this version was recorded)."""
+        then nothing of this version was recorded). `concurrent.futures.TimeoutError` when
+        `timeout` passes first."""
+        self.future.exception(timeout)  # waits; raises FutureTimeout only while not done
         try:
             return self.future.result()
         except DataError as exc:
@@ -96,9 +103,8 @@ def submit(job: PendingWrite, work: Callable[[], dict[str, Any]]) -> PendingWrit
     global _executor
     with _lock:
         if _executor is None:
-            # worker threads of a ThreadPoolExecutor are joined at interpreter exit after the
-            # queue drains, so a queued write is never abandoned by a normal exit
             _executor = ThreadPoolExecutor(1, thread_name_prefix="nb_mlops-data-writer")
+            durable.register("data", wait_all)
         _jobs.append(job)
         _executor.submit(_run, job, work)
     return job
@@ -135,28 +141,41 @@ def raise_failures() -> None:
         failed[0].wait()
 
 
-def wait_all() -> None:
-    """Wait for every pending write; raise the first failure nobody has been told about yet."""
+def wait_all(timeout: float | None = None, report: bool = True) -> int:
+    """Wait for every pending write (at most `timeout` seconds); raise the first failure nobody
+    has been told about yet (unless `report` is False: failures stay for a later call). Returns
+    how many writes are still pending (0 without a timeout)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     with _lock:
         jobs = list(_jobs)
     error: DataError | None = None
+    left = 0
     for job in jobs:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            if not job.reported:
-                job.wait()
+            if not report:
+                job.future.exception(remaining)
+            elif not job.reported:
+                job.wait(remaining)
+        except FutureTimeout:
+            left += 1
         except DataError as exc:
             error = error or exc
     with _lock:
         for job in jobs:
-            if job.done() and job in _jobs:
+            if job.done() and job in _jobs and (report or not job.failed()):
                 _jobs.remove(job)
     if error is not None:
         raise error
+    return left
 
 
-@atexit.register
-def _at_exit() -> None:
-    try:
-        wait_all()
-    except DataError as exc:  # pragma: no cover - exit path
-        log.error("nb_mlops: %s", exc)
+def _forget_after_fork() -> None:
+    """A forked child has none of its parent's threads: its pending writes are the parent's."""
+    global _executor, _lock
+    _lock = threading.Lock()
+    _jobs.clear()
+    _executor = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -7,13 +7,13 @@ and the current champion; each gives PASS, FAIL or SKIP with the values it compa
 from __future__ import annotations
 
 import json
-import math
 import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from nb_mlops.core.config_schema import GATE_TABLE, THRESHOLD
 from nb_mlops.core.errors import ConfigError
 
 __all__ = [
@@ -36,8 +36,6 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     "==": operator.eq,
 }
-_SPEC = re.compile(r"^\s*(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\Z")
-_KNOWN = ("metrics", "beat_champion", "require_reproduced", "require_data_verified")
 # metrics where smaller is better, when `direction` is not given
 _LOWER_IS_BETTER = re.compile(r"loss|error|mse|mae|rmse|mape|perplexity", re.IGNORECASE)
 
@@ -133,7 +131,7 @@ def format_value(value: Any) -> str:
 
 
 def parse_gates(table: Mapping[str, Any] | None) -> GateSpec:
-    """Validate the gates table of the configuration.
+    """Validate the gates table of the configuration (against `config_schema`) and parse it.
 
     Args:
         table: `cfg.gates`, e.g. `{"metrics": {"accuracy": ">= 0.9"}, "require_reproduced": True}`.
@@ -148,73 +146,34 @@ def parse_gates(table: Mapping[str, Any] | None) -> GateSpec:
         >>> parse_gates({"metrics": {"accuracy": ">= 0.9"}}).metrics[0].expected
         '>= 0.9'
     """
-    table = dict(table or {})
-    unknown = sorted(set(table) - set(_KNOWN))
-    if unknown:
-        raise ConfigError(
-            f"unknown gate {unknown[0]!r} in [tool.nb_mlops.gates]; known gates: {', '.join(_KNOWN)}"
-        )
-    metrics_table = table.get("metrics", {})
-    if not isinstance(metrics_table, Mapping):
-        raise ConfigError(
-            f'gates.metrics must be a table like {{ accuracy = ">= 0.9" }}, got {metrics_table!r}'
-        )
+    table = {} if table is None else table
+    problems = GATE_TABLE.check("gates", table)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConfigError(problems[0] + more)
     metrics = []
-    for name, spec in metrics_table.items():
-        match = _SPEC.match(spec) if isinstance(spec, str) else None
-        if match is None:
-            raise ConfigError(
-                f'gates.metrics.{name} = {spec!r} is not a threshold; write it as "OP NUMBER" '
-                'with OP one of >=, >, <=, <, == (e.g. ">= 0.9")'
-            )
+    for name, spec in table.get("metrics", {}).items():
+        match = THRESHOLD.match(spec)
+        assert match is not None  # checked above
         metrics.append(MetricGate(str(name), match.group(1), float(match.group(2))))
     beat = table.get("beat_champion")
-    beat_champion = _parse_beat(beat) if beat not in (None, False) else None
     return GateSpec(
         metrics=tuple(metrics),
-        beat_champion=beat_champion,
-        require_reproduced=_flag(table, "require_reproduced"),
-        require_data_verified=_flag(table, "require_data_verified"),
+        beat_champion=_parse_beat(beat) if beat not in (None, False) else None,
+        require_reproduced=bool(table.get("require_reproduced", False)),
+        require_data_verified=bool(table.get("require_data_verified", False)),
     )
 
 
-def _flag(table: Mapping[str, Any], key: str) -> bool:
-    value = table.get(key, False)
-    if not isinstance(value, bool):
-        raise ConfigError(f"gates.{key} must be true or false, got {value!r}")
-    return value
-
-
-def _parse_beat(beat: Any) -> BeatChampion:
-    if (
-        not isinstance(beat, Mapping)
-        or not isinstance(beat.get("metric"), str)
-        or not beat["metric"]
-    ):
-        raise ConfigError(
-            f'gates.beat_champion must be a table like {{ metric = "accuracy", min_delta = 0.0 }}, got {beat!r}'
-        )
-    extra = sorted(set(beat) - {"metric", "min_delta", "direction", "require_same_snapshot"})
-    if extra:
-        raise ConfigError(
-            f"gates.beat_champion has unknown key {extra[0]!r}; "
-            "known: metric, min_delta, direction, require_same_snapshot"
-        )
-    delta = beat.get("min_delta", 0.0)
-    if isinstance(delta, bool) or not isinstance(delta, int | float) or not math.isfinite(delta):
-        raise ConfigError(f"gates.beat_champion.min_delta must be a number, got {delta!r}")
+def _parse_beat(beat: Mapping[str, Any]) -> BeatChampion:
     metric = str(beat["metric"])
     direction = beat.get("direction", "min" if _LOWER_IS_BETTER.search(metric) else "max")
-    if direction not in ("max", "min"):
-        raise ConfigError(
-            f'gates.beat_champion.direction must be "max" or "min", got {direction!r}'
-        )
-    same = beat.get("require_same_snapshot", False)
-    if not isinstance(same, bool):
-        raise ConfigError(
-            f"gates.beat_champion.require_same_snapshot must be true or false, got {same!r}"
-        )
-    return BeatChampion(metric, float(delta), str(direction), same)
+    return BeatChampion(
+        metric,
+        float(beat.get("min_delta", 0.0)),
+        str(direction),
+        bool(beat.get("require_same_snapshot", False)),
+    )
 
 
 # --- evaluation ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from nb_mlops.core import store
 from nb_mlops.core.config import Config, load_config
+from nb_mlops.core.durable import settle
 from nb_mlops.core.errors import GatesBlocked, NbMlopsError, PromotionError, RollbackError
 from nb_mlops.core.promotion.gates import (
     FAIL,
@@ -175,6 +176,7 @@ def evaluate(
     cfg, client = _open(cfg)
     check_model_name(model)
     spec = parse_gates(cfg.gates)
+    settle()  # this process's own pending writes first
     candidate = load_candidate(client, _resolve_run(client, run_id, latest))
     ref = resolve_source(candidate, source)
     model_safety(cfg, ref)
@@ -235,6 +237,7 @@ def promote(
     cfg, client = _open(cfg)
     check_model_name(model)
     spec = parse_gates(cfg.gates)
+    settle()  # this process's own pending writes first
     candidate = load_candidate(client, _resolve_run(client, run_id, latest))
     ref = resolve_source(candidate, source)
     safety = model_safety(cfg, ref)
