@@ -102,9 +102,13 @@ class Config:
         value = self.settings.get("trusted_model_modules")
         if value is None:
             return None
-        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, str) and v.strip() for v in value)
+        ):
             raise ConfigError(
-                f"{self.config_file}: `trusted_model_modules` must be a list of module names, "
+                f"{self.config_file}: `trusted_model_modules` must be a non-empty list of module names, "
                 f'e.g. ["sklearn", "numpy", "myproject"], got {value!r}'
             )
         return tuple(v.strip() for v in value)

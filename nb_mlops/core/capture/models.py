@@ -300,7 +300,7 @@ class Watch:
                 continue
             _set_status(run_id, name, PENDING)
             log = _logger(cfg, writer, run_id, name, model, in_run)
-            writer.call(log, f"model {name} of run {run_id}")
+            writer.call(log, f"model of run {run_id} ({name})")
         return status(run_id)
 
 
