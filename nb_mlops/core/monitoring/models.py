@@ -85,7 +85,7 @@ def resolve(ref: str, *, cfg: Config) -> ModelVersion:
     from mlflow.exceptions import MlflowException
 
     from nb_mlops.core.lineage import parse_ref
-    from nb_mlops.core.promotion.registry import DIGEST_TAG
+    from nb_mlops.core.promotion.registry import DIGEST_TAG, version_location
 
     name, alias, version = parse_ref(ref)
     client = store.client(store.ensure_store(cfg))
@@ -105,7 +105,7 @@ def resolve(ref: str, *, cfg: Config) -> ModelVersion:
         name=name,
         version=str(mv.version),
         alias=alias if version is None else None,
-        source=str(mv.source),
+        source=version_location(client, mv),  # `models:/<id>` resolved to its files
         run_id=tags.get("nb_mlops.pipeline_run_id") or mv.run_id,
         sha256=tags.get(DIGEST_TAG),
         tags=tags,
