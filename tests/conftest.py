@@ -17,11 +17,15 @@ _OVERRIDES = (
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees the developer's tracking server or a pipeline step's variables."""
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> object:
+    """No test sees the developer's tracking server or a pipeline step's variables, nor what an
+    earlier test (or MLflow's `set_tracking_uri` in it) exported."""
     for name in list(os.environ):
         if name.startswith("NB_MLOPS_") or name in _OVERRIDES:
             monkeypatch.delenv(name, raising=False)
+    yield
+    for name in _OVERRIDES:
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(autouse=True)

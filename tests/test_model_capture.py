@@ -10,6 +10,7 @@ the policy is refused at logging and at promotion, with a message naming it.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,9 @@ def test_the_projects_own_module_is_trusted_and_a_setting_restricts_it(project: 
 def test_trusted_model_modules_must_be_a_list_of_names(project: Path) -> None:
     with (project / "pyproject.toml").open("a") as fh:
         fh.write('trusted_model_modules = "sklearn"\n')
-    with pytest.raises(ConfigError, match=r"`trusted_model_modules` must be a list .* 'sklearn'"):
+    with pytest.raises(
+        ConfigError, match=r"`trusted_model_modules` must be a non-empty list .* 'sklearn'"
+    ):
         _ = load_config().trusted_model_modules
 
 
@@ -305,3 +308,22 @@ def test_an_estimator_that_breaks_the_fitted_check_never_fails_the_cell(project:
     run = store.client(load_config()).get_run(state["run_id"])
     assert run.info.status == "FINISHED"
     assert state["model"] == "logged"
+
+
+def test_tracking_and_promoting_leave_the_environment_as_it_was(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a process that tracks a fit (MLflow's fluent API) and promotes it (the registry)
+    run_id = tracked_pipeline_run(
+        load_config(), "model = LogisticRegression().fit(X, Y)", _namespace()
+    )
+    assert nb_mlops.promote(run_id, model="env").status == "PROMOTED"
+    # Then MLflow's URIs were not exported into the environment ...
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+    # ... so a second project opened in the same process uses its own store
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "pyproject.toml").write_text('[project]\nname = "other"\n\n[tool.nb_mlops]\n')
+    monkeypatch.chdir(other)
+    assert load_config().tracking_uri.startswith(f"sqlite:///{other.resolve()}")

@@ -97,10 +97,11 @@ def _flag(where: str, value: Any) -> list[str]:
 
 
 def _names(where: str, value: Any) -> list[str]:
-    if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value):
+    if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
         return []
     return [
-        f'{where} must be a list of module names like ["sklearn", "myproject"], got {_kind(value)}'
+        f'{where} must be a non-empty list of module names like ["sklearn", "myproject"], '
+        f"got {_kind(value)}"
     ]
 
 

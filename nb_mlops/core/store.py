@@ -19,6 +19,8 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -102,6 +104,25 @@ def client(cfg: Config | None = None) -> MlflowClient:
         install_sqlite_pragmas()
         found = _clients[key] = MlflowClient(cfg.tracking_uri, cfg.registry_uri)
     return found
+
+
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextmanager
+def environment_kept() -> Iterator[None]:
+    """Undo what MLflow writes into `os.environ`: its `set_tracking_uri` (and the context that
+    restores it) exports the URI for subprocesses, which would then override the project's
+    store for every later `load_config()` in this process, whichever project it opens."""
+    before = {name: os.environ.get(name) for name in _URI_VARIABLES}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def artifact_location_for(cfg: Config, experiment: str) -> str | None:

@@ -35,6 +35,7 @@ from nb_mlops.core.store import (
     client,
     embedded_experiment,
     ensure_store,
+    environment_kept,
     experiment_id,
     install_sqlite_pragmas,
 )
@@ -379,8 +380,9 @@ def _mlflow_ready(cfg: Config) -> Any:
     if _proc.mlflow_uris != uris:
         ensure_store(cfg)
         install_sqlite_pragmas()  # before MLflow opens an engine
-        mlflow.set_tracking_uri(cfg.tracking_uri)
-        mlflow.set_registry_uri(cfg.registry_uri)
+        with environment_kept():
+            mlflow.set_tracking_uri(cfg.tracking_uri)
+            mlflow.set_registry_uri(cfg.registry_uri)
         _proc.mlflow_uris = uris
     return mlflow
 

@@ -518,9 +518,11 @@ def register_version(
         version_tags[MODEL_ID_TAG] = ref.model_id
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
+    from nb_mlops.core.store import environment_kept
+
     # MLflow's SQL registry resolves `models:/<model_id>` with a default client, i.e. with the
     # process-wide tracking URI: point it at this store for the call
-    with _use_tracking_uri(client.tracking_uri):
+    with environment_kept(), _use_tracking_uri(client.tracking_uri):
         mv = client.create_model_version(
             model,
             source=f"models:/{ref.model_id}" if ref.model_id else ref.source,

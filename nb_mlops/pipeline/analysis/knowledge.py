@@ -82,7 +82,7 @@ _PURE_MODULES = (
 _IMPURE = re.compile(
     r"^(numpy\.(random\.shuffle|random\.Generator\.shuffle|copyto|put|put_along_axis|place|"
     r"putmask|fill_diagonal|random\.permutation_in_place)|json\.dump|pickle\.dump|joblib\.dump|"
-    r"shutil\.copyfileobj|csv\.writer|csv\.DictWriter)$"
+    r"shutil\.copyfileobj|csv\.writer|csv\.DictWriter)\Z"
 )
 
 # The global random generators whose state a pipeline carries from step to step.
@@ -140,12 +140,12 @@ _SETTER = re.compile(
     r"^(set_\w*|use|style\.use|chdir|putenv|unsetenv|filterwarnings|simplefilter|resetwarnings|"
     r"setrecursionlimit|seterr|set_printoptions|basicConfig|rc|rcdefaults|set_option|reset_option|"
     r"enable_\w+|disable_\w+|setLevel|set_config|set_default_dtype|set_grad_enabled|"
-    r"set_num_threads|use_deterministic_algorithms)$"
+    r"set_num_threads|use_deterministic_algorithms)\Z"
 )
 # process-wide containers reached through a module: a method call on them changes the setting
 _STATE_CONTAINERS = re.compile(
     r"^(sys\.path|sys\.modules|os\.environ|matplotlib\.rcParams|matplotlib\.pyplot\.rcParams|"
-    r"pandas\.options(\.\w+)*|warnings\.filters)$"
+    r"pandas\.options(\.\w+)*|warnings\.filters)\Z"
 )
 _CONTAINER_MUTATORS = frozenset(
     {"append", "insert", "extend", "update", "setdefault", "pop", "remove", "clear", "__setitem__"}
@@ -215,7 +215,7 @@ _NUMPY_FRESH = re.compile(
     r"^numpy\.(mean|sum|std|var|min|max|median|percentile|quantile|argmax|argmin|argsort|"
     r"sort|round|sqrt|exp|log|log1p|abs|absolute|corrcoef|cov|dot|matmul|array|zeros|ones|"
     r"full|arange|linspace|concatenate|stack|vstack|hstack|unique|histogram|cumsum|prod|"
-    r"count_nonzero|allclose|isclose|array_equal|all|any|nanmean|nansum|nanstd)$"
+    r"count_nonzero|allclose|isclose|array_equal|all|any|nanmean|nansum|nanstd)\Z"
 )
 # ... and those whose result is an immutable value (a number, a string)
 _IMMUTABLE_RESULT = (
@@ -268,7 +268,7 @@ def seeds(qualname: str) -> str | None:
 def seeds_uncarried(qualname: str) -> bool:
     """Whether a call seeds a global generator the pipeline cannot carry (tensorflow's, ...)."""
     return qualname not in _SEEDS and bool(
-        re.search(r"(^|\.)(set_seed|seed|manual_seed)$", qualname)
+        re.search(r"(^|\.)(set_seed|seed|manual_seed)\Z", qualname)
     )
 
 
