@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import functools
+import graphlib
 import json
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import nb_mlops
@@ -134,3 +138,168 @@ def test_code_help_and_tests_cite_no_document_outside_the_repository() -> None:
     # Then none names a design note or a requirement id the repository does not define (Amazon's
     # S3 is a product name, not an id)
     assert not found, "\n".join(found)
+
+
+# --- the import graph among nb_mlops modules, read from the source with `ast` --------------------
+
+FACES = ("cli", "magics", "widgets", "server")
+# what each part of the package may import from nb_mlops (besides itself); a face imports no
+# other face
+MAY_IMPORT = {
+    # the package itself: its public names (lazily from core and pipeline) and the `%load_ext`
+    # hook, which hands over to the magics
+    "nb_mlops": {"core", "pipeline", "magics"},
+    "core": set(),
+    "pipeline": {"core"},
+    "present": {"core", "pipeline"},
+    **{face: {"nb_mlops", "core", "pipeline", "present"} for face in FACES},
+}
+# The one face-to-face arrow allowed: a magic displays its view (`%runs` a RunsView, `%promote` a
+# PromotePanel, …), and only from inside the magic, so `%load_ext` never imports ipywidgets. The
+# widgets never import the magics.
+FACE_EXCEPTIONS = {("magics", "widgets")}
+
+
+@dataclass(frozen=True)
+class _Import:
+    source: str  # the importing module
+    target: str  # the nb_mlops module imported
+    line: int
+    module_level: (
+        bool  # runs when the source is imported (not inside a function, nor TYPE_CHECKING)
+    )
+
+
+@functools.cache
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imports(modules: dict[str, Path]) -> list[_Import]:
+    """Every import of an nb_mlops module, relative ones resolved: `import a.b`, `from a import b`
+    (b a module or a name in a), at module level, in classes and in functions."""
+
+    def known(name: str) -> str | None:  # the longest nb_mlops module a dotted name falls in
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    found = []
+    for source, path in modules.items():
+        package = source if path.name == "__init__.py" else source.rpartition(".")[0]
+
+        def visit(
+            node: ast.AST, module_level: bool, source: str = source, package: str = package
+        ) -> None:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                module_level = False
+            elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                for child in node.body:
+                    visit(child, False)
+                for child in node.orelse:
+                    visit(child, module_level)
+                return
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join([*anchor, *([node.module] if node.module else [])])
+                names = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                    for alias in node.names
+                ]
+            for name in names:
+                target = known(name) if name.split(".")[0] == "nb_mlops" else None
+                if target is not None and target != source:
+                    found.append(_Import(source, target, node.lineno, module_level))  # type: ignore[attr-defined]
+            for child in ast.iter_child_nodes(node):
+                visit(child, module_level)
+
+        visit(ast.parse(path.read_text(), str(path)), True)
+    return found
+
+
+@functools.cache
+def _package_imports() -> tuple[_Import, ...]:
+    return tuple(_imports(_modules()))
+
+
+def _part(module: str) -> str:
+    """`nb_mlops.cli.runs` → `cli`; the package itself → `nb_mlops`."""
+    return module.split(".")[1] if "." in module else module
+
+
+def test_the_import_reader_sees_every_kind_of_import(tmp_path: Path) -> None:
+    # Given a tiny package with each kind of import: module level, in a function, relative,
+    # `import x`, `from x import module`, `from x import name`, and one under TYPE_CHECKING
+    pkg = tmp_path / "nb_mlops"
+    (pkg / "core").mkdir(parents=True)
+    (pkg / "cli").mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "core" / "__init__.py").write_text("from .store import open_store\n")
+    (pkg / "core" / "store.py").write_text("def open_store() -> None: ...\n")
+    (pkg / "cli" / "__init__.py").write_text("")
+    (pkg / "cli" / "runs.py").write_text(
+        "from typing import TYPE_CHECKING\nimport nb_mlops.core\n"
+        "if TYPE_CHECKING:\n    from ..core import store\n"
+        "def main() -> None:\n    from . import data\n    from nb_mlops.core.store import open_store\n"
+    )
+    (pkg / "cli" / "data.py").write_text("from ..core import store\n")
+    modules = {}
+    for path in sorted(pkg.rglob("*.py")):
+        parts = path.relative_to(tmp_path).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    # When the imports are read
+    got = {(i.source, i.target, i.module_level) for i in _imports(modules)}
+    # Then each is found with the module it names, and only the first runs on import
+    assert got == {
+        ("nb_mlops.core", "nb_mlops.core.store", True),
+        ("nb_mlops.cli.runs", "nb_mlops.core", True),
+        ("nb_mlops.cli.runs", "nb_mlops.core.store", False),
+        ("nb_mlops.cli.runs", "nb_mlops.cli.data", False),
+        ("nb_mlops.cli.data", "nb_mlops.core.store", True),
+    }
+
+
+def test_each_layer_imports_only_the_layers_below_and_no_face_imports_another() -> None:
+    # Given every import of an nb_mlops module by an nb_mlops module, wherever it is written
+    imports = _package_imports()
+    assert any(i.target == "nb_mlops.present.runs" for i in imports)  # the reader sees imports
+    wrong = set()
+    for imp in imports:
+        source, target = _part(imp.source), _part(imp.target)
+        if source == target or target in MAY_IMPORT[source] or (source, target) in FACE_EXCEPTIONS:
+            continue
+        wrong.add(f"{imp.source}:{imp.line} imports {imp.target}")
+    # Then core imports nothing above it, pipeline only core, the presentation helpers only core
+    # and pipeline, and a face only core, pipeline and the presentation helpers
+    assert not wrong, "\n".join(sorted(wrong))
+    # And the magics import their views, and the package its magics, only on use, so
+    # `import nb_mlops` and `%load_ext` stay cheap
+    on_use = FACE_EXCEPTIONS | {("nb_mlops", "magics")}
+    eager = [
+        f"{i.source}:{i.line} imports {i.target}"
+        for i in imports
+        if i.module_level and (_part(i.source), _part(i.target)) in on_use
+    ]
+    assert not eager, eager
+
+
+def test_the_module_level_import_graph_has_no_cycle() -> None:
+    # Given the imports that run when a module is imported (not those inside functions)
+    graph: dict[str, set[str]] = {name: set() for name in _modules()}
+    for imp in _package_imports():
+        if imp.module_level:
+            graph[imp.source].add(imp.target)
+    # Then no module imports itself back through others
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        raise AssertionError("import cycle: " + " → ".join(exc.args[1])) from None

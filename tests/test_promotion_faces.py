@@ -17,7 +17,8 @@ from nb_mlops.core.errors import PromotionError
 from nb_mlops.core.lineage import parse_ref
 from nb_mlops.core.promotion import Decision, GateResult, evaluate, promote
 from nb_mlops.magics.promote import PromoteMagics
-from nb_mlops.widgets.promote import PromotePanel, decision_html
+from nb_mlops.present.promote import decision_html
+from nb_mlops.widgets.promote import PromotePanel
 
 
 def test_cli_promote_blocked_forced_history_rollback_lineage(

@@ -13,7 +13,8 @@ from runs_store import fill
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.runs import runs
 from nb_mlops.core.store import client, experiment_id
-from nb_mlops.widgets.runs import RunsTable, RunsView, html_table, metric_svg, text_table
+from nb_mlops.present.runs import RunsTable, html_table, metric_svg, text_table
+from nb_mlops.widgets.runs import RunsView
 
 HOSTILE = [
     "<img src=x onerror=alert(1)>",

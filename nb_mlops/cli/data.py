@@ -8,12 +8,7 @@ from typing import Any
 
 import click
 
-
-def _size(n: int | None) -> str:
-    from nb_mlops.magics.data import format_size
-
-    return format_size(n)
-
+from nb_mlops.present.text import format_size
 
 _PRIVATE = {"job", "stored_bytes_added", "stored_size"}
 
@@ -42,7 +37,7 @@ def snapshot_cmd(path: str, name: str | None, context: str | None, message: str 
     from nb_mlops.core.data import snapshot
 
     snap = snapshot(path, name, context=context, message=message, wait=True)
-    state = f"+{_size(snap.bytes_added)}" if snap.new else "unchanged"
+    state = f"+{format_size(snap.bytes_added)}" if snap.new else "unchanged"
     click.echo(f"{snap.ref}  {state}  digest {snap.digest}")
 
 
@@ -52,7 +47,7 @@ def snapshot_cmd(path: str, name: str | None, context: str | None, message: str 
 def list_cmd(name: str | None, as_json: bool) -> None:
     """List every version (of NAME, or of every name)."""
     from nb_mlops.core.data import snapshots
-    from nb_mlops.widgets.snapshots import snapshots_text
+    from nb_mlops.present.snapshots import snapshots_text
 
     items = snapshots(name)
     if as_json:
@@ -78,7 +73,9 @@ def show_cmd(ref: str, as_json: bool) -> None:
         click.echo(json.dumps(_snap_dict(snap), indent=2))
         return
     click.echo(f"{snap.ref}  {snap.kind}  digest {snap.digest}")
-    click.echo(f"size {_size(snap.size)}  created {snap.created}  context {snap.context or '-'}")
+    click.echo(
+        f"size {format_size(snap.size)}  created {snap.created}  context {snap.context or '-'}"
+    )
     if snap.path:
         click.echo(f"path {snap.path}")
     if snap.message:
@@ -171,5 +168,5 @@ def gc_cmd(dry_run: bool) -> None:
     result = gc(dry_run)
     verb = "would remove" if dry_run else "removed"
     click.echo(
-        f"{verb} {result['removed']} object(s), {_size(result['bytes_freed'])}; kept {result['kept']}"
+        f"{verb} {result['removed']} object(s), {format_size(result['bytes_freed'])}; kept {result['kept']}"
     )

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import click
 
 from nb_mlops.core.config import load_config
-from nb_mlops.widgets.runs import format_number, plain
+from nb_mlops.present.text import format_number, plain
 
 if TYPE_CHECKING:
     from nb_mlops.core.runs import RunRow, RunsPage
@@ -73,7 +73,7 @@ def runs(
     """
     from nb_mlops.core.errors import TrackingError
     from nb_mlops.core.runs import runs as read_page
-    from nb_mlops.widgets.runs import sort_key_problem
+    from nb_mlops.present.runs import sort_key_problem
 
     if metric and sort:
         raise click.UsageError("give --metric or --sort, not both")
@@ -114,8 +114,8 @@ class _Column:
 
 def _candidates(page: RunsPage, chosen: list[str] | None, narrow: bool) -> list[_Column]:
     """Every column that could follow run and status, most useful first."""
-    from nb_mlops.widgets.runs import format_duration, format_started, ordered_metrics
-    from nb_mlops.widgets.runs import param_groups as groups
+    from nb_mlops.present.runs import format_duration, format_started, ordered_metrics
+    from nb_mlops.present.runs import param_groups as groups
 
     user, autolog = groups(page)
     metrics = ordered_metrics(page)
@@ -169,7 +169,7 @@ def _print_table(page: RunsPage, chosen: list[str] | None = None) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    from nb_mlops.widgets.runs import caption, param_groups
+    from nb_mlops.present.runs import caption, param_groups
 
     console = Console(highlight=False)
     console.print(escape(plain(caption(page))))

@@ -180,7 +180,8 @@ class MlopsMagics(Magics):
 
         from nb_mlops.core.config import load_config
         from nb_mlops.core.runs import runs
-        from nb_mlops.widgets.runs import RunsTable, RunsView
+        from nb_mlops.present.runs import RunsTable
+        from nb_mlops.widgets.runs import RunsView
 
         if args.metric and args.sort:
             raise UsageError("give --metric or --sort, not both")

@@ -145,7 +145,7 @@ class PromoteMagics(Magics):
         from nb_mlops.core.config import load_config
         from nb_mlops.core.errors import NbMlopsError
         from nb_mlops.core.lineage import lineage
-        from nb_mlops.widgets.promote import lineage_html
+        from nb_mlops.present.promote import lineage_html
 
         ref = args.ref or load_config().settings.get("model")
         if not ref:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from nb_mlops.widgets.runs import esc, plain
+from nb_mlops.present.text import esc, plain
 
 __all__ = ["RunSummary"]
 
