@@ -1,7 +1,8 @@
 """`%mlops`: status, experiment choice, configuration and the runs view (a face over `nb_mlops.core`).
 
 The runs view is `nb_mlops.widgets.runs.RunsView` in a kernel (with HTML/text fallbacks in the same
-display) and a text/HTML table elsewhere. Importing this module loads no mlflow, pandas or ipywidgets.
+display) and a text/HTML table (`nb_mlops.present.runs.RunsTable`) elsewhere. Importing this module
+loads no mlflow, pandas or ipywidgets.
 """
 
 from __future__ import annotations
