@@ -165,9 +165,8 @@ class _Import:
     source: str  # the importing module
     target: str  # the nb_mlops module imported
     line: int
-    module_level: (
-        bool  # runs when the source is imported (not inside a function, nor TYPE_CHECKING)
-    )
+    # runs when the source is imported (not inside a function, nor under TYPE_CHECKING)
+    module_level: bool
 
 
 @functools.cache
@@ -179,50 +178,52 @@ def _modules() -> dict[str, Path]:
     return found
 
 
+def _imported_names(
+    node: ast.Import | ast.ImportFrom, package: str, modules: set[str]
+) -> list[str]:
+    """The dotted names an import statement reads, relative ones resolved against `package`."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    base = node.module or ""
+    if node.level:
+        parts = package.split(".")
+        base = ".".join([*parts[: len(parts) - (node.level - 1)], *([base] if base else [])])
+    # `from a import b`: b is the module a.b if there is one, else a name defined in a
+    return [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+
+
 def _imports(modules: dict[str, Path]) -> list[_Import]:
-    """Every import of an nb_mlops module, relative ones resolved: `import a.b`, `from a import b`
-    (b a module or a name in a), at module level, in classes and in functions."""
+    """Every import of an nb_mlops module by one: `import a.b`, `from a import b`, relative or
+    absolute, at module level, in classes and in functions."""
 
     def known(name: str) -> str | None:  # the longest nb_mlops module a dotted name falls in
         while name and name not in modules:
             name = name.rpartition(".")[0]
         return name or None
 
-    found = []
-    for source, path in modules.items():
-        package = source if path.name == "__init__.py" else source.rpartition(".")[0]
+    found: list[_Import] = []
+    names = set(modules)
 
-        def visit(
-            node: ast.AST, module_level: bool, source: str = source, package: str = package
-        ) -> None:
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
-                module_level = False
-            elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                for child in node.body:
-                    visit(child, False)
-                for child in node.orelse:
-                    visit(child, module_level)
-                return
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                    base = ".".join([*anchor, *([node.module] if node.module else [])])
-                names = [
-                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
-                    for alias in node.names
-                ]
-            for name in names:
+    def visit(node: ast.AST, source: str, package: str, module_level: bool) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            module_level = False
+        elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for stmt in node.body:
+                visit(stmt, source, package, False)
+            for stmt in node.orelse:
+                visit(stmt, source, package, module_level)
+            return
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            for name in _imported_names(node, package, names):
                 target = known(name) if name.split(".")[0] == "nb_mlops" else None
                 if target is not None and target != source:
-                    found.append(_Import(source, target, node.lineno, module_level))  # type: ignore[attr-defined]
-            for child in ast.iter_child_nodes(node):
-                visit(child, module_level)
+                    found.append(_Import(source, target, node.lineno, module_level))
+        for child in ast.iter_child_nodes(node):
+            visit(child, source, package, module_level)
 
-        visit(ast.parse(path.read_text(), str(path)), True)
+    for source, path in modules.items():
+        package = source if path.name == "__init__.py" else source.rpartition(".")[0]
+        visit(ast.parse(path.read_text(), str(path)), source, package, True)
     return found
 
 
@@ -292,6 +293,25 @@ def test_each_layer_imports_only_the_layers_below_and_no_face_imports_another() 
     assert not eager, eager
 
 
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """A cycle of `graph` (module → the modules it imports) in import order, or []."""
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        return list(reversed(exc.args[1]))  # graphlib lists it against the arrows
+    return []
+
+
+def test_the_cycle_finder_names_each_module_of_a_cycle_in_import_order() -> None:
+    # Given a imports b, b imports c, c imports a (and d imports a, outside the cycle)
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    # Then the cycle found starts and ends on one module, and each module imports the next
+    found = _cycle(graph)
+    assert found[0] == found[-1] and set(found) == {"a", "b", "c"}
+    assert all(after in graph[before] for before, after in zip(found[:-1], found[1:], strict=True))
+    assert _cycle({"a": {"b"}, "b": set()}) == []
+
+
 def test_the_module_level_import_graph_has_no_cycle() -> None:
     # Given the imports that run when a module is imported (not those inside functions)
     graph: dict[str, set[str]] = {name: set() for name in _modules()}
@@ -299,7 +319,5 @@ def test_the_module_level_import_graph_has_no_cycle() -> None:
         if imp.module_level:
             graph[imp.source].add(imp.target)
     # Then no module imports itself back through others
-    try:
-        graphlib.TopologicalSorter(graph).prepare()
-    except graphlib.CycleError as exc:
-        raise AssertionError("import cycle: " + " → ".join(exc.args[1])) from None
+    cycle = _cycle(graph)
+    assert not cycle, "import cycle: " + " imports ".join(cycle)
