@@ -68,8 +68,10 @@ def test_a_refusal_is_final_and_retries_run_out() -> None:
 
 def test_a_slow_receiver_times_out_and_is_retried() -> None:
     with webhook_receiver() as rx:
-        rx.answers = [(200, 1.5), (200, 0)]
-        settings = _alerts([rx.url], timeout=0.3, retries=1)
+        # the slow answer comes well after the timeout, and the timeout leaves a loaded machine
+        # ample time for the prompt one
+        rx.answers = [(200, 6.0), (200, 0)]
+        settings = _alerts([rx.url], timeout=2.0, retries=1)
         (delivery,) = notify("drift", event_payload("drift", "m", "x"), settings)
         assert (delivery.ok, delivery.attempts) == (True, 2)
 
