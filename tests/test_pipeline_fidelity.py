@@ -50,8 +50,79 @@ def _c(source: str, *tags: str) -> tuple[str, list[str]]:
     return (textwrap.dedent(source).strip("\n"), list(tags))
 
 
-# (id, cells, expectation): "same", or a piece of the one-line BuildError the build must give
+# (id, cells, expectation): "same", "fails:" and a piece of the step's error, or a piece of the
+# one-line BuildError the build must give
 CORPUS: list[tuple[str, list, str]] = [
+    # --- models given data: the data is assumed unchanged (checked when the step runs) -----
+    (
+        "two-models-fit-on-the-same-data",
+        [
+            _c(
+                "from sklearn.linear_model import LogisticRegression\n"
+                "from sklearn.tree import DecisionTreeClassifier",
+                "imports",
+            ),
+            _c(
+                "X = [[0.0], [1.0], [2.0], [3.0], [4.0], [5.0]]\ny = [0, 0, 0, 1, 1, 1]",
+                "step:data",
+            ),
+            _c("lr = LogisticRegression().fit(X, y)\nacc_lr = lr.score(X, y)", "step:lr"),
+            _c(
+                "dt = DecisionTreeClassifier(random_state=0).fit(X, y)\nacc_dt = dt.score(X, y)",
+                "step:dt",
+            ),
+            _c(
+                "print(acc_lr, acc_dt, lr.predict(X).tolist(), dt.predict(X).tolist())",
+                "step:report",
+            ),
+        ],
+        "same",
+    ),
+    (
+        "a-pipeline-fit-fits-the-steps-it-holds",
+        [
+            _c(
+                "from sklearn.pipeline import make_pipeline\n"
+                "from sklearn.preprocessing import StandardScaler\n"
+                "from sklearn.linear_model import LogisticRegression",
+                "imports",
+            ),
+            _c(
+                "X = [[0.0, 1.0], [1.0, 3.0], [2.0, 2.0], [3.0, 5.0]]\ny = [0, 0, 1, 1]",
+                "step:data",
+            ),
+            _c(
+                "scaler = StandardScaler()\npipe = make_pipeline(scaler, LogisticRegression())",
+                "step:model",
+            ),
+            _c("pipe.fit(X, y)", "step:train"),
+            _c("print(scaler.mean_.tolist(), pipe.predict(X).tolist())", "step:report"),
+        ],
+        "same",
+    ),
+    (
+        "a-fitted-model-used-after-its-data-is-extended",
+        [
+            _c("from sklearn.neighbors import KNeighborsClassifier", "imports"),
+            _c("X = [[0.0], [1.0], [2.0], [3.0]]\ny = [0, 0, 1, 1]", "step:data"),
+            _c("knn = KNeighborsClassifier(n_neighbors=1).fit(X, y)", "step:fit"),
+            _c(
+                "X.append([9.0])\ny.append(1)\nprint(len(X), knn.predict([[2.9]]).tolist())",
+                "step:more",
+            ),
+        ],
+        "same",
+    ),
+    (
+        "a-models-method-that-changes-its-input-fails-the-step",
+        [
+            _c("from types import SimpleNamespace", "imports"),
+            _c("X = [3, 1, 2]", "step:data"),
+            _c("sorter = SimpleNamespace(fit=list.sort)\nsorter.fit(X)", "step:fit"),
+            _c("print(X)", "step:report"),
+        ],
+        "fails:step 'fit' failed in nb_mlops-saver: RuntimeError",
+    ),
     # --- values changed through calls, methods, items, attributes --------------------------
     (
         "mutation-through-call-in-assignment",
@@ -676,6 +747,11 @@ def test_corpus_notebook_equals_top_to_bottom_or_is_refused(
         assert verdict.refused is None, verdict.refused
         assert verdict.notebook_error is None, verdict.notebook_error
         assert verdict.differences == []
+    elif expect.startswith("fails:"):
+        # Or the pipeline stops with one line naming the step and the value, never a silent
+        # difference
+        assert verdict.refused is None, verdict.refused
+        assert verdict.differences and expect[len("fails:") :] in verdict.differences[0]
     else:
         assert verdict.refused is not None, "the build should have refused"
         assert expect in verdict.refused and "\n" not in verdict.refused
@@ -890,6 +966,7 @@ REAL = [
     "del-of-an-upstream-value",
     "process-settings-repeated-in-later-steps",
     "a-mix-of-everything",
+    "two-models-fit-on-the-same-data",
 ]
 
 
@@ -1093,6 +1170,34 @@ def test_a_value_that_cannot_be_saved_is_named(project: Path, real_env: None) ->
     # Then the step fails naming the value
     assert run.status == "FAILED"
     assert "`held` (list) cannot be passed to later steps" in (run.steps["a"].error or "")
+
+
+def test_models_fit_on_the_same_data_are_parallel_branches(project: Path) -> None:
+    # Given two steps that each fit a model on the data of a first step
+    cells = next(c for i, c, _ in CORPUS if i == "two-models-fit-on-the-same-data")
+    spec = build_pipeline(new_notebook(project / "models.ipynb", cells))
+    # Then each runs right after the data step (in parallel), and checks the data it is given
+    assert (spec.steps["lr"].after, spec.steps["dt"].after) == (["data"], ["data"])
+    assert spec.steps["report"].after == ["data", "lr", "dt"]
+    loader = nbformat.read(spec.dir / spec.steps["lr"].notebook, as_version=4)
+    assert any("unchanged=['X', 'y']" in c.source for c in loader.cells)
+
+
+def test_a_model_method_changing_its_input_stops_the_step_naming_it(
+    project: Path, real_env: None
+) -> None:
+    # Given a "model" whose fit sorts the list it is given, in place
+    cells = next(
+        c for i, c, _ in CORPUS if i == "a-models-method-that-changes-its-input-fails-the-step"
+    )
+    build_pipeline(new_notebook(project / "sorts.ipynb", cells))
+    # When it runs as a pipeline
+    run = run_pipeline("sorts", cache=False)
+    # Then the run fails (a step running beside it may have finished), the step naming the
+    # value and what to do
+    assert run.status == "FAILED"
+    error = run.steps["fit"].error or ""
+    assert "step 'fit' changed `X` in place" in error and "`X = X.copy()`" in error
 
 
 def test_build_refuses_are_build_errors(project: Path) -> None:

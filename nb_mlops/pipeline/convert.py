@@ -148,10 +148,13 @@ def describe_inputs(step: StepPlan | Any) -> list[str]:
     """One line per value a step receives, `name ← producer (why)`, and per file it shares with
     an earlier step, `file PATH (why)`."""
     reasons = getattr(step, "reasons", {}) or {}
+    unchanged = getattr(step, "unchanged", {}) or {}
     lines = []
     for name, producer in step.inputs.items():
-        why = reasons.get(name)
-        lines.append(f"{name} ← {producer}" + (f" ({why})" if why else ""))
+        why = [reasons[name]] if reasons.get(name) else []
+        if name in unchanged:
+            why.append(f"{unchanged[name]}: checked unchanged at the step's end")
+        lines.append(f"{name} ← {producer}" + (f" ({'; '.join(why)})" if why else ""))
     for key, why in reasons.items():
         if key.startswith("file:"):
             lines.append(f"file `{key[5:]}` ({why})")
@@ -187,7 +190,8 @@ def _step_notebook(
     loader = ""
     if step.inputs or step.imports or step.replay:
         lines = [*step.imports.values(), *step.replay]
-        lines.append(f"_nb_mlops_step.load(globals(), {step.inputs!r})")
+        unchanged = f", unchanged={sorted(step.unchanged)!r}" if step.unchanged else ""
+        lines.append(f"_nb_mlops_step.load(globals(), {step.inputs!r}{unchanged})")
         loader = "\n".join(lines)
     if loader and not prelude:
         # nothing runs between them: one cell (a kernel round trip less per step)

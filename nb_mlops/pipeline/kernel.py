@@ -131,6 +131,7 @@ class Step:
         self.stopped = False  # the step ended early, successfully (its marker is written)
         # the functions and classes of the imports/functions cells, taken before any value loads
         self.prelude: dict[str, Any] | None = None
+        self.unchanged: dict[str, str | None] = {}  # input → its fingerprint when loaded
 
     def _on_cell(self, result: Any) -> None:
         # A cell raising SystemExit ends the notebook: no later cell runs, the saver included.
@@ -156,9 +157,14 @@ class Step:
             self.outputs_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write(self.outputs_dir / DONE_FILE, json.dumps(marker, sort_keys=True).encode())
 
-    def load(self, ns: dict[str, Any], inputs: dict[str, str]) -> None:
+    def load(
+        self, ns: dict[str, Any], inputs: dict[str, str], unchanged: list[str] | None = None
+    ) -> None:
         """Put each upstream value (name → producing step) into the namespace `ns`: the values
-        of one producer come from its one file, so objects shared between them stay shared."""
+        of one producer come from its one file, so objects shared between them stay shared.
+
+        `unchanged`: inputs the build assumed this step leaves alone (it gives them to a model's
+        `fit`/`predict`, so later steps take them from upstream); `save` checks that."""
         if self.prelude is None:
             self.prelude = marshal.callables_of(ns)
         paths = self.ctx.get("inputs") or {}
@@ -185,6 +191,7 @@ class Step:
                     ns[name] = values[name]
                 else:
                     ns.pop(name, None)  # unbound there too (deleted), as in the notebook
+        self.unchanged = {name: fingerprint(ns[name]) for name in unchanged or () if name in ns}
 
     def save(
         self,
@@ -198,6 +205,7 @@ class Step:
         marker."""
         if self.stopped:
             return  # ended early by sys.exit(0): its marker says so, later steps do not run
+        self._check_unchanged(ns)
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
         values: dict[str, Any] = {}
         for name in outputs:
@@ -245,6 +253,20 @@ class Step:
         }
         _atomic_write(self.outputs_dir / DONE_FILE, json.dumps(marker, sort_keys=True).encode())
 
+    def _check_unchanged(self, ns: dict[str, Any]) -> None:
+        """Fail when an input the build assumed unchanged was changed in place: the later steps
+        that take it from upstream would compute with the old value, unlike the notebook."""
+        for name, before in self.unchanged.items():
+            if before is None or name not in ns or fingerprint(ns[name]) == before:
+                continue
+            raise RuntimeError(
+                f"step {self.name!r} changed `{name}` in place, but the pipeline was built on "
+                f"the rule that a model's methods (fit, predict, ...) leave the data they are "
+                f"given alone, so later steps take `{name}` from the step that made it: work on "
+                f"a copy (`{name} = {name}.copy()` before the call), or put the cells that use "
+                f"`{name}` after this one into this step"
+            )
+
     def _unsaveable(
         self, values: dict[str, Any], ns: dict[str, Any], prelude: dict[str, Any], exc: Exception
     ) -> str:
@@ -262,6 +284,30 @@ class Step:
                         "in the step that uses it, or put both cells in one step"
                     )
         return f"step {self.name!r}: its values cannot be saved ({exc})"
+
+
+def fingerprint(value: Any) -> str | None:
+    """A digest of what `value` holds (its pickle, large buffers hashed in place), or None when
+    it cannot be pickled (then it is not checked)."""
+    import pickle
+
+    from blake3 import blake3
+
+    hasher = blake3(max_threads=blake3.AUTO)
+
+    def buffer(view: pickle.PickleBuffer) -> bool:
+        try:
+            hasher.update(view.raw())
+        except BufferError:  # not contiguous: pickled in the stream instead
+            return True
+        return False
+
+    try:
+        stream = pickle.dumps(value, protocol=5, buffer_callback=buffer)
+    except Exception:
+        return None
+    hasher.update(stream)
+    return hasher.hexdigest()
 
 
 def _stat(path: str) -> list[int]:

@@ -60,8 +60,9 @@ EMPTY: Names = frozenset()
 class CallSite:
     """One call: who is called and what each argument may refer to.
 
-    `callee` is ("name", n), ("attr", base, "a.b") for `base.a.b(...)`, ("magic", name, args)
-    for an IPython line magic, or ("other",). Argument sets hold global names and, inside a
+    `callee` is ("name", n), ("attr", base, "a.b") for `base.a.b(...)`, ("method", m) for a
+    method `m` of a computed object, ("magic", name, args) for an IPython line magic, or
+    ("other",). Argument sets hold global names and, inside a
     function body, `@param` for what the function was given.
     """
 
@@ -381,6 +382,11 @@ class _Walker:
             qual = self.qualify(node.func)
             if qual is not None and knowledge.fresh_result(qual):
                 return EMPTY
+            if qual is None and isinstance(node.func, ast.Attribute):
+                if knowledge.returns_receiver(node.func.attr):
+                    return self.refs(node.func.value)  # `model.fit(X, y)` returns the model
+                if knowledge.model_result_is_new(node.func.attr):
+                    return EMPTY  # `model.predict(X)`: a new array, `model.score(X, y)` a number
             found = frozenset().union(
                 *(self.refs(a) for a in node.args), *(self.refs(k.value) for k in node.keywords)
             )
@@ -835,7 +841,7 @@ class _Walker:
         if isinstance(func, ast.Attribute):
             receiver = self.refs(func.value)
             if callee[0] != "attr":
-                callee = ("method",)
+                callee = ("method", func.attr)
         self.record_call(callee, args, kwargs, frozenset(star), receiver, node)
 
     def dynamic(self, node: ast.Call, name: str) -> None:

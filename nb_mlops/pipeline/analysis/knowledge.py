@@ -21,6 +21,9 @@ __all__ = [
     "immutable_result",
     "is_state_setter",
     "keeps_args",
+    "model_method_keeps_args",
+    "model_result_is_new",
+    "returns_receiver",
     "seeds",
     "seeds_uncarried",
     "unpicklable_kind",
@@ -253,6 +256,60 @@ def keeps_args(qualname: str, keywords: set[str]) -> bool:
     if "out" in keywords or _IMPURE.match(qualname):
         return False
     return qualname.startswith(_PURE_MODULES)
+
+
+# The methods of scikit-learn's estimator API (and xgboost's, lightgbm's, ... which follow it):
+# they change the model, never the data given to them. Assumed, not known (a hand-written
+# transformer may change its input), so the step checks at run time that what it received is
+# unchanged at its end, and fails naming the value if not.
+_MODEL_METHODS = frozenset(
+    {
+        "fit",
+        "partial_fit",
+        "fit_transform",
+        "fit_predict",
+        "predict",
+        "predict_proba",
+        "predict_log_proba",
+        "decision_function",
+        "score",
+        "score_samples",
+        "transform",
+        "inverse_transform",
+        "staged_predict",
+        "staged_predict_proba",
+        "kneighbors",
+    }
+)
+
+
+def model_method_keeps_args(method: str) -> bool:
+    """Whether a method of an object of the notebook is a model's (`fit`, `predict`, ...),
+    assumed to leave its arguments unchanged (checked when the step runs)."""
+    return method in _MODEL_METHODS
+
+
+def returns_receiver(method: str) -> bool:
+    """Whether a model's method returns the model itself (scikit-learn's `fit` convention): its
+    result is the model, not something sharing the data it was given. (A fitted model may keep
+    a reference to its training data, e.g. kNN: changing that data in place after the fit, in
+    another step, is not followed.)"""
+    return method in ("fit", "partial_fit")
+
+
+def model_result_is_new(method: str) -> bool:
+    """Whether a model's method returns a new object (predictions, scores), never one it was
+    given or holds (`transform` may return its input unchanged: not listed)."""
+    return method in (
+        "predict",
+        "predict_proba",
+        "predict_log_proba",
+        "decision_function",
+        "score",
+        "score_samples",
+        "staged_predict",
+        "staged_predict_proba",
+    )
 
 
 def builtin_mutates(name: str) -> tuple[int, ...]:

@@ -81,6 +81,9 @@ class StepPlan:
     reasons: dict[str, str] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)  # literal file paths of its cells
     file_after: dict[str, str] = field(default_factory=dict)  # "file:PATH" → earlier step
+    # inputs a model's method (`fit`, `predict`, ...) is given: assumed unchanged by it, so
+    # later steps may take them from upstream; the step checks that at its end (name → why)
+    unchanged: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -156,6 +159,7 @@ class _Events:
     produced: set[str] = field(default_factory=set)  # bound by the statement before any use
     why: dict[str, str] = field(default_factory=dict)  # why a name's new value comes from here
     setter: bool = False
+    assumed: dict[str, str] = field(default_factory=dict)  # given to a model's method: why
 
 
 class _Planner:
@@ -188,6 +192,7 @@ class _Planner:
         self.change_why: dict[tuple[int, str], str] = {}
         self.module_alias: dict[str, tuple[str, Cell]] = {}
         self.seeded = self._seeded()
+        self.data_names = self._data_names()
         self.start = start if start is not None else self._start_state()
         self.plans = {
             name: StepPlan(name, list(decl.cells), list(decl.after))
@@ -200,6 +205,8 @@ class _Planner:
         # (producer, name, version needed, consumer, cell that reads it)
         self.wanted: list[tuple[str, str, Version, str, Cell]] = []
         self.last_write: dict[tuple[str, str], Version] = {}
+        # step → name → why, for values a model's method was given (see StepPlan.unchanged)
+        self.assumed: dict[str, dict[str, str]] = {name: {} for name in self.plans}
         self.metric_names: list[str] = []
         self.replays: list[tuple[int, Cell, str]] = []
 
@@ -225,6 +232,16 @@ class _Planner:
             for summary in summaries:
                 sites.extend(summary.calls)
         return sites
+
+    def _data_names(self) -> set[str]:
+        """Names the notebook gives to a model's methods (`X`, `y_train`): data a model's method
+        is assumed to leave alone, even when the model may hold it (see `_receiver`)."""
+        found: set[str] = set()
+        for stmt in self.stmts:
+            for site in self._sites(stmt.effects):
+                if _model_method(site, _qualify(site.callee, self.all_imports)):
+                    found |= {r for r in site.all_args() if not r.startswith(("@", "!"))}
+        return found
 
     def _start_state(self) -> dict[str, Version]:
         """What every step holds before loading: its parameters cell, then the `imports` and
@@ -277,9 +294,16 @@ class _Planner:
             and not self.immutable.get(name, False)
         )
 
-    def _group_change(self, refs: set[str] | frozenset[str], ev: _Events, why: str) -> None:
+    def _group_change(
+        self,
+        refs: set[str] | frozenset[str],
+        ev: _Events,
+        why: str,
+        spare: set[str] | frozenset[str] = frozenset(),
+    ) -> None:
         """The objects of `refs` may change: so may every name that may share one of them
-        (functions and classes of the notebook excepted: their code does not change)."""
+        (functions and classes of the notebook excepted: their code does not change; names in
+        `spare` excepted: assumed unchanged)."""
         for ref in refs:
             if ref.startswith(("@", "!")) or not (self._live(ref) or ref in ev.produced):
                 continue
@@ -291,6 +315,7 @@ class _Planner:
             for member in self.groups.of(ref):
                 if (
                     self._live(member)
+                    and member not in spare
                     and member not in ev.writes
                     and not self.callables.get(member)
                 ):
@@ -323,7 +348,7 @@ class _Planner:
             every.append(("*", site.star))
         callee = site.callee
         qual = self._qual(callee)
-        if callee[0] == "magic":
+        if callee[0] == "magic" or self._model_method(site):
             return []
         if qual is not None:
             if qual.startswith("builtins."):
@@ -399,17 +424,60 @@ class _Planner:
                     elif not ref.startswith("!"):
                         mapped.add(ref)
                 self._group_change(mapped, ev, f"{why} passes {{}} to a call")
+            if self._model_method(site):
+                given: set[str] = set()
+                for ref in site.all_args():
+                    if ref.startswith("@"):
+                        if binding is not None:
+                            given |= binding.get(ref[1:], frozenset())
+                    else:
+                        given.add(ref)
+                self._assume(given, ev, f"{why} gives it to `.{site.callee[1]}(...)`")
             self._receiver(site, ev, f"{why} calls a method on {{}}")
             self._rng(site, ev, why)
             if site.callee[0] == "name":
                 for inner in self.callables.get(site.callee[1], []):
                     self._apply_summary(inner, ev, why, None, seen)
 
+    def _model_method(self, site: CallSite) -> str | None:
+        """A model method called on an object that holds no class of the notebook (whose own
+        methods the analysis reads instead)."""
+        receiver = site.receiver if site.callee[0] == "method" else frozenset({site.callee[1]})
+        if any(
+            self.groups.held(r.lstrip("!")) or self.callables.get(r.lstrip("!")) for r in receiver
+        ):
+            return None
+        return _model_method(site, self._qual(site.callee))
+
+    def _assume(self, refs: frozenset[str] | set[str], ev: _Events, why: str) -> None:
+        """`refs` are given to a model's method: assumed unchanged, with what may share their
+        objects (checked at run time where the step received them)."""
+        for ref in refs:
+            if ref.startswith(("@", "!")):
+                continue
+            for member in {ref} | set(self.groups.of(ref)):
+                if self._live(member):
+                    ev.assumed.setdefault(member, why)
+
     def _receiver(self, site: CallSite, ev: _Events, why: str) -> None:
-        if site.callee[0] == "method" or (
+        receiver = {r for r in site.receiver if not r.startswith("@")}
+        method = self._model_method(site)
+        if method:
+            # a model's method changes the model (and the models it holds: a Pipeline's steps),
+            # not the data it may hold (a fitted kNN keeps `X`): that is assumed, and checked
+            spare = {
+                m
+                for r in receiver
+                if not r.startswith("!")
+                for m in self.groups.of(r)
+                if m in self.data_names and m not in receiver
+            }
+            self._assume(spare, ev, why.format("a model holding it").replace("calls a", "calls"))
+            self._group_change(receiver, ev, why, spare)
+        elif site.callee[0] == "method" or (
             site.callee[0] == "attr" and self._qual(site.callee) is None
         ):
-            self._group_change({r for r in site.receiver if not r.startswith("@")}, ev, why)
+            self._group_change(receiver, ev, why)
         elif (
             site.callee[0] == "name"
             and not self.callables.get(site.callee[1])
@@ -493,6 +561,8 @@ class _Planner:
                 continue
             for _key, refs in self._changed_args(site, set()):
                 self._group_change(set(refs), ev, f"{ref} passes {{}} to a call")
+            if self._model_method(site):
+                self._assume(site.all_args(), ev, f"{ref} gives it to `.{site.callee[1]}(...)`")
             self._receiver(site, ev, f"{ref} calls a method on {{}}")
             self._rng(site, ev, ref)
             if site.callee[0] == "name":
@@ -699,6 +769,8 @@ class _Planner:
             self.lazy[step][name] = (current, stmt.cell)
         for name in ev.writes:
             held[name] = Version(stmt.index, "step", stmt.cell, step)
+        for name, why in ev.assumed.items():
+            self.assumed[step].setdefault(name, why)
 
     def _use(self, step: str, name: str, cell: Cell) -> None:
         """Step `step` reads `name` in `cell`: check that it holds the notebook's value there,
@@ -876,6 +948,12 @@ class _Planner:
             ready = sorted(sorter.get_ready(), key=rank)
             order.extend(ready)
             sorter.done(*ready)
+        for step, plan in plans.items():
+            plan.unchanged = {
+                name: why
+                for name, why in sorted(self.assumed[step].items())
+                if name in plan.inputs and (step, name) not in self.last_write
+            }
         for plan in plans.values():
             plan.outputs = sorted(plan.outputs)
             plan.inputs = dict(sorted(plan.inputs.items()))
@@ -923,6 +1001,20 @@ def literal_paths(source: str) -> list[str]:
 def qual_only_setters(effects: Effects) -> bool:
     """A statement that only changes settings: no name of the notebook is bound or changed."""
     return not (effects.binds or effects.maybe_binds or effects.deletes or effects.defines)
+
+
+def _model_method(site: CallSite, qual: str | None) -> str | None:
+    """The name of the model method (`fit`, `predict`, ...) a call makes on an object of the
+    notebook, if it is one (`lr.fit(X)`, `make_pipeline(...).fit(X)`; not a library function,
+    whose qualified name is `qual`)."""
+    callee = site.callee
+    if callee[0] == "method" and len(callee) > 1:
+        method = callee[1]
+    elif callee[0] == "attr" and qual is None:
+        method = callee[2].rsplit(".", 1)[-1]
+    else:
+        return None
+    return method if knowledge.model_method_keeps_args(method) else None
 
 
 def _qualify(callee: tuple[str, ...], imports: dict[str, str]) -> str | None:
