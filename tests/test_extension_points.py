@@ -292,6 +292,17 @@ def test_a_gate_set_to_false_is_off_and_builtin_names_cannot_be_taken(install: I
         gate_registry.register("metrics", _AlwaysPass())
 
 
+def test_the_promote_dialog_previews_a_plugin_gate_with_its_settings(install: Install) -> None:
+    from nb_mlops.server.notebook import _gate_rows
+
+    gate_registry.register("always_pass", _AlwaysPass())
+    spec = parse_gates({"always_pass": 3, "metrics": {"accuracy": ">= 0.9"}})
+    assert _gate_rows(spec, {"accuracy": 0.8}) == [
+        {"gate": "metric:accuracy", "expected": ">= 0.9", "champion": 0.8},
+        {"gate": "always_pass", "expected": "3"},
+    ]
+
+
 # --- executors -------------------------------------------------------------------------------
 
 

@@ -8,10 +8,12 @@ same one-line `PluginError` naming it, never a silently missing gate, executor o
 from __future__ import annotations
 
 import threading
-from importlib.metadata import EntryPoint, distributions
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nb_mlops.core.errors import PluginError
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 __all__ = ["GATES", "EXECUTORS", "MARSHALLERS", "entry_points", "forget", "load"]
 
@@ -32,6 +34,8 @@ def entry_points(group: str) -> dict[str, EntryPoint]:
     with _LOCK:
         found = _FOUND.get(group)
         if found is None:
+            from importlib.metadata import distributions
+
             found = {}
             for dist in distributions():
                 text = dist.read_text("entry_points.txt")
