@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nb_mlops.core import plugins
 from nb_mlops.core.errors import BuildError
 from nb_mlops.pipeline import build_pipeline, run_pipeline
 from nb_mlops.pipeline import marshal as value_store
@@ -1134,7 +1135,7 @@ def test_a_third_party_marshaller_is_found_through_its_entry_point(tmp_path: Pat
     )
     sys.path.insert(0, str(tmp_path))
     importlib.invalidate_caches()
-    value_store._PREFIXES = None
+    plugins.forget()
     try:
         import thingplug
 
@@ -1153,7 +1154,7 @@ def test_a_third_party_marshaller_is_found_through_its_entry_point(tmp_path: Pat
         sys.path.remove(str(tmp_path))
         sys.modules.pop("thingplug", None)
         value_store._REGISTRY[:] = [m for m in value_store._REGISTRY if m.name != "thing"]
-        value_store._PREFIXES = None
+        plugins.forget()
 
 
 def test_a_value_that_cannot_be_saved_is_named(project: Path, real_env: None) -> None:

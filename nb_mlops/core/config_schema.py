@@ -23,6 +23,7 @@ __all__ = [
     "Key",
     "problems",
     "threshold_problem",
+    "unknown_key",
 ]
 
 THRESHOLD = re.compile(r"^\s*(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\Z")
@@ -143,7 +144,7 @@ def _table(
         for key, item in value.items():
             spec = keys.get(str(key))
             if spec is None:
-                found.append(_unknown(where, str(key), item, keys, noun))
+                found.append(unknown_key(where, str(key), item, list(keys), noun))
             else:
                 found += spec.check(f"{where}.{key}", item)
         return found
@@ -151,7 +152,8 @@ def _table(
     return check
 
 
-def _unknown(where: str, key: str, value: Any, keys: Mapping[str, Key], noun: str) -> str:
+def unknown_key(where: str, key: str, value: Any, keys: list[str], noun: str) -> str:
+    """The problem line for `key` of table `where`: not a known `noun`, a guess or the known ones."""
     line = f"{where}.{key} is not a known {noun}"
     guess = difflib.get_close_matches(key, list(keys), n=1, cutoff=0.6)
     if guess:
@@ -199,6 +201,7 @@ def _beat(where: str, value: Any) -> list[str]:
     return [] if value is False else _beat_table(where, value)
 
 
+# the built-in gates' settings; plugins' gates bring their own validator (`promotion.gates.register`)
 GATE_KEYS: dict[str, Key] = {
     k.name: k
     for k in (
@@ -209,12 +212,13 @@ GATE_KEYS: dict[str, Key] = {
     )
 }
 
-_gates_table = _table(GATE_KEYS, "gate", "[gates]")
-
 
 def _gates(where: str, value: Any) -> list[str]:
     if isinstance(value, Mapping):
-        return _gates_table(where, value)
+        # every gate, built in or a plugin's, is resolved and validated by the gate registry
+        from nb_mlops.core.promotion.gates import table_problems
+
+        return table_problems(where, value)
     shape = _kind(value)
     if shape.startswith("an array of tables"):
         shape = f"an array of tables ([[{where}]]); write one table [{where}]"

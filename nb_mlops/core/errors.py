@@ -4,6 +4,7 @@ Every message says what was wrong, names the offending value, and says what to d
 
     NbMlopsError
      ├── ConfigError             bad or unreadable configuration
+ │    └── PluginError        an installed plugin (entry point) cannot be loaded
      ├── StoreError              the tracking / data store cannot be used
      │    ├── StoreUnavailable   the tracking server is down or unreachable
      │    └── StillPending       flush(timeout) ran out with writes still pending
@@ -35,6 +36,7 @@ __all__ = [
     "NoActiveRun",
     "ParameterError",
     "PipelineError",
+    "PluginError",
     "PromotionError",
     "RollbackError",
     "SnapshotNotFound",
@@ -52,6 +54,10 @@ class NbMlopsError(Exception):
 
 class ConfigError(NbMlopsError):
     """The configuration file or an environment override is invalid."""
+
+
+class PluginError(ConfigError):
+    """A plugin named by an `nb_mlops.*` entry point failed to import or is not what it should be."""
 
 
 class StoreError(NbMlopsError):

@@ -3,7 +3,8 @@
 kernels pre-started while earlier steps run, forked from a per-run zygote: `zygote.py`;
 `NB_MLOPS_FORK_KERNELS=0` launches them the usual way) and `dask://HOST:PORT` (tasks on an existing
 Dask cluster). A small registry in papermill's style; plugins come from the `nb_mlops.executors`
-entry-point group (name = URL scheme, value = a factory like `LocalExecutor`).
+entry-point group (name = URL scheme, value = an `ExecutorFactory` such as a class like
+`LocalExecutor`). `resolve` is the one lookup of a spec's executor.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from importlib.metadata import entry_points
 from typing import Any, Protocol
 
-from nb_mlops.core.errors import PipelineError
+from nb_mlops.core import plugins
+from nb_mlops.core.errors import PipelineError, PluginError
 from nb_mlops.pipeline.execute import (
     OnCell,
     StepResult,
@@ -31,7 +32,16 @@ from nb_mlops.pipeline.execute import (
     stop_kernel,
 )
 
-__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "get_executor", "register"]
+__all__ = [
+    "DaskExecutor",
+    "Executor",
+    "ExecutorFactory",
+    "LocalExecutor",
+    "check_spec",
+    "get_executor",
+    "register",
+    "resolve",
+]
 
 Done = Callable[[StepResult], None]
 # how long a kernel start may wait for the zygote's imports before launching a kernel the usual way
@@ -39,7 +49,14 @@ ZYGOTE_WAIT = 10.0
 
 
 class Executor(Protocol):
-    """What the runner needs from an executor."""
+    """What the runner needs from an executor: it runs step tasks and reports their results.
+
+    A task (`StepTask`) is self-contained and picklable: the step's notebook, parameters,
+    staging folder and tracking context. `nb_mlops.pipeline.execute.run_step(task)` runs one in a
+    fresh kernel of the machine it is called on and returns its `StepResult` (never raises for a
+    failing step); an executor decides where and when that call happens (threads here, Dask
+    workers, a batch system) and how many run at once.
+    """
 
     def warm(self, count: int) -> None:
         """Hint: `count` more steps may need a kernel soon (pre-start them if useful)."""
@@ -306,34 +323,89 @@ class DaskExecutor:
         self.client.close(timeout=2)
 
 
-_REGISTRY: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "dask": DaskExecutor}
+class ExecutorFactory(Protocol):
+    """Makes the executor of one pipeline run (a class such as `LocalExecutor` is one)."""
+
+    def __call__(
+        self,
+        spec: str,
+        *,
+        max_parallel: int,
+        env: dict[str, str],
+        cwd: str,
+        log: str | None = None,
+    ) -> Executor:
+        """An executor for `spec` (`SCHEME` or `SCHEME://...`, as the user gave it).
+
+        Args:
+            spec: the executor spec; the part after `://` is the executor's own.
+            max_parallel: at most this many steps at once.
+            env: environment variables the step kernels must see.
+            cwd: the run's staging folder (the steps' working directory).
+            log: a file kernels may write their output to.
+
+        Raises:
+            PipelineError: the executor cannot run here (a missing dependency, no cluster).
+        """
+        ...
 
 
-def register(scheme: str, factory: Callable[..., Executor]) -> None:
-    """Add an executor for `scheme://...` specs (plugins may also use the entry-point group)."""
-    _REGISTRY[scheme] = factory
+_REGISTRY: dict[str, ExecutorFactory] = {"local": LocalExecutor, "dask": DaskExecutor}
+_LOCK = threading.Lock()
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*\Z")
+
+
+def register(scheme: str, factory: ExecutorFactory) -> None:
+    """Add an executor for `SCHEME` / `SCHEME://...` specs (packages may instead declare it in the
+    `nb_mlops.executors` entry-point group: name = scheme, value = the factory).
+
+    Raises:
+        ValueError: `scheme` is not a URL scheme (lower case letters, digits, `+`, `.`, `-`).
+    """
+    if not _SCHEME.match(scheme):
+        raise ValueError(f"executor scheme {scheme!r} must be lower case letters, digits, +, ., -")
+    with _LOCK:
+        _REGISTRY[scheme] = factory
+
+
+def _scheme(spec: str) -> str:
+    return spec.split("://", 1)[0] if "://" in spec else spec
+
+
+def resolve(spec: str) -> ExecutorFactory:
+    """The factory of the executor `spec` names: built in, registered, or a plugin's (loaded from
+    its entry point, then registered). Every caller finds executors through this.
+
+    Raises:
+        PipelineError: the scheme is neither built in nor a plugin's (the known ones are listed),
+            or a `dask://` spec without HOST:PORT.
+        PluginError: the plugin declaring the scheme failed to load or is not a factory.
+    """
+    scheme = _scheme(spec)
+    factory = _REGISTRY.get(scheme)
+    if factory is None:
+        try:
+            loaded = plugins.load(plugins.EXECUTORS, scheme)
+        except KeyError:
+            known = sorted({*_REGISTRY, *plugins.entry_points(plugins.EXECUTORS)})
+            raise PipelineError(
+                f"unknown executor {spec!r}; use one of: {', '.join(known)} (e.g. dask://HOST:PORT)"
+            ) from None
+        if not callable(loaded):
+            raise PluginError(
+                f"plugin {scheme!r} of entry-point group {plugins.EXECUTORS} is a "
+                f"{type(loaded).__name__}, not an executor factory"
+            )
+        register(scheme, loaded)
+        factory = loaded
+    if scheme == "dask" and not re.match(r"^dask://[^:/]+:\d+\Z", spec):
+        raise PipelineError(f"executor {spec!r} is not dask://HOST:PORT")
+    return factory
 
 
 def check_spec(spec: str) -> None:
-    """Refuse an unknown executor before anything runs.
-
-    Raises:
-        PipelineError: the scheme is neither built in nor a plugin's (the known ones are listed).
-    """
-    scheme = spec.split("://", 1)[0] if "://" in spec else spec
-    # scanning the installed distributions' entry points costs ≈ 30 ms: only for a plugin's scheme
-    plugins = (
-        set()
-        if scheme in _REGISTRY
-        else {ep.name for ep in entry_points(group="nb_mlops.executors")}
-    )
-    if scheme not in _REGISTRY and scheme not in plugins:
-        known = sorted({*_REGISTRY, *plugins})
-        raise PipelineError(
-            f"unknown executor {spec!r}; use one of: {', '.join(known)} (e.g. dask://HOST:PORT)"
-        )
-    if scheme == "dask" and not re.match(r"^dask://[^:/]+:\d+\Z", spec):
-        raise PipelineError(f"executor {spec!r} is not dask://HOST:PORT")
+    """Refuse an unknown executor before anything runs (`resolve`, for its errors)."""
+    resolve(spec)
 
 
 def get_executor(
@@ -343,17 +415,6 @@ def get_executor(
 
     Raises:
         PipelineError: an unknown scheme (the known ones are listed).
+        PluginError: the plugin declaring the scheme failed to load.
     """
-    scheme = spec.split("://", 1)[0] if "://" in spec else spec
-    factory = _REGISTRY.get(scheme)
-    if factory is None:
-        for ep in entry_points(group="nb_mlops.executors"):
-            if ep.name == scheme:
-                factory = ep.load()
-                break
-    if factory is None:
-        known = sorted({*_REGISTRY, *(ep.name for ep in entry_points(group="nb_mlops.executors"))})
-        raise PipelineError(
-            f"unknown executor {spec!r}; use one of: {', '.join(known)} (e.g. dask://HOST:PORT)"
-        )
-    return factory(spec, max_parallel=max_parallel, env=env, cwd=cwd, log=log)
+    return resolve(spec)(spec, max_parallel=max_parallel, env=env, cwd=cwd, log=log)

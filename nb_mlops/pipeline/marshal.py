@@ -14,10 +14,11 @@ namespace.
   their notebook-defined classes by value), and any registered by a third party under the
   `nb_mlops.marshallers` entry-point group.
 
-A marshaller has a `name`, `claims(obj) -> bool` (cheap: called for objects of types not handled
-above), `save(obj, path) -> None` writing one file or folder at `path`, and `load(path) -> obj`.
-The entry point's name is a module prefix of the types it handles (`mylib` or `mylib.models`);
-its value, a marshaller instance or a class to instantiate.
+A marshaller (the `Marshaller` protocol) has a `name`, `claims(obj) -> bool` (cheap: called for
+objects of types not handled above), `save(obj, path) -> None` writing one file or folder at
+`path`, and `load(path) -> obj`. The entry point's name is a module prefix of the types it handles
+(`mylib` or `mylib.models`): a plugin is imported only when a value of such a type is saved, or
+one it saved is loaded; its value, a marshaller instance or a class to instantiate.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
+from nb_mlops.core import plugins
+from nb_mlops.core.errors import PluginError
+
 __all__ = [
     "BUFFERS_FILE",
     "ENTRY_POINT_GROUP",
@@ -47,7 +51,7 @@ __all__ = [
 
 VALUES_FILE = "values.pkl"
 BUFFERS_FILE = "buffers.bin"
-ENTRY_POINT_GROUP = "nb_mlops.marshallers"
+ENTRY_POINT_GROUP = plugins.MARSHALLERS
 # buffers smaller than this stay inside the pickle (a separate mapping costs more than a copy)
 OUT_OF_BAND_BYTES = 1 << 16
 _ALIGN = 64
@@ -76,7 +80,11 @@ _PLAIN_MODULES = frozenset(
 
 
 class Marshaller(Protocol):
-    """Saves and loads values of the types it claims (one file or folder per value)."""
+    """Saves and loads values of the types it claims (one file or folder per value).
+
+    `name` is also the suffix of the files it writes (`3.NAME`) and how a saved value finds its
+    marshaller again when loaded: keep it stable across versions of the plugin.
+    """
 
     name: str
 
@@ -185,12 +193,23 @@ class _Keras:
 
 _BUILTIN: list[Marshaller] = [_XGBoostDMatrix(), _XGBoostBooster(), _Torch(), _Keras()]
 _REGISTRY: list[Marshaller] = list(_BUILTIN)
-_PREFIXES: dict[str, str] | None = None  # plugin module prefix → entry point value
 _LOCK = threading.Lock()
 
 
 def register(marshaller: Marshaller) -> None:
-    """Add a marshaller (tried before the built-in ones)."""
+    """Add a marshaller (tried before the built-in ones; a second one of the same name is ignored).
+
+    Packages may instead declare it in the `nb_mlops.marshallers` entry-point group.
+
+    Raises:
+        ValueError: it lacks a `name` (a non-empty string) or one of claims/save/load.
+    """
+    name = getattr(marshaller, "name", None)
+    if not (isinstance(name, str) and name and "/" not in name):
+        raise ValueError(f"a marshaller needs a non-empty `name` without '/', got {name!r}")
+    for method in ("claims", "save", "load"):
+        if not callable(getattr(marshaller, method, None)):
+            raise ValueError(f"marshaller {name!r} has no {method}() method (see Marshaller)")
     with _LOCK:
         _REGISTRY[:0] = [m for m in [marshaller] if m.name not in {x.name for x in _REGISTRY}]
 
@@ -200,53 +219,44 @@ def marshallers() -> list[str]:
     return [m.name for m in _REGISTRY]
 
 
-def _plugin_prefixes() -> dict[str, str]:
-    """The plugin entry points (module prefix → value), read once per process on first need."""
-    global _PREFIXES
-    if _PREFIXES is None:
-        from importlib.metadata import distributions
-
-        found: dict[str, str] = {}
-        for dist in distributions():
-            text = dist.read_text("entry_points.txt")
-            if text and f"[{ENTRY_POINT_GROUP}]" in text:
-                for ep in dist.entry_points:
-                    if ep.group == ENTRY_POINT_GROUP:
-                        found.setdefault(ep.name, ep.value)
-        _PREFIXES = found
-    return _PREFIXES
-
-
-def _load_plugin(value: str) -> Marshaller:
-    from importlib.metadata import EntryPoint
-
-    loaded = EntryPoint("plugin", value, ENTRY_POINT_GROUP).load()
-    marshaller: Marshaller = loaded() if isinstance(loaded, type) else loaded
-    register(marshaller)
-    return marshaller
+def _load_plugin(prefix: str) -> Marshaller:
+    """The marshaller the plugin `prefix` declares (imported, instantiated when a class, and
+    registered); a `PluginError` naming the plugin when that fails."""
+    loaded = plugins.load(ENTRY_POINT_GROUP, prefix)
+    try:
+        marshaller: Marshaller = loaded() if isinstance(loaded, type) else loaded
+        register(marshaller)
+    except Exception as exc:
+        raise PluginError(
+            f"plugin {prefix!r} of entry-point group {ENTRY_POINT_GROUP} is not a marshaller: {exc}"
+        ) from exc
+    return next(m for m in _REGISTRY if m.name == marshaller.name)
 
 
 def _claim(obj: Any) -> Marshaller | None:
+    """The marshaller of `obj`: a registered one that claims it, else a plugin declared for a
+    module prefix of its type (loaded on first need), else None (pickle handles it)."""
     for marshaller in _REGISTRY:
         if marshaller.claims(obj):
             return marshaller
     module = type(obj).__module__ or ""
     if module.split(".")[0] in _PLAIN_MODULES:
         return None
-    for prefix, value in _plugin_prefixes().items():
+    for prefix in plugins.entry_points(ENTRY_POINT_GROUP):
         if module == prefix or module.startswith(prefix + "."):
-            marshaller = _load_plugin(value)
+            marshaller = _load_plugin(prefix)
             if marshaller.claims(obj):
                 return marshaller
     return None
 
 
 def _named(name: str) -> Marshaller:
+    """The marshaller that saved a value as `name` (plugins loaded until one has that name)."""
     for marshaller in _REGISTRY:
         if marshaller.name == name:
             return marshaller
-    for value in _plugin_prefixes().values():
-        marshaller = _load_plugin(value)
+    for prefix in plugins.entry_points(ENTRY_POINT_GROUP):
+        marshaller = _load_plugin(prefix)
         if marshaller.name == name:
             return marshaller
     raise LookupError(f"no marshaller named {name!r} (is its package installed?)")

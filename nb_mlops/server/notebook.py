@@ -203,7 +203,15 @@ def _gate_rows(gates: Any, champion: dict[str, float]) -> list[dict[str, Any]]:
         rows.append({"gate": "require_reproduced", "expected": "reproduces the interactive run"})
     if gates.require_data_verified:
         rows.append({"gate": "require_data_verified", "expected": "data snapshots verify"})
+    from nb_mlops.core.promotion.gates import format_value
+
+    for name, settings in gates.entries:  # a plugin's gate: its settings, as configured
+        if name not in _BUILTIN_GATES and settings is not False:
+            rows.append({"gate": name, "expected": format_value(settings)})
     return rows
+
+
+_BUILTIN_GATES = ("metrics", "beat_champion", "require_reproduced", "require_data_verified")
 
 
 def _tracked_runs(client: Any, notebook: Path) -> list[dict[str, Any]]:

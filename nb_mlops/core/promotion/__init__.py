@@ -8,17 +8,46 @@ reads/writes, source and digest checks), `service` (the operations).
 
 from __future__ import annotations
 
-from nb_mlops.core.promotion.gates import GateResult, GateSpec, parse_gates
-from nb_mlops.core.promotion.journal import Journal, JournalEntry
-from nb_mlops.core.promotion.service import (
-    Decision,
-    PromotionBlocked,
-    evaluate,
-    history,
-    promote,
-    reconcile,
-    rollback,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nb_mlops.core.promotion.gates import GateResult, GateSpec, parse_gates
+    from nb_mlops.core.promotion.journal import Journal, JournalEntry
+    from nb_mlops.core.promotion.service import (
+        Decision,
+        PromotionBlocked,
+        evaluate,
+        history,
+        promote,
+        reconcile,
+        rollback,
+    )
+
+# imported on first use: reading the configuration checks the gates table (`gates`), which must
+# not pull in the store and registry code
+_HOME = {
+    "GateResult": "gates",
+    "GateSpec": "gates",
+    "parse_gates": "gates",
+    "Journal": "journal",
+    "JournalEntry": "journal",
+    "Decision": "service",
+    "PromotionBlocked": "service",
+    "evaluate": "service",
+    "history": "service",
+    "promote": "service",
+    "reconcile": "service",
+    "rollback": "service",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+
 
 __all__ = [
     "Decision",
