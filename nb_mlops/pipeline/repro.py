@@ -54,11 +54,23 @@ def same_value(recorded: str, value: Any) -> bool:
             readings.append(parse(recorded))
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             continue
-    return any(
-        type(reading) is type(value) or {type(reading), type(value)} <= {int, float}
-        for reading in readings
-        if reading == value
-    )
+    return any(_same(reading, value) for reading in readings)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, and of the same kind at every depth: `False` is not `0`, `[False]` not `[0]`; an
+    int and a float of equal value are the same number."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
 
 
 def _match(recorded: dict[str, str], params: dict[str, Any]) -> str:
