@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nb_mlops.core import session
+from nb_mlops.core.files import write_atomic
 from nb_mlops.pipeline import marshal
 from nb_mlops.pipeline.reads import Recorder, file_digest
 
@@ -43,15 +44,6 @@ def decode_context(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("nb_mlops_context must encode a JSON object")
     return value
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 # files above this size get a per-run identity instead of a content digest: hashing a gigabyte on
@@ -154,7 +146,11 @@ class Step:
                 "stopped": self.exited,
             }
             self.outputs_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.outputs_dir / DONE_FILE, json.dumps(marker, sort_keys=True).encode())
+            write_atomic(
+                self.outputs_dir / DONE_FILE,
+                json.dumps(marker, sort_keys=True).encode(),
+                durable=True,
+            )
 
     def load(self, ns: dict[str, Any], inputs: dict[str, str]) -> None:
         """Put each upstream value (name → producing step) into the namespace `ns`: the values
@@ -243,7 +239,9 @@ class Step:
             "metrics": found,
             "reads": _RECORDER.collect(),
         }
-        _atomic_write(self.outputs_dir / DONE_FILE, json.dumps(marker, sort_keys=True).encode())
+        write_atomic(
+            self.outputs_dir / DONE_FILE, json.dumps(marker, sort_keys=True).encode(), durable=True
+        )
 
     def _unsaveable(
         self, values: dict[str, Any], ns: dict[str, Any], prelude: dict[str, Any], exc: Exception
