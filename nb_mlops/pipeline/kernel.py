@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from nb_mlops.core import session
+from nb_mlops.core import durable, session
 from nb_mlops.core.files import write_atomic
 from nb_mlops.pipeline import marshal
 from nb_mlops.pipeline.reads import Recorder, file_digest
@@ -134,9 +134,7 @@ class Step:
             return
         self.exited = "sys.exit()" if error.code is None else f"sys.exit({error.code!r})"
         if str(error) in ("", "0"):
-            flush = getattr(sys.modules.get("nb_mlops.core.tracking"), "flush", None)
-            if flush is not None:
-                flush()  # what nb_mlops.log() recorded so far is kept
+            durable.flush()  # what nb_mlops.log() recorded (or snapshotted) so far is kept
             self.stopped = True
             marker = {
                 "step": self.name,
@@ -220,10 +218,9 @@ class Step:
                 number = float(value)
                 if math.isfinite(number):
                     found[name] = number
-        pending = sys.modules.get("nb_mlops.core.durable")  # loaded by any background writer
-        flush = getattr(pending, "flush", None)
-        if flush is not None:
-            flush()  # everything logged or snapshotted is stored before the runner ends the run
+        # every background writer (tracking, data snapshots) registers with `durable`: all that
+        # was logged or snapshotted is stored before the runner ends the run
+        durable.flush()
         if self.exited:
             raise RuntimeError(
                 f"step {self.name!r} called {self.exited} midway: the step did not run to its end"
