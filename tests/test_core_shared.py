@@ -1,4 +1,4 @@
-"""The core's shared pieces: whole-file writes, journal lines, and who acts."""
+"""The core's shared pieces: whole-file writes, journal lines, who acts, and batched MLflow writes."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from nb_mlops.core.config import load_config
 from nb_mlops.core.files import append_line, write_atomic
 from nb_mlops.core.promotion.journal import Journal, JournalEntry
 from nb_mlops.core.user import current_user
+from nb_mlops.core.writer import log_batch
 
 
 @pytest.mark.parametrize("durable", [False, True])
@@ -59,3 +60,21 @@ def test_every_record_of_who_acts_honours_nb_mlops_user(
     assert got.data.tags["mlflow.user"] == "alice@example.org"
     assert got.info.user_id == "alice@example.org"
     assert json.loads(journal.path.read_text().splitlines()[-1])["who"] == "alice@example.org"
+
+
+def test_log_batch_stores_more_values_than_one_mlflow_request_takes(project: Path) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    # Given a run, and more params, tags and metrics than MLflow's per-request limits
+    client = MlflowClient(load_config().tracking_uri)
+    run_id = client.create_run(client.create_experiment("batch")).info.run_id
+    params = [Param(f"p{i}", str(i)) for i in range(250)]
+    tags = [RunTag(f"t{i}", str(i)) for i in range(120)]
+    metrics = [Metric("loss", 1.0 / (i + 1), 0, i) for i in range(2_100)]
+    # When they are logged in one call
+    log_batch(client, run_id, metrics, params, tags)
+    # Then every one is stored
+    got = client.get_run(run_id).data
+    assert got.params == {f"p{i}": str(i) for i in range(250)}
+    assert {f"t{i}" for i in range(120)} <= set(got.tags)
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == list(range(2_100))
