@@ -234,7 +234,7 @@ def test_values_come_from_papermills_sources_in_papermills_order(tmp_path) -> No
         b64=(b64,),
     )
     # When they are read against the schema
-    values = given.validated(schema)
+    values = given.values(schema)
     # Then later sources win, YAML values keep their types (dates stay text, keys their order),
     # -p text is converted, -r text stays text
     assert values == {

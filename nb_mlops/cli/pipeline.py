@@ -230,31 +230,17 @@ class _Given:
     def __bool__(self) -> bool:
         return bool(self.typed or self.text or self.raw)
 
-    def strings(self) -> dict[str, Any]:
-        """Everything, text still text (for a run that converts it against its own schema)."""
-        return {**self.typed, **self.text, **self.raw}
+    def values(self, schema: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """The values checked against `schema` (`params.parse_cli_values`)."""
+        from nb_mlops.pipeline.params import parse_cli_values
 
-    def validated(self, schema: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        """The values checked against `schema`: YAML values as typed, -p text converted to the
-        declared type (untyped: as papermill's -p reads it), -r text kept as text when untyped."""
-        from nb_mlops.pipeline.params import validate
-
-        values = dict(validate(schema, self.typed)) if self.typed else {}
-        values = {k: values[k] for k in self.typed}
-        untyped = {k for k, v in schema.items() if v.get("type") == "any"}
-        raw_text = {k: v for k, v in self.raw.items() if k in untyped}
-        from_text = validate(schema, {**self.text, **self.raw}, from_strings=True)
-        from_raw = validate(schema, raw_text)
-        for key in {**self.text, **self.raw}:
-            values.pop(key, None)
-            values[key] = from_raw[key] if key in raw_text else from_text[key]
-        return values
+        return parse_cli_values(schema, typed=self.typed, text=self.text, raw=self.raw)
 
 
 def _params(name: str, given: _Given) -> dict[str, Any]:
     from nb_mlops.pipeline import load_pipeline
 
-    return given.validated(load_pipeline(name).parameters)
+    return given.values(load_pipeline(name).parameters)
 
 
 _PAIR_OPTIONS = ("-p", "--param", "--parameters", "-r", "--parameters_raw")
@@ -564,22 +550,19 @@ def _run_production(
     promote: bool,
     as_json: bool,
 ) -> None:
-    try:
-        from nb_mlops.pipeline.production import run_production  # owned by the promotion helper
-    except ImportError as exc:
-        raise click.ClickException(
-            f"production runs are not available in this installation ({exc}); "
-            "nb_mlops.pipeline.production is missing"
-        ) from exc
-    params = given.strings()
-    result = run_production(model, params or None, executor=executor, promote=promote)
-    as_dict = getattr(result, "as_dict", None)
+    from nb_mlops.pipeline import load_pipeline
+    from nb_mlops.pipeline.production import fetch_production_pipeline, run_production
+
+    values = None
+    if given:  # checked against the stored pipeline before anything runs
+        folder, _ = fetch_production_pipeline(model)
+        values = given.values(load_pipeline(folder).parameters)
+    result = run_production(model, values, executor=executor, promote=promote, from_strings=False)
     if as_json:
-        click.echo(json.dumps(as_dict() if as_dict else result, indent=2, default=str))
+        click.echo(json.dumps(result.as_dict(), indent=2, default=str))
     else:
-        click.echo(str(as_dict() if as_dict else result))
-    status = (as_dict() if as_dict else {}).get("status") if as_dict else None
-    if status == "FAILED":
+        click.echo(str(result.as_dict()))
+    if result.status == "FAILED":
         from nb_mlops.core.errors import StepFailed
 
         raise StepFailed(f"production run of {model!r} failed")

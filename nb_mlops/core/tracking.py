@@ -31,6 +31,7 @@ from nb_mlops.core.capture import models as capture_models
 from nb_mlops.core.capture import notebook as nbcap
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.errors import NoActiveRun, StillPending, StoreError, TrackingError
+from nb_mlops.core.files import write_atomic
 from nb_mlops.core.store import (
     client,
     embedded_experiment,
@@ -39,11 +40,11 @@ from nb_mlops.core.store import (
     experiment_id,
     install_sqlite_pragmas,
 )
+from nb_mlops.core.user import current_user
 from nb_mlops.core.writer import (
     ClientBackend,
     SqliteBackend,
     Writer,
-    default_user,
     owner_token,
     raise_unavailable,
 )
@@ -706,7 +707,7 @@ def _base_tags(
     tags = {
         "mlflow.source.type": "NOTEBOOK",
         "mlflow.source.name": source,
-        "mlflow.user": default_user(),
+        "mlflow.user": current_user(),
         "nb_mlops.mode": os.environ.get("NB_MLOPS_MODE") or "interactive",
         "nb_mlops.owner": owner_token(),
     }
@@ -737,7 +738,7 @@ def _push_fluent(cfg: Config, run: Run, start_ms: int, need: bool) -> Any:
     info = RunInfo(
         run_id=run.run_id,
         experiment_id=run.experiment_id,
-        user_id=default_user(),
+        user_id=current_user(),
         status="RUNNING",
         start_time=start_ms,
         end_time=None,
@@ -791,11 +792,7 @@ def _put_artifact(run: Run, relpath: str, data: bytes) -> None:
     through MLflow's artifact repository."""
     parsed = urllib.parse.urlparse(run.artifact_uri)
     if parsed.scheme in ("file", ""):
-        target = Path(urllib.parse.unquote(parsed.path)) / relpath
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        write_atomic(Path(urllib.parse.unquote(parsed.path)) / relpath, data)
         return
     import tempfile
 

@@ -19,7 +19,6 @@ result missing, never KILLED when its owner ended it.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import math
 import os
 import socket
@@ -45,6 +44,7 @@ __all__ = [
     "ClientBackend",
     "SqliteBackend",
     "Writer",
+    "log_batch",
     "owner_token",
 ]
 
@@ -371,6 +371,17 @@ def _metric_row(m: Metric) -> tuple[str, float, int, str, int, int]:
     return (key, value, ts, run_id, step, 0)
 
 
+def log_batch(
+    client: MlflowClient, run_id: str, metrics: list[Any], params: list[Any], tags: list[Any]
+) -> None:
+    """`MlflowClient.log_batch` in requests within MLflow's limits: 1000 metrics, 100 params and
+    100 tags each (entities of `mlflow.entities`)."""
+    for i in range(0, max(len(params), len(tags)), 100):
+        client.log_batch(run_id, params=params[i : i + 100], tags=tags[i : i + 100])
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+
+
 class ClientBackend:
     """Writes through MlflowClient (a tracking server, or a schema this module does not know)."""
 
@@ -391,11 +402,7 @@ class ClientBackend:
         for run_id, key, text in tags:
             by_run.setdefault(run_id, ([], [], []))[2].append(RunTag(key, text[:MAX_TAG_VALUE]))
         for run_id, (ms, ps, ts_) in by_run.items():
-            # MLflow's per-request limits: 1000 metrics, 100 params, 100 tags
-            for i in range(0, max(len(ps), len(ts_)), 100):
-                self.client.log_batch(run_id, params=ps[i : i + 100], tags=ts_[i : i + 100])
-            for i in range(0, len(ms), 1000):
-                self.client.log_batch(run_id, metrics=ms[i : i + 1000])
+            log_batch(self.client, run_id, ms, ps, ts_)
 
     def end(self, run_id: str, status: str, end_ms: int) -> None:
         self.client.set_terminated(run_id, status=status, end_time=end_ms)
@@ -454,7 +461,6 @@ class Writer:
         self._bound = threading.local()  # per thread: the tracked runs open there, innermost last
         self._call_failures: dict[str, list[tuple[str, bool]]] = {}
         self._lost: dict[str, str] = {}  # run id → values of it a background write lost
-        self.written = 0
         self._busy = False
         self._thread = threading.Thread(target=self._loop, name="nb_mlops-writer", daemon=True)
         self._thread.start()
@@ -491,7 +497,6 @@ class Writer:
                     f"{n} values",
                     _runs_of(metrics, params, tags),
                 )
-                self.written += n
             return
         self._queue.extend(("m", *m) for m in metrics)
         self._queue.extend(("p", *p) for p in params)
@@ -597,8 +602,6 @@ class Writer:
                     run_id, (metrics, params, tags), None if results else status, end_ms
                 )
             )
-            if failure is None:
-                self.written += len(metrics) + len(params) + len(tags)
         if failure is None and waiting:
             # after its pending calls: the status when results were pending, else only the tags
             self._put(("end", run_id, status if results else None, end_ms))
@@ -709,7 +712,6 @@ class Writer:
                     f"{n} values for run(s) {', '.join(runs)}",
                     runs,
                 )
-                self.written += n
         if control is not None:
             self._control(control)
 
@@ -791,13 +793,6 @@ def _runs_of(metrics: list[Metric], params: list[Pair], tags: list[Pair]) -> lis
 def _short(what: str) -> str:
     """`model of 3f2a…` → `model`: the pending tag names the work, the run is the tag's own."""
     return what.split(" of ", 1)[0]
-
-
-def default_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no passwd entry in some containers
-        return "unknown"
 
 
 def raise_unavailable(uri: str, reason: object) -> StoreError:

@@ -9,7 +9,6 @@ importing them all builds an argparse parser per magic and costs tens of millise
 from __future__ import annotations
 
 import importlib
-from importlib.util import find_spec
 from typing import Any
 
 MAGIC_CLASSES = (
@@ -59,23 +58,15 @@ def _lazy_supported(ipython: Any) -> bool:
 def load_ipython_extension(ipython: Any) -> None:
     """Register every magic class (lazily where IPython can), then start the background warm-up
     (imports, store)."""
+    from nb_mlops.magics.track import start_warm_up
+
     lazy = _lazy_supported(ipython)
     for spec in MAGIC_CLASSES:
         module_name, _, cls = spec.partition(":")
         names = MAGIC_NAMES.get(spec)
         if lazy and names and spec != _EAGER:
-            if find_spec(module_name) is None:
-                continue  # a face not built yet
             for kind, name in names:
                 ipython.magics_manager.register_lazy(name, spec, kind)
-            continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        ipython.register_magics(getattr(module, cls))
-    warm_up = getattr(importlib.import_module("nb_mlops.magics.track"), "start_warm_up", None)
-    if warm_up is not None:
-        warm_up(ipython)
+        else:
+            ipython.register_magics(getattr(importlib.import_module(module_name), cls))
+    start_warm_up(ipython)

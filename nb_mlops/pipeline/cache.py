@@ -15,12 +15,12 @@ import os
 import shutil
 import site
 import sys
-import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from nb_mlops.core.config import Config
+from nb_mlops.core.files import write_atomic
 
 __all__ = [
     "cache_key",
@@ -150,7 +150,4 @@ def lookup(cfg: Config, key: str) -> dict[str, Any] | None:
 def remember(cfg: Config, key: str, entry: dict[str, Any]) -> None:
     """Store a cache entry atomically (last writer wins: both describe equal results)."""
     path = _entry_path(cfg, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(entry, sort_keys=True))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(entry, sort_keys=True).encode())

@@ -240,7 +240,18 @@ def _register_engine() -> None:
     from papermill.engines import NBClientEngine, papermill_engines
 
     class ProgressEngine(NBClientEngine):
-        """papermill's nbclient engine that also reports each cell as it starts."""
+        """papermill's nbclient engine that also reports each cell as it starts, and shows the
+        parameter values in the output notebook's `metadata.papermill.parameters`."""
+
+        @classmethod
+        def execute_notebook(cls, nb: Any, kernel_name: str, **kwargs: Any) -> Any:
+            shown = kwargs.pop("nb_mlops_parameters", None)
+            if shown:
+                # papermill records what it injected: here only the encoded context, which no one
+                # reads; the values themselves go first, as they would for a plain papermill run
+                meta = nb.metadata.setdefault("papermill", {})
+                meta["parameters"] = {**shown, **meta.get("parameters", {})}
+            return super().execute_notebook(nb, kernel_name, **kwargs)
 
         @classmethod
         def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, **kwargs: Any) -> Any:
@@ -384,6 +395,7 @@ def run_step(
             kernel_name=KERNEL_NAME,
             km=km,
             nb_mlops_on_cell=cell_started,
+            nb_mlops_parameters=task.context.get("params"),
             progress_bar=False,
             execution_timeout=task.cell_timeout,
             start_timeout=task.start_timeout,

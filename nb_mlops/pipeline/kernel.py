@@ -17,7 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from nb_mlops.core import session
+from nb_mlops.core import durable, session
+from nb_mlops.core.files import write_atomic
 from nb_mlops.pipeline import marshal
 from nb_mlops.pipeline.reads import Recorder, file_digest
 
@@ -43,15 +44,6 @@ def decode_context(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("nb_mlops_context must encode a JSON object")
     return value
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 # files above this size get a per-run identity instead of a content digest: hashing a gigabyte on
@@ -143,9 +135,7 @@ class Step:
             return
         self.exited = "sys.exit()" if error.code is None else f"sys.exit({error.code!r})"
         if str(error) in ("", "0"):
-            flush = getattr(sys.modules.get("nb_mlops.core.tracking"), "flush", None)
-            if flush is not None:
-                flush()  # what nb_mlops.log() recorded so far is kept
+            durable.flush()  # what nb_mlops.log() recorded (or snapshotted) so far is kept
             self.stopped = True
             marker = {
                 "step": self.name,
@@ -155,7 +145,11 @@ class Step:
                 "stopped": self.exited,
             }
             self.outputs_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.outputs_dir / DONE_FILE, json.dumps(marker, sort_keys=True).encode())
+            write_atomic(
+                self.outputs_dir / DONE_FILE,
+                json.dumps(marker, sort_keys=True).encode(),
+                durable=True,
+            )
 
     def load(
         self, ns: dict[str, Any], inputs: dict[str, str], unchanged: list[str] | None = None
@@ -232,10 +226,9 @@ class Step:
                 number = float(value)
                 if math.isfinite(number):
                     found[name] = number
-        pending = sys.modules.get("nb_mlops.core.durable")  # loaded by any background writer
-        flush = getattr(pending, "flush", None)
-        if flush is not None:
-            flush()  # everything logged or snapshotted is stored before the runner ends the run
+        # every background writer (tracking, data snapshots) registers with `durable`: all that
+        # was logged or snapshotted is stored before the runner ends the run
+        durable.flush()
         if self.exited:
             raise RuntimeError(
                 f"step {self.name!r} called {self.exited} midway: the step did not run to its end"
@@ -251,7 +244,9 @@ class Step:
             "metrics": found,
             "reads": _RECORDER.collect(),
         }
-        _atomic_write(self.outputs_dir / DONE_FILE, json.dumps(marker, sort_keys=True).encode())
+        write_atomic(
+            self.outputs_dir / DONE_FILE, json.dumps(marker, sort_keys=True).encode(), durable=True
+        )
 
     def _check_unchanged(self, ns: dict[str, Any]) -> None:
         """Fail when an input the build assumed unchanged was changed in place: the later steps

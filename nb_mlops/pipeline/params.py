@@ -27,6 +27,7 @@ __all__ = [
     "check_json_like",
     "coerce",
     "describe",
+    "parse_cli_values",
     "parse_type",
     "read_parameters",
     "resolve_text",
@@ -609,3 +610,43 @@ def validate(
         elif "default" in entry:
             result[name] = entry["default"]
     return result
+
+
+def parse_cli_values(
+    schema: Mapping[str, Mapping[str, Any]],
+    *,
+    typed: Mapping[str, Any] | None = None,
+    text: Mapping[str, str] | None = None,
+    raw: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Values given on a command line, checked against `schema` (every path that takes them).
+
+    Args:
+        schema: the pipeline's parameters (from pipeline.yaml).
+        typed: values typed by YAML (papermill's -b, -f, -y), kept as typed.
+        text: `-p NAME=VALUE` text, converted losslessly to the declared type (untyped: read as
+            papermill's -p reads it).
+        raw: `-r NAME=VALUE` text, kept as text for an untyped parameter (else as `text`).
+
+    Returns:
+        The given names only (defaults are the runner's), `text` and `raw` over `typed`.
+
+    Raises:
+        ParameterError: an unknown name, or a value that does not fit its declared type (the
+            message names the parameter, the value and the type).
+
+    Example:
+        >>> parse_cli_values({"C": {"type": "float", "default": 1.0}}, text={"C": "0.5"})
+        {'C': 0.5}
+    """
+    typed, text, raw = dict(typed or {}), dict(text or {}), dict(raw or {})
+    values = validate(schema, typed) if typed else {}
+    values = {k: values[k] for k in typed}
+    untyped = {k for k, v in schema.items() if v.get("type") == "any"}
+    raw_text = {k: v for k, v in raw.items() if k in untyped}
+    from_text = validate(schema, {**text, **raw}, from_strings=True)
+    from_raw = validate(schema, raw_text)
+    for key in {**text, **raw}:
+        values.pop(key, None)
+        values[key] = from_raw[key] if key in raw_text else from_text[key]
+    return values

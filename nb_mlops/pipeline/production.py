@@ -17,6 +17,7 @@ from nb_mlops.core import store
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.errors import PipelineError, PromotionError
 from nb_mlops.core.lineage import parse_ref
+from nb_mlops.pipeline.params import parse_cli_values
 from nb_mlops.pipeline.runner import PipelineRun, run_pipeline
 from nb_mlops.pipeline.spec import SPEC_FILE, load_pipeline, pipeline_hash
 
@@ -31,6 +32,7 @@ def run_production(
     promote: bool = False,
     reason: str | None = None,
     cache: bool = False,
+    from_strings: bool = True,
     cfg: Config | None = None,
     **run_options: Any,
 ) -> PipelineRun:
@@ -43,6 +45,8 @@ def run_production(
         promote: promote this run's model afterwards, through the gates (never otherwise).
         reason: journaled with the promotion when `promote` is set.
         cache: reuse cached steps (off by default: a production run recomputes).
+        from_strings: string values in `params` are command-line text (`"0.5"` for a float
+            parameter is 0.5); False when they are already typed (`params.parse_cli_values`).
         cfg: project configuration.
         run_options: passed to `run_pipeline` (timeout, cell_timeout, max_parallel, ...).
 
@@ -62,7 +66,8 @@ def run_production(
     """
     cfg = store.ensure_store(cfg or load_config())
     folder, info = fetch_production_pipeline(model, cfg=cfg)
-    values: dict[str, Any] = dict(info["params"])
+    # the promoted run's values as MLflow keeps them: text, read as the command line's
+    values = parse_cli_values(load_pipeline(folder, cfg).parameters, text=info["params"])
     values.update(params or {})
     tags = {
         "nb_mlops.production.model": info["model"],
@@ -78,7 +83,7 @@ def run_production(
         mode="production",
         tags=tags,
         cache=cache,
-        from_strings=True,
+        from_strings=from_strings,
         cfg=cfg,
         **run_options,
     )

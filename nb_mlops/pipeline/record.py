@@ -7,7 +7,6 @@ Reads (a step's metrics, nested runs, the reproduction check) keep using `Mlflow
 
 from __future__ import annotations
 
-import getpass
 import shutil
 import time
 import urllib.parse
@@ -20,7 +19,8 @@ from typing import TYPE_CHECKING
 from nb_mlops.core.config import Config
 from nb_mlops.core.store import client as mlflow_client
 from nb_mlops.core.store import embedded_experiment, ensure_store, experiment_id
-from nb_mlops.core.writer import SqliteBackend
+from nb_mlops.core.user import current_user
+from nb_mlops.core.writer import SqliteBackend, log_batch
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -30,13 +30,6 @@ __all__ = ["Recorder"]
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in this environment (containers)
-        return "unknown"
 
 
 class Recorder:
@@ -67,7 +60,7 @@ class Recorder:
         location = self._locations.get(exp_id)
         if self.sqlite is not None and location is not None:
             run_id = uuid.uuid4().hex
-            full = {"mlflow.user": _user(), **tags, "mlflow.runName": name}
+            full = {"mlflow.user": current_user(), **tags, "mlflow.runName": name}
             self.sqlite.create_run(run_id, exp_id, location, name, _now_ms(), full)
             return run_id
         return str(self.client.create_run(exp_id, run_name=name, tags=tags).info.run_id)
@@ -93,19 +86,13 @@ class Recorder:
             return
         from mlflow.entities import Metric, Param, RunTag
 
-        items = list(params.items())
-        tag_items = list(tags.items())
-        for i in range(0, max(len(items), len(tag_items), 1), 100):
-            self.client.log_batch(
-                run_id,
-                params=[Param(k, v) for k, v in items[i : i + 100]],
-                tags=[RunTag(k, v) for k, v in tag_items[i : i + 100]],
-            )
-        metric_items = list(metrics.items())
-        for i in range(0, len(metric_items), 1000):
-            self.client.log_batch(
-                run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metric_items[i : i + 1000]]
-            )
+        log_batch(
+            self.client,
+            run_id,
+            [Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            [Param(k, v) for k, v in params.items()],
+            [RunTag(k, v) for k, v in tags.items()],
+        )
 
     def end(self, run_id: str, status: str) -> None:
         """Set the run's final status (FINISHED, FAILED, KILLED) and end time."""

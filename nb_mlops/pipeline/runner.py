@@ -33,7 +33,7 @@ from nb_mlops.pipeline import cache as step_cache
 from nb_mlops.pipeline.execute import StepResult, StepTask
 from nb_mlops.pipeline.executors import Executor, check_spec, get_executor
 from nb_mlops.pipeline.kernel import DONE_FILE
-from nb_mlops.pipeline.params import validate
+from nb_mlops.pipeline.params import parse_cli_values, validate
 from nb_mlops.pipeline.record import Recorder
 from nb_mlops.pipeline.settle import forget, mark_live, owner_alive, settle_dead_runs, write_json
 from nb_mlops.pipeline.spec import Pipeline, load_pipeline, pipeline_hash
@@ -616,7 +616,13 @@ def run_pipeline(
     if prior is not None and params is None:
         values = validate(spec.parameters, prior.get("params", {}))
     else:
-        values = validate(spec.parameters, params, from_strings=from_strings)
+        if from_strings and params:  # command-line text: read as every command line reads it
+            params = parse_cli_values(
+                spec.parameters,
+                typed={k: v for k, v in params.items() if not isinstance(v, str)},
+                text={k: v for k, v in params.items() if isinstance(v, str)},
+            )
+        values = validate(spec.parameters, params)
     check_spec(executor)
     timeout = timeout if timeout is not None else cfg.settings.get("step_timeout")
     cell_timeout = cell_timeout if cell_timeout is not None else cfg.settings.get("cell_timeout")

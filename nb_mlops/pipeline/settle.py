@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nb_mlops.core.config import Config
+from nb_mlops.core.files import write_atomic
 from nb_mlops.core.writer import _owner_alive
 
 if TYPE_CHECKING:
@@ -27,10 +26,7 @@ DEAD_REASON = "the pipeline runner died; marked by a later command"
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomic: a reader (or a runner killed mid-write) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1, default=str).encode())
 
 
 def owner_alive(token: str) -> bool:

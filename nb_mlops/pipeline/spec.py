@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import yaml
 
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.errors import PipelineError
+from nb_mlops.core.files import write_atomic
 
 __all__ = ["FORMAT", "Pipeline", "StepSpec", "load_pipeline", "pipeline_hash", "write_spec"]
 
@@ -114,9 +114,7 @@ def write_spec(pipeline: Pipeline) -> Path:
 def _write_if_changed(path: Path, data: bytes) -> None:
     if path.exists() and path.read_bytes() == data:
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)
 
 
 def _find(name_or_dir: str | os.PathLike[str], cfg: Config) -> Path:

@@ -24,6 +24,7 @@ from typing import Any
 import blake3
 
 from nb_mlops.core.errors import DataError, IntegrityError
+from nb_mlops.core.files import fsync_dir
 
 __all__ = ["ObjectStore", "MissingObject", "hash_bytes", "hash_file"]
 
@@ -82,15 +83,6 @@ def _disk_error(exc: OSError, what: str) -> DataError:
             "`nb-mlops data gc`, then snapshot again (nothing was stored, the source is untouched)"
         )
     return DataError(f"cannot write {what}: {exc.strerror or exc}")
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ObjectStore:

@@ -15,15 +15,15 @@ import fcntl
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from nb_mlops.core.config import Config
 from nb_mlops.core.data.names import check_name, format_ref
-from nb_mlops.core.data.objects import ObjectStore, fsync_dir
+from nb_mlops.core.data.objects import ObjectStore
 from nb_mlops.core.errors import DataError, SnapshotNotFound
+from nb_mlops.core.files import write_atomic
 from nb_mlops.core.procs import pid_alive
 from nb_mlops.core.store import lock
 
@@ -32,20 +32,10 @@ __all__ = ["DataStore", "open_store"]
 
 def write_json_atomic(path: Path, value: Any, durable: bool = True) -> None:
     """Write JSON to `path` via a temp file in the same folder (fsync + rename when durable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    data = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
     try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(value, fh, separators=(",", ":"), sort_keys=True)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        if durable:
-            fsync_dir(path.parent)
+        write_atomic(path, data, durable=durable)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise DataError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
@@ -151,23 +141,6 @@ class DataStore:
         for each in [name] if name else self.names():
             for version in self.versions(each):
                 yield self.manifest(each, version)
-
-    def add_version(self, name: str, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Write `manifest` as the next version of `name`, unless the latest has the same digest
-        (then return that one). Call only after every object it names is durable.
-
-        Returns:
-            (the stored manifest, True when a new version was written).
-        """
-        with self.write_lock():
-            latest = self.latest(name)
-            if latest is not None:
-                current = self.manifest(name, latest)
-                if current.get("digest") == manifest["digest"]:
-                    return current, False
-            manifest = {**manifest, "name": name, "version": (latest or 0) + 1}
-            write_json_atomic(self._dir(name) / self._file(manifest["version"]), manifest)
-            return manifest, True
 
     # --- reservations: a version number held while its bytes are written in the background ----
 

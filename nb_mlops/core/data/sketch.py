@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nb_mlops.core.data.refs import DataStore
+from nb_mlops.core.files import write_atomic
 
 __all__ = [
     "COUNT_CAP",
@@ -219,16 +218,9 @@ def decode(data: bytes) -> ChunkSketch | None:
 
 def put_sketch(store: DataStore, digest: str, sketch: ChunkSketch) -> None:
     """Keep a chunk's sketch (temp file + rename; not fsynced: it is recomputed if lost)."""
-    path = _path(store, digest)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(encode(sketch))
-        os.replace(tmp, path)
-    except OSError:
-        # a cache: a sketch that cannot be written now is computed again when needed
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    # a cache: a sketch that cannot be written now is computed again when needed
+    with contextlib.suppress(OSError):
+        write_atomic(_path(store, digest), encode(sketch))
 
 
 def read_sketch(store: DataStore, digest: str) -> ChunkSketch | None:
@@ -351,15 +343,8 @@ def put_version_sketch(store: DataStore, manifest: dict[str, Any], sketch: Snaps
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema, options=_IPC_WRITE) as writer:
         writer.write_table(table)
-    path = _version_path(store, str(manifest["digest"]))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(sink.getvalue().to_pybytes())
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    with contextlib.suppress(OSError):
+        write_atomic(_version_path(store, str(manifest["digest"])), sink.getvalue().to_pybytes())
 
 
 def read_version_sketch(store: DataStore, manifest: dict[str, Any]) -> SnapshotSketch | None:

@@ -9,12 +9,12 @@ This is the drift history over time (the MLflow run of each check holds the deta
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from nb_mlops.core.config import Config
-from nb_mlops.core.promotion.journal import _fsync_dir, _safe_name, now_iso
+from nb_mlops.core.files import append_line
+from nb_mlops.core.promotion.journal import _safe_name, now_iso
 
 __all__ = ["append", "checks", "journal_path"]
 
@@ -27,23 +27,7 @@ def append(cfg: Config, model: str, record: dict[str, Any]) -> None:
     """Append one record (`record` = "check" or "action"; `id` = the check's id)."""
     path = journal_path(cfg, model)
     line = (json.dumps({"at": now_iso(), **record}, sort_keys=True, default=str) + "\n").encode()
-    new = not path.exists()
-    if new:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size:
-            with path.open("rb") as fh:
-                fh.seek(size - 1)
-                if fh.read(1) != b"\n":  # a torn line of a killed writer: start afresh
-                    line = b"\n" + line
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if new:
-        _fsync_dir(path.parent)
+    append_line(path, line)
 
 
 def checks(model: str, *, cfg: Config | None = None) -> list[dict[str, Any]]:

@@ -8,9 +8,7 @@ id; `reconcile` settles pending entries left by a killed process against the ali
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import re
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -19,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from nb_mlops.core.config import Config
+from nb_mlops.core.files import append_line
+from nb_mlops.core.user import current_user
 
-__all__ = ["ACTIONS", "Journal", "JournalEntry", "current_user", "now_iso"]
+__all__ = ["ACTIONS", "Journal", "JournalEntry", "now_iso"]
 
 # what an entry records: a move of the champion alias, or an attempt that changed nothing
 ACTIONS = ("promote", "forced-promote", "blocked", "rollback")
@@ -30,17 +30,6 @@ STATES = ("pending", "done", "aborted")
 def now_iso() -> str:
     """The current UTC time, ISO 8601 with milliseconds (sorts as text)."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def current_user() -> str:
-    """Who acts: `NB_MLOPS_USER` (set by the Jupyter server for its user), else the OS user."""
-    user = os.environ.get("NB_MLOPS_USER")
-    if user:
-        return user
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (containers)
-        return f"uid-{os.getuid()}"
 
 
 @dataclass
@@ -162,25 +151,7 @@ class Journal:
         return entry
 
     def _write(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
-        new = not self.path.exists()
-        if new:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            # A crash mid-write can leave a torn last line: start ours on a fresh line.
-            size = os.fstat(fd).st_size
-            if size:
-                with self.path.open("rb") as fh:
-                    fh.seek(size - 1)
-                    if fh.read(1) != b"\n":
-                        line = b"\n" + line
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if new:
-            _fsync_dir(self.path.parent)
+        append_line(self.path, (json.dumps(record, sort_keys=True, default=str) + "\n").encode())
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -214,16 +185,3 @@ class Journal:
 
     def pending(self) -> list[JournalEntry]:
         return [entry for entry in self.entries() if entry.state == "pending"]
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -427,29 +426,22 @@ def _champion(
         return (version, None)
 
 
-def _data_verifier(cfg: Config) -> DataVerifier | None:
+def _data_verifier(cfg: Config) -> DataVerifier:
     """Check a data version recorded as `vN:<digest>`: it exists with that digest, and every
     object of it re-hashes to its name (`nb_mlops.core.data.verify`)."""
-    try:
-        from nb_mlops.core import data as data_module
-    except ImportError:
-        return None
-    verify: Callable[..., Any] | None = getattr(data_module, "verify", None)
-    listing: Callable[..., Any] | None = getattr(data_module, "snapshots", None)
-    if verify is None:
-        return None
-    checker: Callable[..., Any] = verify
+    from nb_mlops.core import data
 
     def check(name: str, tag: str) -> str | None:
         version_text, _, digest = tag.partition(":")
         ref = f"{name}@{version_text}"
         try:
-            if listing is not None:
-                found = listing(ref, cfg=cfg)
-                stored = str(getattr(found[0], "digest", "")) if found else ""
-                if digest and stored and stored != digest:
-                    return f"{ref} is stored with digest {stored[:12]}…, the run recorded {digest[:12]}…"
-            problems = checker(ref, cfg=cfg)
+            found = data.snapshots(ref, cfg=cfg)
+            stored = found[0].digest if found else ""
+            if digest and stored and stored != digest:
+                return (
+                    f"{ref} is stored with digest {stored[:12]}…, the run recorded {digest[:12]}…"
+                )
+            problems = data.verify(ref, cfg=cfg)
         except NbMlopsError as exc:
             return str(exc).splitlines()[0]
         return _verify_problem(problems)
