@@ -19,6 +19,7 @@ from jupyter_server.auth import Authorizer
 from tornado.httpclient import HTTPClientError
 
 from nb_mlops.server import handlers
+from nb_mlops.server.jobs import JobService
 from tests.nbutil import new_notebook
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -217,6 +218,30 @@ class TestDenyAll:
         assert _files(jp_root_dir) == before == {}
 
 
+class OneJobService(JobService):
+    """A site's own job service, as the configuration names it: it lists one job of its own."""
+
+    def list(self, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
+        return [{"id": "20250101T000000-0000c0de", "status": "QUEUED"}], 1
+
+
+class TestConfiguredJobService:
+    @pytest.fixture
+    def jp_server_config(self) -> dict[str, Any]:
+        return {
+            "ServerApp": {"jpserver_extensions": {"nb_mlops.server": True}},
+            "NbMlopsApp": {"job_service_class": OneJobService},
+        }
+
+    async def test_the_job_service_class_is_a_server_setting(
+        self, jp_fetch: Any, jp_serverapp: Any
+    ) -> None:
+        """`NbMlopsApp.job_service_class` picks the class behind the jobs routes."""
+        page = json.loads((await jp_fetch(*API, "jobs")).body)
+        assert (page["total"], [j["id"] for j in page["jobs"]]) == (1, ["20250101T000000-0000c0de"])
+        assert type(jp_serverapp.web_app.settings[handlers.STATE_KEY].jobs) is OneJobService
+
+
 # --- XSRF, Origin, GET is read-only -------------------------------------------------------------
 
 
@@ -285,9 +310,9 @@ async def test_cookie_post_without_xsrf_and_foreign_origin_are_rejected(
 
 async def test_get_routes_change_nothing(jp_fetch: Any, jp_root_dir: Path) -> None:
     """GET never changes state (no store created, no job written)."""
-    for path in ("notebook", "jobs"):
+    for path in ("notebook", "jobs", "models/demo-model/history"):
         params = {"path": "nb/train.ipynb"} if path == "notebook" else {}
-        response = await jp_fetch(*API, path, params=params)
+        response = await jp_fetch(*API, *path.split("/"), params=params)
         assert response.code == 200
     assert await _code(jp_fetch(*API, "models", "demo-model", "rollback")) == 405
     assert _files(jp_root_dir) == {}

@@ -1,5 +1,7 @@
 """REST handlers under `/nb-mlops/api/`: notebook description, jobs, model history and rollback.
 
+`app.NbMlopsApp` registers `ROUTES` and puts the shared `ServerState` in the web app's settings.
+
 Every handler is an `APIHandler` whose verbs carry `@tornado.web.authenticated` and `@authorized`
 (resource `nb_mlops`). Errors are mapped to statuses in one place (`errors.STATUS`,
 via `write_error`). GET handlers never change state. Model history and rollback call
@@ -22,17 +24,17 @@ from urllib.parse import urlparse
 import tornado.web
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
-from jupyter_server.utils import url_path_join
 
 from nb_mlops.server import notebook as nbinfo
 from nb_mlops.server.errors import BadRequest, PayloadTooLarge, Scrubber, status_and_message
 from nb_mlops.server.jobs import ACTIONS, JobService
 from nb_mlops.server.paths import relative_to_root, resolve_notebook
 
-__all__ = ["AUTH_RESOURCE", "ROUTES", "ServerState", "setup_handlers"]
+__all__ = ["API", "AUTH_RESOURCE", "ROUTES", "STATE_KEY", "ServerState"]
 
 AUTH_RESOURCE = "nb_mlops"
 API = "nb-mlops/api"
+STATE_KEY = "nb_mlops_state"  # the web app's setting holding the `ServerState`
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}\Z")
 # a notebook's parameters are settings, not data: data goes through snapshots or files
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -97,7 +99,7 @@ class BaseHandler(APIHandler):
 
     @property
     def state(self) -> ServerState:
-        state: ServerState = self.settings["nb_mlops"]
+        state: ServerState = self.settings[STATE_KEY]
         return state
 
     def body(self) -> dict[str, Any]:
@@ -325,12 +327,3 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
     (r"models/(?P<name>[^/]+)/history", HistoryHandler),
     (r"models/(?P<name>[^/]+)/rollback", RollbackHandler),
 ]
-
-
-def setup_handlers(web_app: Any, state: ServerState) -> None:
-    """Register every route under `<base_url>nb-mlops/api/`."""
-    web_app.settings["nb_mlops"] = state
-    base = web_app.settings.get("base_url", "/")
-    web_app.add_handlers(
-        ".*$", [(url_path_join(base, API, pattern), handler) for pattern, handler in ROUTES]
-    )
