@@ -710,6 +710,20 @@ async def test_history_and_rollback_call_the_promotion_service_as_the_request_us
     assert str(jp_root_dir) not in data["message"]
 
 
+def test_the_job_worker_starts_without_the_server_or_mlflow() -> None:
+    """A job's process imports neither the web server nor the CLI; mlflow loads when a run
+    needs it."""
+    import subprocess
+
+    probe = (
+        "import sys, json, nb_mlops.server.worker\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert not loaded & {"tornado", "jupyter_server", "traitlets", "click", "mlflow", "pandas"}
+
+
 def test_a_promote_job_refuses_a_bad_configuration_before_running(tmp_path: Path) -> None:
     """The worker's entry point returns a structured outcome: a configuration problem fails a
     promote job before anything is built or run."""

@@ -3,12 +3,12 @@
 `app.NbMlopsApp` registers `ROUTES` and puts the shared `ServerState` in the web app's settings.
 
 Every handler is an `APIHandler` whose verbs carry `@tornado.web.authenticated` and `@authorized`
-(resource `nb_mlops`). Errors are mapped to statuses in one place (`errors.STATUS`,
-via `write_error`). GET handlers never change state. Model history and rollback call
+(resource `nb_mlops`). Errors are mapped to statuses in one place (`errors.STATUS`, via
+`write_error`). GET handlers never change state. Model history and rollback call
 `nb_mlops.core.promotion` in the server process; slow work (notebook parsing, MLflow queries,
-journal reads and writes) runs in a thread, off the event loop. Request bodies are streamed and kept only up to a
-size limit (413 beyond it, as for a parameter value over its own limit); names are checked with
-full matches.
+journal reads and writes) runs in a thread, off the event loop. Request bodies are streamed and
+kept only up to a size limit (413 beyond it, as for a parameter value over its own limit); names
+are checked with full matches.
 """
 
 from __future__ import annotations

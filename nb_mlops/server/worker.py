@@ -200,6 +200,7 @@ class Worker:
         self.job = read_job(jobs_dir, job_id)
         self.folder = jobs_dir / job_id
         self.log = (self.folder / "log.txt").open("ab", buffering=0)
+        self.stopping = False
 
     def update(self, **changes: Any) -> dict[str, Any]:
         self.job = update_job(self.jobs_dir, self.job_id, **changes)
@@ -210,7 +211,10 @@ class Worker:
 
     def progress(self, snap: dict[str, Any]) -> None:
         """The runner's snapshot → the record's steps and run id (a cancelled job keeps its
-        status: `update_job` never reopens a finished record)."""
+        status: `update_job` never reopens a finished record). Once stopped, the record is left
+        alone: a cancel holds its lock while it waits for this process to end."""
+        if self.stopping:
+            return
         changes: dict[str, Any] = {}
         if isinstance(snap.get("steps"), dict):
             changes["steps"] = snap["steps"]
@@ -245,8 +249,9 @@ def _become_subreaper() -> None:
 
 
 @contextlib.contextmanager
-def _stopped_by_signals() -> Iterator[None]:
+def _stopped_by_signals(worker: Worker) -> Iterator[None]:
     def stop(signum: int, _frame: Any) -> None:
+        worker.stopping = True
         raise Stopped(signum)
 
     saved = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
@@ -262,7 +267,7 @@ def main(argv: list[str]) -> int:
     _become_subreaper()
     worker = Worker(jobs_dir, job_id)
     try:
-        with _stopped_by_signals():
+        with _stopped_by_signals(worker):
             return worker.run()
     except KeyboardInterrupt as exc:
         # a cancel has marked the job CANCELLED already; any other stop is a failure
