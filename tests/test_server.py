@@ -19,6 +19,7 @@ from jupyter_server.auth import Authorizer
 from tornado.httpclient import HTTPClientError
 
 from nb_mlops.server import handlers
+from nb_mlops.server.jobs import JobService
 from tests.nbutil import new_notebook
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -217,6 +218,30 @@ class TestDenyAll:
         assert _files(jp_root_dir) == before == {}
 
 
+class OneJobService(JobService):
+    """A site's own job service, as the configuration names it: it lists one job of its own."""
+
+    def list(self, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
+        return [{"id": "20250101T000000-0000c0de", "status": "QUEUED"}], 1
+
+
+class TestConfiguredJobService:
+    @pytest.fixture
+    def jp_server_config(self) -> dict[str, Any]:
+        return {
+            "ServerApp": {"jpserver_extensions": {"nb_mlops.server": True}},
+            "NbMlopsApp": {"job_service_class": OneJobService},
+        }
+
+    async def test_the_job_service_class_is_a_server_setting(
+        self, jp_fetch: Any, jp_serverapp: Any
+    ) -> None:
+        """`NbMlopsApp.job_service_class` picks the class behind the jobs routes."""
+        page = json.loads((await jp_fetch(*API, "jobs")).body)
+        assert (page["total"], [j["id"] for j in page["jobs"]]) == (1, ["20250101T000000-0000c0de"])
+        assert type(jp_serverapp.web_app.settings[handlers.STATE_KEY].jobs) is OneJobService
+
+
 # --- XSRF, Origin, GET is read-only -------------------------------------------------------------
 
 
@@ -285,9 +310,9 @@ async def test_cookie_post_without_xsrf_and_foreign_origin_are_rejected(
 
 async def test_get_routes_change_nothing(jp_fetch: Any, jp_root_dir: Path) -> None:
     """GET never changes state (no store created, no job written)."""
-    for path in ("notebook", "jobs"):
+    for path in ("notebook", "jobs", "models/demo-model/history"):
         params = {"path": "nb/train.ipynb"} if path == "notebook" else {}
-        response = await jp_fetch(*API, path, params=params)
+        response = await jp_fetch(*API, *path.split("/"), params=params)
         assert response.code == 200
     assert await _code(jp_fetch(*API, "models", "demo-model", "rollback")) == 405
     assert _files(jp_root_dir) == {}
@@ -460,6 +485,27 @@ def test_scrubber_hides_paths_tokens_and_uris(tmp_path: Path) -> None:
     assert status_and_message(RuntimeError(f"boom at {tmp_path}"), scrub) == (500, INTERNAL)
 
 
+def test_the_error_table_gives_each_nb_mlops_error_its_status(tmp_path: Path) -> None:
+    """Errors map to statuses by class (subclasses first), never by their text."""
+    from nb_mlops.core import errors
+    from nb_mlops.server.errors import Scrubber, status_and_message
+
+    scrub = Scrubber(tmp_path)
+    cases = [
+        (errors.ModelNotFound("gone"), 404),
+        (errors.SnapshotNotFound("gone"), 404),
+        (errors.RollbackError("no model here, not found"), 400),  # the words do not matter
+        (errors.PromotionError("bad name"), 400),
+        (errors.ParameterError("alpha"), 400),
+        (errors.ConfigError("bad key"), 400),
+        (errors.GatesBlocked("accuracy failed"), 409),
+        (errors.StoreUnavailable("tracking server down"), 503),
+        (errors.IntegrityError("bytes changed"), 500),
+    ]
+    for exc, status in cases:
+        assert status_and_message(exc, scrub) == (status, str(exc)), exc
+
+
 async def test_notebook_description_lists_steps_schema_model_and_gates(jp_fetch: Any) -> None:
     """GET notebook returns the typed schema with defaults, steps, target model and gates."""
     response = await jp_fetch(*API, "notebook", params={"path": "nb/train.ipynb"})
@@ -494,7 +540,7 @@ async def test_post_job_stages_a_copy_and_is_queued(jp_fetch: Any, jp_root_dir: 
     listed = json.loads((await jp_fetch(*API, "jobs")).body)["jobs"]
     assert [j["id"] for j in listed] == [job["id"]]
     assert "parameters" not in listed[0]  # summaries only: the values are in GET jobs/{id}
-    # the job ends by itself (the pipeline CLI decides how); it never stays QUEUED/RUNNING
+    # the job ends by itself (the pipeline decides how); it never stays QUEUED/RUNNING
     final = await _wait_final(jp_fetch, job["id"])
     assert final["status"] in ("SUCCEEDED", "FAILED"), final
     assert isinstance(final["log_tail"], list)
@@ -538,7 +584,7 @@ class TestRestart:
 
 
 def test_cancel_kills_the_whole_process_tree(tmp_path: Path) -> None:
-    """Cancel kills the worker, its command and a grandchild in a session of its own (a kernel)."""
+    """Cancel kills the worker and a grandchild in a session of its own (a kernel)."""
     import psutil
 
     from nb_mlops.server.jobs import JobService
@@ -552,7 +598,7 @@ def test_cancel_kills_the_whole_process_tree(tmp_path: Path) -> None:
     )
     nb = new_notebook(tmp_path / "project" / "long.ipynb", ["1"])
     service = JobService(
-        tmp_path / "project" / ".nb_mlops" / "jobs", cli=[sys.executable, "-c", script]
+        tmp_path / "project" / ".nb_mlops" / "jobs", worker=[sys.executable, "-c", script]
     )
     job = service.create(
         notebook=nb,
@@ -569,7 +615,8 @@ def test_cancel_kills_the_whole_process_tree(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, service.get(job["id"])
         time.sleep(0.1)
     grandchild = int(pidfile.read_text())
-    assert service.get(job["id"])["status"] == "RUNNING"
+    # (this stand-in worker never marks the job RUNNING; alive, it is not shown FAILED)
+    assert service.get(job["id"])["status"] == "QUEUED"
     cancelled = service.cancel(job["id"])
     assert cancelled["status"] == "CANCELLED"
     assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == "zombie"
@@ -613,6 +660,94 @@ def test_cancelling_a_running_pipeline_job_ends_its_mlflow_runs_killed(tmp_path:
     assert wait_gone(tree, 30) == []
     statuses = sorted(runs_by_status(root / ".nb_mlops" / "mlflow.db").values())
     assert statuses == ["FINISHED", "KILLED", "KILLED"]
+
+
+async def test_history_and_rollback_call_the_promotion_service_as_the_request_user(
+    jp_fetch: Any, jp_root_dir: Path
+) -> None:
+    """History and rollback answer the journal's and the decision's JSON; the rollback is
+    journaled as the user of the request; unknown model → 404, nothing to roll back → 400."""
+    from nb_mlops.core.config import load_config
+    from nb_mlops.core.promotion import promote
+    from tests.promotion_helpers import make_pipeline_run
+
+    # Given a model promoted twice
+    cfg = load_config(jp_root_dir)
+    runs = [make_pipeline_run(cfg, metrics={"accuracy": a}) for a in (0.8, 0.9)]
+    for run_id in runs:
+        promote(run_id, model="demo-model", cfg=cfg)
+    history = json.loads((await jp_fetch(*API, "models", "demo-model", "history")).body)
+    assert history["champion"] == {"version": "2", "run_id": runs[1]}
+    assert [(e["action"], e["to_version"]) for e in history["entries"]] == [
+        ("promote", "1"),
+        ("promote", "2"),
+    ]
+    # When the champion is rolled back through the API
+    body = json.dumps({"reason": "accuracy dropped"})
+    response = await jp_fetch(*API, "models", "demo-model", "rollback", method="POST", body=body)
+    decision = json.loads(response.body)
+    # Then the decision says so and the journal names the request's user
+    assert (decision["status"], decision["version"], decision["previous_version"]) == (
+        "ROLLED_BACK",
+        "1",
+        "2",
+    )
+    history = json.loads((await jp_fetch(*API, "models", "demo-model", "history")).body)
+    last = history["entries"][-1]
+    assert last["action"] == "rollback" and last["reason"] == "accuracy dropped"
+    # (a token-only request is a fresh anonymous Jupyter user, not the server's OS user)
+    assert last["who"].startswith("Anonymous_"), last["who"]
+    assert history["champion"]["version"] == "1"
+    # an unknown model is a 404, a model with no earlier champion a 400 naming why
+    code, data = await _json_error(
+        jp_fetch(*API, "models", "ghost", "rollback", method="POST", body=body)
+    )
+    assert code == 404 and "ghost" in data["message"]
+    code, data = await _json_error(
+        jp_fetch(*API, "models", "demo-model", "rollback", method="POST", body=body)
+    )
+    assert code == 400 and "no earlier champion" in data["message"]
+    assert str(jp_root_dir) not in data["message"]
+
+
+def test_the_job_worker_starts_without_the_server_or_mlflow() -> None:
+    """A job's process imports neither the web server nor the CLI; mlflow loads when a run
+    needs it."""
+    import subprocess
+
+    probe = (
+        "import sys, json, nb_mlops.server.worker\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert not loaded & {"tornado", "jupyter_server", "traitlets", "click", "mlflow", "pandas"}
+
+
+def test_a_promote_job_refuses_a_bad_configuration_before_running(tmp_path: Path) -> None:
+    """The worker's entry point returns a structured outcome: a configuration problem fails a
+    promote job before anything is built or run."""
+    from nb_mlops.server.worker import execute
+
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "pyproject.toml").write_text("[tool.nb_mlops]\nmodle = 'typo'\n")
+    nb = new_notebook(root / "train.ipynb", ["x = 1"])
+    folder = root / "job"
+    folder.mkdir()
+    job = {
+        "action": "promote",
+        "staged": str(nb),
+        "pipeline": "train",
+        "parameters": {},
+        "model": "m",
+        "project_root": str(root),
+    }
+    outcome = execute(job, folder)
+    assert outcome.status == "FAILED" and "modle" in (outcome.error or "")
+    assert outcome.run_id is None and not (folder / "pipeline").exists()
+    changes = outcome.changes("m")
+    assert changes["status"] == "FAILED" and changes["error"] == outcome.error
 
 
 async def test_promoting_the_same_parameters_twice_promotes_a_fresh_model(

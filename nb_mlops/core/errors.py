@@ -20,6 +20,7 @@ Every message says what was wrong, names the offending value, and says what to d
      ├── PromotionError          promotion, registry and journal
      │    ├── GatesBlocked       one or more gates failed
      │    └── RollbackError      there is nothing (valid) to roll back to
+     │         └── ModelNotFound no registered model of that name
      └── MonitorError            batch scoring, drift and decay checks, policies, alerts
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "DataError",
     "GatesBlocked",
     "IntegrityError",
+    "ModelNotFound",
     "MonitorError",
     "NbMlopsError",
     "NoActiveRun",
@@ -118,6 +120,10 @@ class GatesBlocked(PromotionError):
 
 class RollbackError(PromotionError):
     """There is no earlier version to roll back to, or the target is invalid."""
+
+
+class ModelNotFound(RollbackError, LookupError):
+    """No registered model of that name (nothing to roll back)."""
 
 
 class MonitorError(NbMlopsError):

@@ -1,8 +1,11 @@
 """The one place where server-side errors become HTTP statuses and safe JSON messages.
 
-validation → 400, not found → 404, refused or unauthorised → 403, too large → 413, anything else
-→ 500 with a generic message. Every message is scrubbed: no traceback, no path outside the root, no token, no
-database URI.
+`STATUS` is the table: the first row whose classes match the exception gives the status, from
+the most specific classes to the broadest. Validation → 400, refused → 403, not found → 404, a
+blocked promotion → 409, too large → 413, a tracking server that does not answer → 503; any
+other `NbMlopsError` (raised on purpose, one line meant for the user) → 500 with its message;
+anything else → 500 with a generic message. Every message is scrubbed: no traceback, no path
+outside the root, no token, no database URI.
 """
 
 from __future__ import annotations
@@ -14,21 +17,23 @@ from typing import Any
 from tornado.web import HTTPError
 
 from nb_mlops.core.errors import (
-    BuildError,
     ConfigError,
+    GatesBlocked,
+    ModelNotFound,
     NbMlopsError,
-    ParameterError,
-    RollbackError,
+    PipelineError,
+    PromotionError,
     SnapshotNotFound,
+    StoreUnavailable,
 )
 from nb_mlops.server.jobs import JobNotFound
 from nb_mlops.server.paths import PathNotFound, PathRefused
 
 __all__ = [
     "BadRequest",
-    "CommandFailed",
     "NotFound",
     "PayloadTooLarge",
+    "STATUS",
     "Scrubber",
     "status_and_message",
 ]
@@ -48,20 +53,15 @@ class PayloadTooLarge(ValueError):
     """A request body or one of its values is over the server's size limit (413)."""
 
 
-class CommandFailed(NbMlopsError):
-    """An `nb-mlops` command run by the server exited with a one-line `error:` message."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-# (exception classes, status, whether the exception's own message is shown)
-_TABLE: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
-    ((BadRequest, ParameterError, BuildError, ConfigError, RollbackError), 400),
+# (exception classes, HTTP status); the first matching row wins, so subclasses come first
+STATUS: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
     ((PathRefused,), 403),
-    ((NotFound, PathNotFound, JobNotFound, SnapshotNotFound), 404),
+    ((NotFound, PathNotFound, JobNotFound, SnapshotNotFound, ModelNotFound), 404),
+    ((GatesBlocked,), 409),
     ((PayloadTooLarge,), 413),
+    ((StoreUnavailable,), 503),
+    ((BadRequest, ConfigError, PipelineError, PromotionError), 400),
+    ((NbMlopsError,), 500),
 )
 
 
@@ -74,14 +74,10 @@ def status_and_message(exc: BaseException | None, scrub: Scrubber) -> tuple[int,
         if exc.status_code == 403:
             message = "forbidden: not authenticated or not authorised for nb_mlops"
         return exc.status_code, scrub(message)
-    if isinstance(exc, CommandFailed):
-        return exc.status, scrub(str(exc))
-    for classes, status in _TABLE:
+    for classes, status in STATUS:
         if isinstance(exc, classes):
+            # raised on purpose: the message is meant for the user
             return status, scrub(str(exc) or type(exc).__name__)
-    if isinstance(exc, NbMlopsError):
-        # Raised on purpose with a one-line message meant for the user.
-        return 500, scrub(str(exc))
     return 500, INTERNAL
 
 

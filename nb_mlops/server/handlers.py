@@ -1,21 +1,22 @@
 """REST handlers under `/nb-mlops/api/`: notebook description, jobs, model history and rollback.
 
+`app.NbMlopsApp` registers `ROUTES` and puts the shared `ServerState` in the web app's settings.
+
 Every handler is an `APIHandler` whose verbs carry `@tornado.web.authenticated` and `@authorized`
-(resource `nb_mlops`). Errors are mapped to statuses in one place (`errors.status_and_message`,
-via `write_error`). GET handlers never change state. Slow work (notebook parsing, MLflow
-queries, CLI calls) runs off the event loop. Request bodies are streamed and kept only up to a
-size limit (413 beyond it, as for a parameter value over its own limit); names are checked with
-full matches.
+(resource `nb_mlops`). Errors are mapped to statuses in one place (`errors.STATUS`, via
+`write_error`). GET handlers never change state. Model history and rollback call
+`nb_mlops.core.promotion` in the server process; slow work (notebook parsing, MLflow queries,
+journal reads and writes) runs in a thread, off the event loop. Request bodies are streamed and
+kept only up to a size limit (413 beyond it, as for a parameter value over its own limit); names
+are checked with full matches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -23,25 +24,18 @@ from urllib.parse import urlparse
 import tornado.web
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
-from jupyter_server.utils import url_path_join
 
 from nb_mlops.server import notebook as nbinfo
-from nb_mlops.server.errors import (
-    BadRequest,
-    CommandFailed,
-    PayloadTooLarge,
-    Scrubber,
-    status_and_message,
-)
+from nb_mlops.server.errors import BadRequest, PayloadTooLarge, Scrubber, status_and_message
 from nb_mlops.server.jobs import ACTIONS, JobService
 from nb_mlops.server.paths import relative_to_root, resolve_notebook
 
-__all__ = ["AUTH_RESOURCE", "ROUTES", "ServerState", "setup_handlers"]
+__all__ = ["API", "AUTH_RESOURCE", "ROUTES", "STATE_KEY", "ServerState"]
 
 AUTH_RESOURCE = "nb_mlops"
 API = "nb-mlops/api"
+STATE_KEY = "nb_mlops_state"  # the web app's setting holding the `ServerState`
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}\Z")
-CLI_TIMEOUT = 300.0
 # a notebook's parameters are settings, not data: data goes through snapshots or files
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_VALUE_BYTES = 1024 * 1024
@@ -61,7 +55,6 @@ class ServerState:
     project_root: Path
     jobs: JobService
     scrub: Scrubber
-    cli: list[str] = field(default_factory=lambda: [sys.executable, "-m", "nb_mlops.cli"])
     ui_url: str = ""
 
 
@@ -106,7 +99,7 @@ class BaseHandler(APIHandler):
 
     @property
     def state(self) -> ServerState:
-        state: ServerState = self.settings["nb_mlops"]
+        state: ServerState = self.settings[STATE_KEY]
         return state
 
     def body(self) -> dict[str, Any]:
@@ -158,53 +151,6 @@ class BaseHandler(APIHandler):
             self.log.warning(
                 "nb_mlops: %s %s -> %s: %s", self.request.method, self.request.path, status, message
             )
-
-    async def run_cli(self, args: list[str], user: str | None = None) -> Any:
-        """Run `nb-mlops ARGS` (argument list, no shell) in the root project; parse its JSON."""
-        env = dict(os.environ)
-        env.pop("JUPYTER_TOKEN", None)
-        if user:
-            env["NB_MLOPS_USER"] = user
-        proc = await asyncio.create_subprocess_exec(
-            *self.state.cli,
-            *args,
-            cwd=str(self.state.project_root),
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout=CLI_TIMEOUT)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise CommandFailed(
-                f"nb-mlops {args[0]} did not finish in {CLI_TIMEOUT:.0f} s", 500
-            ) from None
-        text = out.decode(errors="replace").strip()
-        if proc.returncode != 0:
-            lines = [
-                ln for ln in err.decode(errors="replace").splitlines() if ln.startswith("error: ")
-            ]
-            if not lines:
-                self.log.error(
-                    "nb_mlops: nb-mlops %s failed:\n%s",
-                    args[0],
-                    self.state.scrub(err.decode(errors="replace")[-2000:]),
-                )
-                raise CommandFailed(
-                    f"nb-mlops {args[0]} failed; the server log has the details", 500
-                )
-            message = lines[-1][len("error: ") :]
-            missing = re.search(
-                r"\b(no such|not found|unknown|does not exist|no model)\b", message, re.I
-            )
-            raise CommandFailed(message, 404 if missing else 400)
-        try:
-            return json.loads(text) if text else {}
-        except ValueError:
-            return {"output": self.state.scrub(text[-4000:])}
 
 
 def _check_sizes(parameters: dict[str, Any]) -> None:
@@ -323,7 +269,7 @@ class HistoryHandler(BaseHandler):
     @authorized
     async def get(self, name: str) -> None:
         name = _model_name(name)
-        entries = await self.run_cli(["history", name, "--json"])
+        entries = await asyncio.to_thread(_history, self.state.project_root, name)
         champion = await asyncio.to_thread(nbinfo.champion_of, self.state.project_root, name)
         self.reply({"model": name, "champion": champion, "entries": entries})
 
@@ -341,17 +287,36 @@ class RollbackHandler(BaseHandler):
             raise BadRequest("a rollback needs a reason (a non-empty string)")
         if len(reason) > 1000:
             raise BadRequest("the reason is longer than 1000 characters")
-        args = ["rollback", name, "--reason", reason.strip()]
         version = body.get("version")
+        to = None
         if version not in (None, ""):
             if isinstance(version, bool) or not re.fullmatch(r"[0-9]{1,9}", str(version)):
                 raise BadRequest(
                     f"version must be a model version number, got {str(version)[:20]!r}"
                 )
-            args += ["--to", str(version)]
-        args.append("--json")
-        data = await self.run_cli(args, user=self.user_name())
-        self.reply(data if isinstance(data, dict) else {"result": data})
+            to = str(version)
+        decision = await asyncio.to_thread(
+            _rollback, self.state.project_root, name, to, reason.strip(), self.user_name()
+        )
+        self.reply(decision)
+
+
+def _history(project_root: Path, name: str) -> list[dict[str, Any]]:
+    """The promotion journal of `name`, oldest first, as JSON-ready entries."""
+    from nb_mlops.core.config import load_config
+    from nb_mlops.core.promotion import history
+
+    return [entry.as_dict() for entry in history(name, cfg=load_config(project_root))]
+
+
+def _rollback(project_root: Path, name: str, to: str | None, reason: str, who: str) -> Any:
+    """Move `name`'s champion back (to version `to`, default the previous one), journaled as
+    `who`; the decision as a JSON-ready mapping."""
+    from nb_mlops.core.config import load_config
+    from nb_mlops.core.promotion import rollback
+
+    decision = rollback(name, to=to, reason=reason, who=who, cfg=load_config(project_root))
+    return decision.as_dict()
 
 
 ROUTES: list[tuple[str, type[BaseHandler]]] = [
@@ -362,12 +327,3 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
     (r"models/(?P<name>[^/]+)/history", HistoryHandler),
     (r"models/(?P<name>[^/]+)/rollback", RollbackHandler),
 ]
-
-
-def setup_handlers(web_app: Any, state: ServerState) -> None:
-    """Register every route under `<base_url>nb-mlops/api/`."""
-    web_app.settings["nb_mlops"] = state
-    base = web_app.settings.get("base_url", "/")
-    web_app.add_handlers(
-        ".*$", [(url_path_join(base, API, pattern), handler) for pattern, handler in ROUTES]
-    )

@@ -3,7 +3,8 @@
 A job is one JSON file `<jobs_dir>/<id>.json` plus a folder `<jobs_dir>/<id>/` holding the staged
 copy of the notebook, the built pipeline, the runner's status file and the log. Each job runs
 `python -m nb_mlops.server.worker` in its own process group, never inside the server process. The
-worker writes progress into the JSON file; the service reads it, and shows a job whose process is
+worker calls the pipeline and promotion functions itself and writes their progress and structured
+outcome into the JSON file; the service reads it, and shows a job whose process is
 gone (server restart, crash, kill) as FAILED rather than RUNNING for ever. The jobs list is paged
 and made of bounded summaries (no parameter values, no results), cached while a record is
 unchanged: a poll never re-reads nor re-sends what a job was given.
@@ -43,7 +44,9 @@ TERMINAL = ("SUCCEEDED", "PROMOTED", "BLOCKED", "FAILED", "CANCELLED")
 ACTIONS = ("run", "promote")
 _JOB_ID = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{8}\Z")
 # Fields kept for the service itself; never sent to the browser (no paths outside the root).
+# (`cli`: what records written by earlier versions named their command with.)
 _PRIVATE = ("pid", "pid_started", "project_root", "staged", "jobs_dir", "cli")
+WORKER = ("-m", "nb_mlops.server.worker")
 LOG_TAIL_LINES = 40
 # what a jobs-list entry keeps of a record (each text clipped): what the jobs panel shows
 _SUMMARY = (
@@ -153,18 +156,19 @@ class JobService:
 
     Args:
         jobs_dir: where job records live (`<project root>/.nb_mlops/jobs`).
-        cli: the command prefix that runs `nb-mlops` (default: this Python's `-m nb_mlops.cli`).
+        worker: the command that runs one job, given `JOBS_DIR JOB_ID` (default: this Python's
+            `-m nb_mlops.server.worker`).
         scrub: turns text that may hold paths or secrets into text safe to show.
     """
 
     def __init__(
         self,
         jobs_dir: Path,
-        cli: list[str] | None = None,
+        worker: list[str] | None = None,
         scrub: Any = None,
     ) -> None:
         self.jobs_dir = jobs_dir
-        self.cli = cli or [sys.executable, "-m", "nb_mlops.cli"]
+        self.worker = worker or [sys.executable, *WORKER]
         self._scrub = scrub or (lambda text: text)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         # file name → ((mtime_ns, size), summary) of finished jobs: they no longer change
@@ -216,13 +220,12 @@ class JobService:
             "error": None,
             "project_root": str(project_root),
             "staged": str(staged),
-            "cli": self.cli,
         }
         _write_atomic(_job_file(self.jobs_dir, job_id), record)
         log = (folder / "log.txt").open("ab")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "nb_mlops.server.worker", str(self.jobs_dir), job_id],
+                [*self.worker, str(self.jobs_dir), job_id],
                 cwd=str(project_root),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -306,7 +309,7 @@ class JobService:
         return view
 
     def _scrub_json(self, value: Any) -> Any:
-        """Scrub every string of a JSON value (the CLIs print absolute paths and URIs)."""
+        """Scrub every string of a JSON value (results hold absolute paths and URIs)."""
         if isinstance(value, str):
             return self._scrub(value)
         if isinstance(value, list):
@@ -361,7 +364,7 @@ class JobService:
     # --- cancel ---------------------------------------------------------------------------------
 
     def cancel(self, job_id: str, grace: float = 3.0) -> dict[str, Any]:
-        """Kill the job's whole process tree (worker, CLI, kernels) and mark it CANCELLED.
+        """Kill the job's whole process tree (worker, kernels) and mark it CANCELLED.
 
         Returns:
             The public view after the cancel (a finished job is returned unchanged).

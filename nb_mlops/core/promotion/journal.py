@@ -86,12 +86,13 @@ class JournalEntry:
     settled_at: str | None = None
 
     @classmethod
-    def new(cls, action: str, model: str, **fields: Any) -> JournalEntry:
-        """A fresh entry stamped with a new id, the current time and user."""
+    def new(cls, action: str, model: str, who: str | None = None, **fields: Any) -> JournalEntry:
+        """A fresh entry stamped with a new id, the current time and `who` (default: the
+        current user)."""
         return cls(
             id=uuid.uuid4().hex,
             when=now_iso(),
-            who=current_user(),
+            who=who or current_user(),
             action=action,
             model=model,
             **fields,

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 from nb_mlops.core import store
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.durable import settle
-from nb_mlops.core.errors import GatesBlocked, NbMlopsError, PromotionError, RollbackError
+from nb_mlops.core.errors import (
+    GatesBlocked,
+    ModelNotFound,
+    NbMlopsError,
+    PromotionError,
+    RollbackError,
+)
 from nb_mlops.core.promotion.gates import (
     FAIL,
     DataVerifier,
@@ -294,7 +300,12 @@ def promote(
 
 
 def rollback(
-    model: str, *, to: str | int | None = None, reason: str | None = None, cfg: Config | None = None
+    model: str,
+    *,
+    to: str | int | None = None,
+    reason: str | None = None,
+    cfg: Config | None = None,
+    who: str | None = None,
 ) -> Decision:
     """Move `champion` back to the version it replaced (or to version `to`), and journal it.
 
@@ -303,9 +314,12 @@ def rollback(
         to: the version to restore (default: the champion before the current one, per the journal).
         reason: why (required).
         cfg: project configuration.
+        who: the user journaled as acting (default: `NB_MLOPS_USER`, else the OS user); a
+            server that rolls back for its users passes each request's user.
 
     Raises:
-        RollbackError: no reason, no such model or version, or no earlier champion to return to.
+        ModelNotFound: no such registered model.
+        RollbackError: no reason, no such version, or no earlier champion to return to.
 
     Example:
         >>> nb_mlops.rollback("churn", reason="drift on Monday's data").version  # doctest: +SKIP
@@ -320,7 +334,7 @@ def rollback(
         _reconcile_locked(cfg, client, model, journal)
         aliases = model_aliases(client, model)
         if aliases is None:
-            raise RollbackError(
+            raise ModelNotFound(
                 f"no model {model!r} in the registry: nothing to roll back; promote a run first"
             )
         current = aliases.get(CHAMPION)
@@ -343,6 +357,7 @@ def rollback(
         entry = JournalEntry.new(
             "rollback",
             model,
+            who=who,
             state="pending",
             from_version=current,
             to_version=target,
