@@ -28,6 +28,8 @@ from typing import Any
 
 from filelock import FileLock
 
+from nb_mlops.core.files import write_atomic
+
 __all__ = [
     "ACTIONS",
     "ACTIVE",
@@ -102,10 +104,9 @@ def read_job(jobs_dir: Path, job_id: str) -> dict[str, Any]:
     return data
 
 
-def _write_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))  # key order kept: steps stay in DAG order
-    os.replace(tmp, path)
+def _write_record(path: Path, data: dict[str, Any]) -> None:
+    # key order kept: steps stay in DAG order
+    write_atomic(path, json.dumps(data, indent=1).encode())
 
 
 def update_job(jobs_dir: Path, job_id: str, **changes: Any) -> dict[str, Any]:
@@ -120,7 +121,7 @@ def update_job(jobs_dir: Path, job_id: str, **changes: Any) -> dict[str, Any]:
             # Cancelled (or finished) already: the worker's late writes must not resurrect it.
             changes = {k: v for k, v in changes.items() if k in ("steps", "log_closed")}
         data.update(changes)
-        _write_atomic(_job_file(jobs_dir, job_id), data)
+        _write_record(_job_file(jobs_dir, job_id), data)
         return data
 
 
@@ -221,7 +222,7 @@ class JobService:
             "project_root": str(project_root),
             "staged": str(staged),
         }
-        _write_atomic(_job_file(self.jobs_dir, job_id), record)
+        _write_record(_job_file(self.jobs_dir, job_id), record)
         log = (folder / "log.txt").open("ab")
         try:
             proc = subprocess.Popen(
@@ -377,7 +378,7 @@ class JobService:
             record = read_job(self.jobs_dir, job_id)
             if record.get("status") in ACTIVE:
                 record.update(status="CANCELLED", finished=now_iso(), error="cancelled by the user")
-                _write_atomic(_job_file(self.jobs_dir, job_id), record)
+                _write_record(_job_file(self.jobs_dir, job_id), record)
         self._reap()
         return self.public(record)
 
