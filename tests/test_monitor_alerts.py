@@ -1,11 +1,14 @@
 """Alert webhooks against a real local HTTP receiver: JSON and Slack payloads, event filters,
-retries on 5xx and 429, no retry on other 4xx, timeouts, unreachable receivers, secret URLs."""
+retries on 5xx and 429, no retry on other 4xx, timeouts, unreachable receivers, secret URLs, and
+the events of promotions and rollbacks made by hand."""
 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
+from model_helpers import tracked_pipeline_run
 from webhook_receiver import webhook_receiver
 
 from nb_mlops.core.monitoring.alerts import event_payload, notify, redact
@@ -104,3 +107,42 @@ def test_a_webhook_url_can_come_from_the_environment(monkeypatch: pytest.MonkeyP
 def test_unknown_events_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown event 'boom'"):
         event_payload("boom", "m", "x")
+
+
+def test_a_promotion_and_a_rollback_reach_the_webhooks_subscribed_to_them(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import nb_mlops
+    from nb_mlops.core.config import load_config
+
+    cell = "from sklearn.linear_model import LogisticRegression\nm = LogisticRegression().fit(X, y)"
+    namespace = {"X": [[0.0], [1.0], [2.0], [3.0]], "y": [0, 0, 1, 1]}
+    with webhook_receiver() as rx:
+        # Given a webhook for promotions and rollbacks, and one for drift only
+        with (project / "pyproject.toml").open("a") as fh:
+            fh.write(
+                "\n[tool.nb_mlops.monitor.alerts]\nbackoff = 0.01\nwebhooks = [\n"
+                f'  {{ url = "{rx.url}/moves", events = ["promotion", "rollback"] }},\n'
+                f'  {{ url = "{rx.url}/drift", events = ["drift"] }},\n]\n'
+            )
+        first = tracked_pipeline_run(load_config(), cell, dict(namespace))
+        second = tracked_pipeline_run(load_config(), cell, dict(namespace))
+        # When two runs are promoted by hand and the champion rolled back
+        nb_mlops.promote(first, model="churn")
+        nb_mlops.promote(second, model="churn")
+        nb_mlops.rollback("churn", reason="bad batch")
+        # Then the moves webhook heard each, in order, with the versions; the drift one nothing
+        moves = [r["body"] for r in rx.requests]
+        assert [r["path"].rsplit("/", 1)[-1] for r in rx.requests] == ["moves"] * 3
+        assert [(m["event"], m["to_version"]) for m in moves] == [
+            ("promotion", "1"),
+            ("promotion", "2"),
+            ("rollback", "1"),
+        ]
+        assert moves[1]["run_id"] == second and moves[2]["reason"] == "bad batch"
+        assert all(m["model"] == "churn" and m["who"] for m in moves)
+    # And a webhook that cannot be reached warns but never undoes the move
+    third = tracked_pipeline_run(load_config(), cell, dict(namespace))
+    assert nb_mlops.promote(third, model="churn").status == "PROMOTED"
+    assert "the promotion alert to" in capsys.readouterr().err
+    assert nb_mlops.history("churn")[-1].to_version == "3"

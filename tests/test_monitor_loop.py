@@ -257,5 +257,7 @@ def test_auto_rollback_returns_to_the_previous_champion_when_it_scores_better(
         assert last.action == "rollback" and last.to_version == "1"
         assert last.reason is not None and last.reason.startswith("policy auto_rollback: check ")
         assert result.run_id in last.reason
-        assert [b["event"] for b in rx.bodies()] == ["rollback", "decay"]
+        # (the two promotions by hand were announced too; the policy's rollback once, by it)
+        events = [b["event"] for b in rx.bodies()]
+        assert events == ["promotion", "promotion", "rollback", "decay"]
         assert rx.bodies("rollback")[0]["to_version"] == "1"

@@ -95,11 +95,11 @@ def promote_retrained(model: str, run_id: str, *, reason: str, cfg: Config) -> A
     """
     from nb_mlops.core.promotion import promote
 
-    return promote(run_id, model=model, reason=reason, cfg=cfg)
+    return promote(run_id, model=model, reason=reason, cfg=cfg, announce=False)
 
 
 def rollback_champion(model: str, *, to: str | None, reason: str, cfg: Config) -> Any:
     """Move `champion` back (to `to`, or to the version it replaced), journaled with `reason`."""
     from nb_mlops.core.promotion import rollback
 
-    return rollback(model, to=to, reason=reason, cfg=cfg)
+    return rollback(model, to=to, reason=reason, cfg=cfg, announce=False)

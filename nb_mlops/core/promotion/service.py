@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -212,6 +213,7 @@ def promote(
     force: bool = False,
     source: str | None = None,
     cfg: Config | None = None,
+    announce: bool = True,
 ) -> Decision:
     """Make a pipeline run's model the `champion` of `model`, through the gates, with a journal entry.
 
@@ -223,6 +225,8 @@ def promote(
         force: promote even when gates fail (journaled as forced, with the failed gates).
         source: an explicit model URI inside the run's artifacts (default: the model it logged).
         cfg: project configuration (default: the current project's).
+        announce: send the `promotion` event to the webhooks subscribed to it (the monitoring
+            policy sends its own, naming the check that triggered it).
 
     Returns:
         The decision (status PROMOTED).
@@ -296,6 +300,8 @@ def promote(
         _publish(client, model, entry, journal)
     decision = _decision("PROMOTED", entry, gates)
     decision.forced = bool(failed)
+    if announce:
+        _announce(cfg, "promotion", model, decision, run_id=candidate.run_id, who=entry.who)
     return decision
 
 
@@ -306,6 +312,7 @@ def rollback(
     reason: str | None = None,
     cfg: Config | None = None,
     who: str | None = None,
+    announce: bool = True,
 ) -> Decision:
     """Move `champion` back to the version it replaced (or to version `to`), and journal it.
 
@@ -316,6 +323,7 @@ def rollback(
         cfg: project configuration.
         who: the user journaled as acting (default: `NB_MLOPS_USER`, else the OS user); a
             server that rolls back for its users passes each request's user.
+        announce: send the `rollback` event to the webhooks subscribed to it.
 
     Raises:
         ModelNotFound: no such registered model.
@@ -381,7 +389,36 @@ def rollback(
         _move_champion(client, model, target, current)
         journal.settle(entry, "done")
         _publish(client, model, entry, journal)
-    return _decision("ROLLED_BACK", entry, [])
+    decision = _decision("ROLLED_BACK", entry, [])
+    if announce:
+        _announce(cfg, "rollback", model, decision, reason=str(reason), who=entry.who)
+    return decision
+
+
+def _announce(cfg: Config, event: str, model: str, decision: Decision, **facts: Any) -> None:
+    """Send `event` to the webhooks of `[tool.nb_mlops.monitor.alerts]` that subscribe to it.
+    The move is done and journaled already: a delivery that fails is printed, never raised."""
+    from nb_mlops.core.monitoring import alerts
+    from nb_mlops.core.monitoring.settings import parse_settings
+
+    settings = parse_settings(cfg.settings.get("monitor")).alerts
+    if not any(event in hook.events for hook in settings.webhooks):
+        return
+    payload = alerts.event_payload(
+        event,
+        model,
+        decision.summary(),
+        to_version=decision.version,
+        from_version=decision.previous_version,
+        **facts,
+    )
+    for delivery in alerts.notify(event, payload, settings):
+        if not delivery.ok:
+            print(
+                f"warning: nb_mlops: the {event} alert to {delivery.webhook} failed "
+                f"({delivery.error}, {delivery.attempts} attempt(s)); the {event} itself is done",
+                file=sys.stderr,
+            )
 
 
 def history(model: str, *, cfg: Config | None = None) -> list[JournalEntry]:
