@@ -142,7 +142,11 @@ def _aliases(client: MlflowClient, model: str) -> dict[str, str]:
 
 
 def test_pipeline_runs_promotes_and_rolls_back_on_the_server(
-    team: Path, server: TeamStore, capsys: pytest.CaptureFixture[str]
+    team: Path,
+    server: TeamStore,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     client = _server(server)
     # Given a notebook built into a pipeline and run twice in real kernels
@@ -210,3 +214,15 @@ def test_pipeline_runs_promotes_and_rolls_back_on_the_server(
     assert found["pipeline"]["hash"] == parent.data.tags["nb_mlops.pipeline_hash"]
     assert found["notebook"]["path"] == str(notebook.resolve())
     assert found["parameters"] == {"C": "0.5"}
+
+    # When a teammate, in another checkout on the same server (no local journal), rolls back
+    teammate = tmp_path / "teammate"
+    teammate.mkdir()
+    (teammate / "pyproject.toml").write_text((team / "pyproject.toml").read_text())
+    monkeypatch.chdir(teammate)
+    assert nb_mlops.lineage("team-churn").as_dict()["pipeline_run"]["run_id"] == first.run_id
+    theirs = nb_mlops.rollback("team-churn", reason="v1 was worse")
+    # Then the server's previous-champion alias decides the target, and both aliases move
+    assert (theirs.version, theirs.previous_version) == (champion, "1")
+    assert _aliases(client, "team-churn") == {"champion": champion, "previous-champion": "1"}
+    assert [e.action for e in nb_mlops.history("team-churn")] == ["rollback"]
