@@ -216,6 +216,7 @@ def test_ui_url_comes_from_config_and_must_be_http(project: Path) -> None:
     [
         ("", "http://127.0.0.1:5000"),
         ('tracking_uri = "https://mlflow.team.example/"\n', "https://mlflow.team.example"),
+        ('tracking_uri = "http://ci:s3cret@10.0.0.5:5000"\n', "http://10.0.0.5:5000"),
         (
             'tracking_uri = "https://mlflow.team.example"\nui_url = "https://ui.example"\n',
             "https://ui.example",
