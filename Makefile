@@ -8,7 +8,7 @@ LAB_SOURCES := labextension/package.json labextension/yarn.lock labextension/tsc
 	$(wildcard labextension/src/*.ts labextension/src/*.tsx labextension/style/* labextension/schema/*.json)
 LAB_STAMP := $(VENV)/.labextension-sources
 
-.PHONY: setup demo test lint typecheck pytest browser bench clean
+.PHONY: setup demo test lint typecheck pytest browser postgres bench clean
 
 setup: $(STAMP)
 
@@ -39,7 +39,11 @@ typecheck: setup
 browser:
 	bash scripts/ensure_chromium.sh
 
-pytest: setup browser
+# the team-store tests start their own PostgreSQL cluster: only the binaries are needed
+postgres:
+	bash scripts/ensure_postgres.sh
+
+pytest: setup browser postgres
 	$(BIN)/python -m pytest
 
 # The labextension's TypeScript: dependencies exactly as locked (yarn.lock is committed; CI

@@ -21,6 +21,7 @@ from nb_mlops.core.runs import (
     parse_order_by,
     run_url,
     runs,
+    ui_url,
 )
 from nb_mlops.core.store import client, experiment_id
 
@@ -208,6 +209,25 @@ def test_ui_url_comes_from_config_and_must_be_http(project: Path) -> None:
     (project / "pyproject.toml").write_text('[tool.nb_mlops]\nui_url = "javascript:alert(1)"\n')
     with pytest.raises(ConfigError, match="ui_url must be an http"):
         runs("exp")
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("", "http://127.0.0.1:5000"),
+        ('tracking_uri = "https://mlflow.team.example/"\n', "https://mlflow.team.example"),
+        ('tracking_uri = "http://ci:s3cret@10.0.0.5:5000"\n', "http://10.0.0.5:5000"),
+        (
+            'tracking_uri = "https://mlflow.team.example"\nui_url = "https://ui.example"\n',
+            "https://ui.example",
+        ),
+    ],
+)
+def test_ui_url_defaults_to_the_team_server_that_serves_the_ui(
+    project: Path, setting: str, expected: str
+) -> None:
+    (project / "pyproject.toml").write_text(f"[tool.nb_mlops]\n{setting}")
+    assert ui_url(load_config()) == expected
 
 
 def test_sql_path_does_not_import_mlflow(filled: tuple[Config, Filled]) -> None:

@@ -160,8 +160,9 @@ def test_lock_outlasting_the_retry_window_fails_visibly(
     assert "were not saved" in got.data.tags["nb_mlops.error"]
 
 
+@pytest.mark.parametrize("where", ["environment", "config"])
 def test_unreachable_tracking_server_is_one_clear_error(
-    project: Path, monkeypatch: pytest.MonkeyPatch
+    project: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     import socket
 
@@ -169,14 +170,23 @@ def test_unreachable_tracking_server_is_one_clear_error(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     uri = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("NB_MLOPS_TRACKING_URI", uri)
+    if where == "environment":
+        monkeypatch.setenv("NB_MLOPS_TRACKING_URI", uri)
+    else:
+        with (project / "pyproject.toml").open("a") as config:
+            config.write(f'tracking_uri = "{uri}"\n')
     import nb_mlops
 
     with (
-        pytest.raises(StoreUnavailable, match=f"tracking server {uri} is unreachable"),
+        pytest.raises(StoreUnavailable, match=f"tracking server {uri} is unreachable") as caught,
         nb_mlops.track(name="never"),
     ):
         pass
+    # it says how to get back to the embedded store, wherever the URI came from
+    assert "remove `tracking_uri`" in str(caught.value) and "NB_MLOPS_TRACKING_URI" in str(
+        caught.value
+    )
+    assert "\n" not in str(caught.value)
     assert tracking.active_run_id() is None
 
 

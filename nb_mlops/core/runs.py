@@ -357,8 +357,15 @@ def resolve_experiment(cfg: Config, experiment: str | None) -> tuple[str, bool]:
 
 
 def ui_url(cfg: Config) -> str:
-    """The MLflow UI's base URL: config key `ui_url` (http or https), default DEFAULT_UI_URL."""
-    value = cfg.settings.get("ui_url", DEFAULT_UI_URL)
+    """The MLflow UI's base URL: config key `ui_url` (http or https); by default the team
+    server's own URL when tracking goes to one (it serves the UI), else DEFAULT_UI_URL."""
+    value = cfg.settings.get("ui_url")
+    if value is None:
+        server = urlsplit(cfg.tracking_uri)
+        served = server.scheme in ("http", "https")
+        # never the credentials a tracking URI may carry (user:token@host) into printed links
+        host = server.netloc.rpartition("@")[2]
+        value = f"{server.scheme}://{host}{server.path}" if served else DEFAULT_UI_URL
     if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
         raise ConfigError(f"ui_url must be an http(s) URL, got {value!r}; fix [tool.nb_mlops]")
     return value.rstrip("/")

@@ -102,6 +102,9 @@ def client(cfg: Config | None = None) -> MlflowClient:
         from mlflow.tracking import MlflowClient
 
         install_sqlite_pragmas()
+        # on a server store MLflow prints "View run … at" to stdout whenever a run ends, from the
+        # thread that ends it (our writer's: into whichever cell runs); our summaries link runs
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         found = _clients[key] = MlflowClient(cfg.tracking_uri, cfg.registry_uri)
     return found
 

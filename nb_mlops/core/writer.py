@@ -799,6 +799,7 @@ def raise_unavailable(uri: str, reason: object) -> StoreError:
     from nb_mlops.core.errors import StoreUnavailable
 
     return StoreUnavailable(
-        f"tracking server {uri} is unreachable ({reason}); start it, or unset "
-        "NB_MLOPS_TRACKING_URI / MLFLOW_TRACKING_URI to use the embedded store"
+        f"tracking server {uri} is unreachable ({reason}); start it, or remove `tracking_uri` "
+        "from [tool.nb_mlops] and unset NB_MLOPS_TRACKING_URI / MLFLOW_TRACKING_URI to use the "
+        "embedded store"
     )

@@ -1,0 +1,228 @@
+"""The features against a team store: an `mlflow server` on PostgreSQL, named by `tracking_uri` and
+`registry_uri` in `[tool.nb_mlops]`. Tracked runs, the runs view, data lineage, a pipeline built from
+a notebook and run in real kernels, gated promotion and rollback: what the server holds afterwards is
+read back with a plain MlflowClient. One server serves the module; each test has its own names."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from nbutil import new_notebook
+from team_store import TeamStore, team_store
+
+import nb_mlops
+from nb_mlops.cli import main
+from nb_mlops.core import session, tracking
+from nb_mlops.core.config import load_config
+from nb_mlops.core.promotion import PromotionBlocked
+from nb_mlops.pipeline import build_pipeline, run_pipeline
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamStore]:
+    with team_store(tmp_path_factory.mktemp("team-server")) as running:
+        yield running
+
+
+@pytest.fixture
+def team(project: Path, server: TeamStore) -> Path:
+    """The project pointed at the team server, with a fresh tracking session."""
+    with (project / "pyproject.toml").open("a") as config:
+        config.write(f'tracking_uri = "{server.uri}"\nregistry_uri = "{server.uri}"\n')
+    session.clear()
+    tracking.set_experiment(None)
+    yield project
+    tracking.flush()
+    tracking.set_experiment(None)
+    session.clear()
+
+
+def _server(server: TeamStore) -> MlflowClient:
+    return MlflowClient(server.uri, server.uri)
+
+
+def test_config_names_the_team_server(team: Path, server: TeamStore) -> None:
+    cfg = load_config()
+    assert (cfg.tracking_uri, cfg.registry_uri, cfg.is_embedded) == (server.uri, server.uri, False)
+    assert not (team / ".nb_mlops" / "mlflow.db").exists()
+
+
+FIT = """\
+from sklearn.linear_model import LogisticRegression
+model = LogisticRegression(C=0.5).fit(X, y)
+nb_mlops.log(accuracy=model.score(X, y))
+"""
+
+
+def test_tracked_fit_with_data_lands_on_the_server_and_in_the_runs_view(
+    team: Path, server: TeamStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a snapshot of the training frame, then a tracked cell fitting a model on it
+    frame = pd.DataFrame({"a": [float(i % 7) for i in range(60)], "b": [i % 2 for i in range(60)]})
+    snap = nb_mlops.snapshot(frame, "team_train", context="train", wait=True)
+    tracking.set_experiment("team-track")
+    namespace: dict[str, Any] = {"nb_mlops": nb_mlops, "X": frame[["a"]], "y": frame["b"]}
+    tracking.bind_kernel(namespace)
+    try:
+        with nb_mlops.track(name="fit", cell=FIT, tags={"team": "churn"}) as run:
+            exec(FIT, namespace)  # noqa: S102 - the test's own cell
+        tracking.flush()
+    finally:
+        tracking.bind_kernel(None)
+    # (and nothing printed: MLflow's "View run … at" lines would land in whichever cell runs)
+    assert capsys.readouterr().out == ""
+
+    # Then the server holds the run: finished, params by autolog, the metric, the tag
+    client = _server(server)
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED" and got.info.run_name == "fit"
+    assert client.get_experiment(got.info.experiment_id).name == "team-track"
+    assert got.data.params["C"] == "0.5"
+    assert got.data.metrics["accuracy"] == namespace["model"].score(frame[["a"]], frame["b"])
+    assert got.data.tags["team"] == "churn"
+    # and the fitted model, stored through the server's artifact proxy
+    logged = client.search_logged_models(experiment_ids=[got.info.experiment_id])
+    assert [m.source_run_id for m in logged] == [run.run_id]
+    assert any(server.artifacts.rglob("MLmodel"))
+    # and the snapshot as a dataset input and a tag (data lineage)
+    assert got.data.tags["nb_mlops.data.team_train"] == f"v1:{snap.digest}"
+    (used,) = got.inputs.dataset_inputs
+    assert used.dataset.name == "team_train" and "nbmlops://team_train@v1" in used.dataset.source
+    assert {t.key: t.value for t in used.tags} == {"mlflow.data.context": "train"}
+    restored = nb_mlops.restore("team_train", run_id=run.run_id)
+    pd.testing.assert_frame_equal(restored, frame)
+
+    # When the runs view is read, through the API and the CLI
+    page = nb_mlops.runs("team-track", metric="accuracy")
+    # Then it is the server's run, read through MLflow (not the embedded SQL path)
+    assert page.source == "mlflow"
+    assert [(r.run_id, r.metrics["accuracy"]) for r in page] == [
+        (run.run_id, got.data.metrics["accuracy"])
+    ]
+    capsys.readouterr()
+    assert main(["runs", "-e", "team-track", "--metric", "accuracy", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in printed["runs"]] == [run.run_id]
+    assert printed["runs"][0]["params"]["C"] == "0.5"
+    # with links to the team server's UI, not to a local one
+    assert (
+        page.rows[0].url == f"{server.uri}/#/experiments/{got.info.experiment_id}/runs/{run.run_id}"
+    )
+    assert printed["runs"][0]["url"] == page.rows[0].url
+
+
+def _notebook(root: Path, name: str) -> Path:
+    return new_notebook(
+        root / f"{name}.ipynb",
+        [
+            ("C = 1.0", ["parameters"]),
+            "import numpy as np\nimport nb_mlops\nrng = np.random.RandomState(0)\n"
+            "X = rng.randn(200, 3)\ny = (X[:, 0] > 0).astype(int)",
+            "%%track -n fit\nfrom sklearn.linear_model import LogisticRegression\n"
+            "model = LogisticRegression(C=C).fit(X, y)\nnb_mlops.log(accuracy=model.score(X, y))",
+        ],
+    )
+
+
+def _gates(root: Path, accuracy: str) -> None:
+    text = (root / "pyproject.toml").read_text().split("\n[tool.nb_mlops.gates]")[0]
+    (root / "pyproject.toml").write_text(
+        f'{text}\n[tool.nb_mlops.gates]\nmetrics = {{ accuracy = "{accuracy}" }}\n'
+    )
+
+
+def _aliases(client: MlflowClient, model: str) -> dict[str, str]:
+    return {k: str(v) for k, v in client.get_registered_model(model).aliases.items()}
+
+
+def test_pipeline_runs_promotes_and_rolls_back_on_the_server(
+    team: Path,
+    server: TeamStore,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = _server(server)
+    # Given a notebook built into a pipeline and run twice in real kernels
+    notebook = _notebook(team, "teamchurn")
+    build_pipeline(notebook)
+    first = run_pipeline("teamchurn", {"C": 0.5})
+    assert first.status == "SUCCEEDED", first.error
+    second = run_pipeline("teamchurn", {"C": 2.0})
+    assert second.status == "SUCCEEDED", second.error
+
+    # Then the server holds each pipeline run, its step run, and the tracked cell under the step
+    parent = client.get_run(first.run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["nb_mlops.mode"] == "pipeline"
+    assert parent.data.tags["nb_mlops.pipeline"] == "teamchurn"
+    assert parent.data.params == {"C": "0.5"}
+    experiments = [parent.info.experiment_id]
+    (step,) = client.search_runs(experiments, f"tags.mlflow.parentRunId = '{first.run_id}'")
+    assert step.info.status == "FINISHED"
+    (fit,) = client.search_runs(experiments, f"tags.mlflow.parentRunId = '{step.info.run_id}'")
+    assert fit.info.run_name == "fit" and fit.data.metrics["accuracy"] > 0.9
+
+    # When the first run is promoted through a passing gate
+    _gates(team, ">= 0.9")
+    promoted = nb_mlops.promote(first.run_id, model="team-churn", reason="first")
+    assert (promoted.status, promoted.version) == ("PROMOTED", "1")
+    assert {g.gate: g.verdict for g in promoted.gates}["metric:accuracy"] == "PASS"
+    assert _aliases(client, "team-churn") == {"champion": "1"}
+    assert client.get_model_version("team-churn", "1").run_id == first.run_id
+
+    # When the second one meets a gate it fails: blocked, nothing moves on the server
+    _gates(team, ">= 1.01")
+    with pytest.raises(PromotionBlocked) as blocked:
+        nb_mlops.promote(second.run_id, model="team-churn", reason="too strict")
+    assert {g.gate: g.verdict for g in blocked.value.decision.gates}["metric:accuracy"] == "FAIL"
+    assert _aliases(client, "team-churn") == {"champion": "1"}
+
+    # When the gate passes again and the latest run is promoted from the command line
+    _gates(team, ">= 0.9")
+    code = main(
+        ["promote", "--latest", "teamchurn", "--model", "team-churn", "--reason", "x", "--json"]
+    )
+    assert code == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert (decision["status"], decision["run_id"]) == ("PROMOTED", second.run_id)
+    champion = decision["version"]
+    assert _aliases(client, "team-churn") == {"champion": champion, "previous-champion": "1"}
+
+    # When rolled back
+    back = nb_mlops.rollback("team-churn", reason="complaints")
+    # Then version 1 is champion again on the server, and the journal agrees
+    assert (back.status, back.version, back.previous_version) == ("ROLLED_BACK", "1", champion)
+    assert _aliases(client, "team-churn") == {"champion": "1", "previous-champion": champion}
+    assert [(e.action, e.from_version, e.to_version) for e in nb_mlops.history("team-churn")] == [
+        ("promote", None, "1"),
+        ("blocked", "1", None),
+        ("promote", "1", champion),
+        ("rollback", champion, "1"),
+    ]
+
+    # And the lineage walks from the champion back to its pipeline run, notebook and parameters
+    found = nb_mlops.lineage("team-churn").as_dict()
+    assert found["pipeline_run"]["run_id"] == first.run_id
+    assert found["pipeline"]["name"] == "teamchurn"
+    assert found["pipeline"]["hash"] == parent.data.tags["nb_mlops.pipeline_hash"]
+    assert found["notebook"]["path"] == str(notebook.resolve())
+    assert found["parameters"] == {"C": "0.5"}
+
+    # When a teammate, in another checkout on the same server (no local journal), rolls back
+    teammate = tmp_path / "teammate"
+    teammate.mkdir()
+    (teammate / "pyproject.toml").write_text((team / "pyproject.toml").read_text())
+    monkeypatch.chdir(teammate)
+    assert nb_mlops.lineage("team-churn").as_dict()["pipeline_run"]["run_id"] == first.run_id
+    theirs = nb_mlops.rollback("team-churn", reason="v1 was worse")
+    # Then the server's previous-champion alias decides the target, and both aliases move
+    assert (theirs.version, theirs.previous_version) == (champion, "1")
+    assert _aliases(client, "team-churn") == {"champion": champion, "previous-champion": "1"}
+    assert [e.action for e in nb_mlops.history("team-churn")] == ["rollback"]
