@@ -261,26 +261,29 @@ def keeps_args(qualname: str, keywords: set[str]) -> bool:
 # The methods of scikit-learn's estimator API (and xgboost's, lightgbm's, ... which follow it):
 # they change the model, never the data given to them. Assumed, not known (a hand-written
 # transformer may change its input), so the step checks at run time that what it received is
-# unchanged at its end, and fails naming the value if not.
-_MODEL_METHODS = frozenset(
+# unchanged at its end, and fails naming the value if not. First those that return a new object
+# (predictions, scores), never one they were given or hold:
+_NEW_RESULT_METHODS = frozenset(
     {
-        "fit",
-        "partial_fit",
-        "fit_transform",
-        "fit_predict",
         "predict",
         "predict_proba",
         "predict_log_proba",
         "decision_function",
         "score",
         "score_samples",
-        "transform",
-        "inverse_transform",
         "staged_predict",
         "staged_predict_proba",
-        "kneighbors",
     }
 )
+_MODEL_METHODS = _NEW_RESULT_METHODS | {
+    "fit",
+    "partial_fit",
+    "fit_transform",
+    "fit_predict",
+    "transform",
+    "inverse_transform",
+    "kneighbors",
+}
 
 
 def model_method_keeps_args(method: str) -> bool:
@@ -300,16 +303,7 @@ def returns_receiver(method: str) -> bool:
 def model_result_is_new(method: str) -> bool:
     """Whether a model's method returns a new object (predictions, scores), never one it was
     given or holds (`transform` may return its input unchanged: not listed)."""
-    return method in (
-        "predict",
-        "predict_proba",
-        "predict_log_proba",
-        "decision_function",
-        "score",
-        "score_samples",
-        "staged_predict",
-        "staged_predict_proba",
-    )
+    return method in _NEW_RESULT_METHODS
 
 
 def builtin_mutates(name: str) -> tuple[int, ...]:
