@@ -104,12 +104,18 @@ def _normal(output: Any) -> tuple[Any, ...]:
 
 
 _TIMING = re.compile(r"\[\d+:\d+<[^\]]*\]")  # a progress bar's "[00:03<00:00, 1.11cell/s]"
+# a traceback pyzmq prints on stderr when a nested papermill run's kernel client is torn down on a
+# busy machine ("Socket operation on non-socket"): noise of the run, not output of the notebook
+_ZMQ_TEARDOWN = re.compile(
+    r"^(Traceback \(most recent call last\):|Exception ignored in\b).*?^zmq\.error\.\w+:[^\n]*\n",
+    re.M | re.S,
+)
 
 
 def _terminal(text: str) -> str:
     """A stream as a terminal shows it (a carriage return rewrites its line), timings masked."""
     lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
-    return _TIMING.sub("[time]", "\n".join(lines))
+    return _TIMING.sub("[time]", _ZMQ_TEARDOWN.sub("", "\n".join(lines)))
 
 
 def _outputs(outputs: list[Any]) -> tuple[Any, ...]:

@@ -47,7 +47,7 @@ def test_terminal_ipython_prints_one_line_per_tracked_cell(project: Path) -> Non
         ("fit", "FINISHED"),
         ("plain", "FINISHED"),
         ("boom", "FAILED"),
-    ]
+    ], done.stdout
     assert found[0]["model"].strip() in ("pending", "logged")
     assert found[1]["model"].strip() == "none" and found[2]["model"].strip() == "none"
     assert all(f["run"].startswith(f["id"]) for f in found)
