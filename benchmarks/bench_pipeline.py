@@ -48,6 +48,26 @@ def _paired(ours_fn, peer_fn, repeat: int = REPEAT) -> tuple[float, float]:
     return statistics.median(ours), statistics.median(peer)
 
 
+def _parallel_row(pipeline: str, case: str, target: float) -> tuple:
+    """A pipeline's two branches run 2 at once vs one after the other (paired runs)."""
+    from nb_mlops.pipeline import run_pipeline
+
+    parallel, sequential = _paired(
+        lambda: run_pipeline(pipeline, cache=False, max_parallel=2),
+        lambda: run_pipeline(pipeline, cache=False, max_parallel=1),
+        int(os.environ.get("BENCH_REPEAT_BRANCHES", "2")),
+    )
+    speedup = sequential / parallel
+    return (
+        f"{case} (parallel vs seq.)",
+        parallel,
+        sequential,
+        speedup,
+        f"≥ {target:g}× faster",
+        speedup >= target,
+    )
+
+
 def main() -> int:
     import papermill
 
@@ -163,21 +183,7 @@ def main() -> int:
     )
     spec = build_pipeline(branches)
     assert spec.steps["right"].after == [], "the branches must stay independent"
-    parallel, sequential = _paired(
-        lambda: run_pipeline("branches", cache=False, max_parallel=2),
-        lambda: run_pipeline("branches", cache=False, max_parallel=1),
-        int(os.environ.get("BENCH_REPEAT_BRANCHES", "2")),
-    )
-    rows.append(
-        (
-            "two branches calling os.makedirs (parallel vs seq.)",
-            parallel,
-            sequential,
-            sequential / parallel,
-            "≥ 1.7× faster",
-            sequential / parallel >= 1.7,
-        )
-    )
+    rows.append(_parallel_row("branches", "two branches calling os.makedirs", 1.7))
 
     # 3b. two models fitted on the same data in two steps: a model's `fit` leaves X alone (checked
     # at the step's end), so the branches stay independent; each fit ≈ 3 s of CPU
@@ -207,21 +213,7 @@ def main() -> int:
     )
     spec = build_pipeline(models)
     assert spec.steps["forest_b"].after == ["data"], "the model branches must stay independent"
-    parallel, sequential = _paired(
-        lambda: run_pipeline("models", cache=False, max_parallel=2),
-        lambda: run_pipeline("models", cache=False, max_parallel=1),
-        int(os.environ.get("BENCH_REPEAT_BRANCHES", "2")),
-    )
-    rows.append(
-        (
-            "two models fitted on the same X (parallel vs seq.)",
-            parallel,
-            sequential,
-            sequential / parallel,
-            "≥ 1.5× faster",
-            sequential / parallel >= 1.5,
-        )
-    )
+    rows.append(_parallel_row("models", "two models fitted on the same X", 1.5))
 
     # 4. building a 200-cell notebook
     big = chain_notebook(root / "big.ipynb")
