@@ -10,16 +10,6 @@ found() {
 if found initdb && found pg_ctl; then
   exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "ensure_postgres: initdb/pg_ctl are missing and apt-get is not available; install PostgreSQL" >&2
-  exit 1
-fi
-SUDO=""
-if [ "$(id -u)" != "0" ]; then
-  SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+bash "$(dirname "$0")/apt_install.sh" ensure_postgres postgresql
 found initdb && found pg_ctl
 echo "ensure_postgres: installed $(ls -d /usr/lib/postgresql/*/bin | tail -n 1)"
