@@ -43,6 +43,10 @@ def chain_notebook(path: Path, cells: int = 200, per_step: int = 20) -> Path:
     return new_notebook(path, sources)
 
 
+IOPUB_TIMEOUT = 60
+"""Seconds nbclient waits for a cell's output after its reply (papermill passes it through)."""
+
+
 def execute(
     path: Path,
     *,
@@ -65,6 +69,9 @@ def execute(
             kernel_name="python3",
             progress_bar=False,
             execution_timeout=timeout,
+            # nbclient stops collecting a cell's output 4 s after the kernel's reply by default; on
+            # a loaded machine that drops the output (even the traceback) of a cell that did run
+            iopub_timeout=IOPUB_TIMEOUT,
         )
     except papermill.PapermillExecutionError:
         if raise_on_error:

@@ -29,6 +29,7 @@ from nb_mlops.core.errors import BuildError, ParameterError
 from nb_mlops.pipeline import build_pipeline, run_pipeline
 from nb_mlops.pipeline.convert import BuildWarning
 from nb_mlops.pipeline.params import _type_of, read_parameters
+from tests.nbutil import IOPUB_TIMEOUT
 
 NOTEBOOKS = Path(str(files("papermill") / "tests" / "notebooks"))
 
@@ -154,6 +155,7 @@ def _run_papermill(source: Path, out: Path, case: Case, params: dict[str, Any]) 
             kernel_name="python3",  # as papermill's own tests run them
             progress_bar=False,
             execution_timeout=case.cell_timeout,
+            iopub_timeout=IOPUB_TIMEOUT,
         )
     except papermill.PapermillExecutionError as exc:
         error = exc.ename

@@ -33,7 +33,7 @@ from tests.fidelity import (
     real_outputs,
     scratch_project,
 )
-from tests.nbutil import new_notebook
+from tests.nbutil import IOPUB_TIMEOUT, new_notebook
 
 IMPORTS = ("import os\nimport random\nimport numpy as np\nimport pandas as pd", ["imports"])
 BOX = (
@@ -991,6 +991,7 @@ def test_real_run_prints_what_papermill_prints(project: Path, real_env: None, ca
         cwd=str(project / "top"),
         kernel_name="python3",
         progress_bar=False,
+        iopub_timeout=IOPUB_TIMEOUT,
     )
     expected = real_outputs(expected_nb)
     # When it runs as a pipeline (fresh kernels, no cache)
