@@ -62,10 +62,14 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
+def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     env = {**os.environ, **_AWS}
-    proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(port)], env=env)
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVER, str(port)], env=env, stdout=out, stderr=out
+        )
     try:
         _wait_listening(port, proc)
         yield f"http://127.0.0.1:{port}"
@@ -156,12 +160,13 @@ _WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.parametrize("where", ["s3", "shared folder"])
 def test_concurrent_writers_from_two_roots_keep_every_version(
-    project: Path, bucket: str, endpoint: str
+    project: Path, bucket: str, endpoint: str, where: str
 ) -> None:
-    url = f"s3://{bucket}/team"
+    url = f"s3://{bucket}/team" if where == "s3" else str(project / "shared-data")
     roots = [_project(project / name, url, endpoint) for name in ("alice", "bob")]
-    count = 6
+    count = 5
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), *sys.path]))}
     procs = [
         subprocess.Popen(
@@ -207,3 +212,20 @@ def test_tampered_object_fails_verify_on_read(shared: Path, bucket: str, endpoin
         s3.get_object(Bucket=bucket, Key="team/refs/weights/v000001.json")["Body"].read()
     )
     assert stored["digest"] == oid
+
+
+def test_a_claim_lost_to_another_writer_takes_the_next_number(
+    project: Path, bucket: str, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"s3://{bucket}/team"
+    first = open_store(load_config(_project(project / "one", url, endpoint)))
+    second = open_store(load_config(_project(project / "two", url, endpoint)))
+    assert first.remote.create(first.remote.key("probe"), b"a")
+    assert not second.remote.create(second.remote.key("probe"), b"b")  # If-None-Match: *
+    assert first.reserve_version("race", "d1") == 1
+    # the second writer listed the bucket before the first claimed v1: its create of v1 fails
+    monkeypatch.setattr(second, "_claimed", lambda name: {"json": [], "pending": []})
+    assert second.reserve_version("race", "d2") == 2
+    assert first.remote.read(first._key("race", 1, "pending")) != second.remote.read(
+        second._key("race", 2, "pending")
+    )

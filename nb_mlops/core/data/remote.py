@@ -175,6 +175,12 @@ class RemoteDataStore(DataStore):
     def versions(self, name: str) -> list[int]:
         return self._claimed(name)["json"]
 
+    def manifest(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """A cached manifest needs no listing of the bucket: versions are never rewritten."""
+        if version is not None and (self._dir(name) / self._file(version)).exists():
+            return super()._read_manifest(name, version)
+        return super().manifest(name, version)
+
     def _read_manifest(self, name: str, version: int) -> dict[str, Any]:
         """A manifest from the local cache (they are immutable), else from the bucket."""
         cached = self._dir(name) / self._file(version)
