@@ -100,14 +100,16 @@ def _project(root: Path, url: str, endpoint: str | None) -> Path:
 
 
 @pytest.fixture
-def shared(project: Path, bucket: str, endpoint: str) -> Path:
+def shared(project: Path, bucket: str, endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The test's project configured for `s3://<bucket>/team` (endpoint from the config)."""
     _project(project / "sub", f"s3://{bucket}/team", endpoint)
-    os.chdir(project / "sub")
+    monkeypatch.chdir(project / "sub")
     return project / "sub"
 
 
-def test_file_folder_and_frame_round_trip(shared: Path, bucket: str, endpoint: str) -> None:
+def test_file_folder_and_frame_round_trip(
+    shared: Path, bucket: str, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = load_config(shared)
     (shared / "a.csv").write_text("x,y\n1,2\n")
     (shared / "folder" / "inner").mkdir(parents=True)
@@ -122,8 +124,8 @@ def test_file_folder_and_frame_round_trip(shared: Path, bucket: str, endpoint: s
 
     # A second project root with an empty cache, endpoint from AWS's environment variable
     other = _project(shared.parent / "other", f"s3://{bucket}/team", None)
-    os.environ["AWS_ENDPOINT_URL"] = endpoint
-    try:
+    with monkeypatch.context() as env:
+        env.setenv("AWS_ENDPOINT_URL", endpoint)
         ocfg = load_config(other)
         assert sorted({s.name for s in snapshots(cfg=ocfg)}) == ["frame", "raw", "tree"]
         assert snapshots("frame", cfg=ocfg)[0].lineage == {"run": "r1"}
@@ -137,8 +139,6 @@ def test_file_folder_and_frame_round_trip(shared: Path, bucket: str, endpoint: s
             from nb_mlops.core.data import gc
 
             gc(cfg=ocfg)
-    finally:
-        del os.environ["AWS_ENDPOINT_URL"]
     # unchanged content is the same version; changed content the next one
     assert not snapshot(frame, "frame", wait=True, cfg=cfg).new
     assert snapshot(frame.head(10), "frame", wait=True, cfg=cfg).version == 2
@@ -229,3 +229,14 @@ def test_a_claim_lost_to_another_writer_takes_the_next_number(
     assert first.remote.read(first._key("race", 1, "pending")) != second.remote.read(
         second._key("race", 2, "pending")
     )
+
+
+def test_a_missing_bucket_is_one_line_naming_the_store(
+    project: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in _AWS.items():
+        monkeypatch.setenv(key, value)
+    root = _project(project / "nobucket", "s3://no-such-bucket/x", endpoint)
+    (root / "a.txt").write_text("a")
+    with pytest.raises(DataError, match=r"data store s3://no-such-bucket/x"):
+        snapshot(root / "a.txt", "a", wait=True, cfg=load_config(root))

@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import socket
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,24 @@ class Remote:
         self.fs = _filesystem(cfg, protocol)
         self.base = path.strip("/")
 
+    @contextlib.contextmanager
+    def _talking(self, what: str) -> Iterator[None]:
+        """Any other failure (no bucket, no credentials, no network) is one line naming the store.
+
+        FileExistsError (a conditional put lost) and FileNotFoundError (no such key) pass: callers
+        give them a meaning. s3fs raises botocore's and aiohttp's own exception types besides
+        OSError, hence the broad catch.
+        """
+        try:
+            yield
+        except (FileExistsError, FileNotFoundError):
+            raise
+        except Exception as exc:
+            raise DataError(
+                f"cannot {what} the data store {self.url} ({type(exc).__name__}: {exc}); check "
+                "the bucket, data_store_endpoint or AWS_ENDPOINT_URL, and the AWS credentials"
+            ) from exc
+
     def key(self, *parts: str) -> str:
         return "/".join([self.base, *parts])
 
@@ -74,39 +93,50 @@ class Remote:
     def create(self, key: str, data: bytes) -> bool:
         """Put `data` at `key` only if absent (If-None-Match: *); False when it existed."""
         try:
-            self.fs.pipe_file(key, data, mode="create")
+            with self._talking("write to"):
+                self.fs.pipe_file(key, data, mode="create")
         except FileExistsError:
             return False
+        except FileNotFoundError as exc:  # no such bucket
+            raise DataError(f"cannot write to the data store {self.url}: {exc}") from exc
         return True
 
     def read(self, key: str) -> bytes:
-        return bytes(self.fs.cat_file(key))
+        with self._talking("read"):
+            return bytes(self.fs.cat_file(key))
 
     def listdir(self, key: str) -> list[str]:
         """Names directly under `key` (fresh: listings are not cached)."""
         try:
-            entries = self.fs.ls(key, detail=False, refresh=True)
+            with self._talking("list"):
+                entries = self.fs.ls(key, detail=False, refresh=True)
         except FileNotFoundError:
             return []
         return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
 
     def remove(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError), self._talking("write to"):
             self.fs.rm_file(key)
 
     def upload(self, objects: ObjectStore, oid: str) -> None:
         """Put a local object create-only (already there: the same bytes, nothing to do)."""
         key = self.object_key(oid)
-        if self.fs.exists(key):
-            return
-        with contextlib.suppress(FileExistsError):
-            self.fs.put_file(str(objects.path(oid)), key, mode="create")
+        with self._talking("write to"):
+            if self.fs.exists(key):
+                return
+            with contextlib.suppress(FileExistsError):
+                self.fs.put_file(str(objects.path(oid)), key, mode="create")
 
     def download(self, objects: ObjectStore, oid: str, snapshot: str) -> None:
         """Fetch an object into the local cache, refusing bytes that do not match its name."""
+        objects.finish(self.fetch(objects, oid, snapshot), oid, f"object {oid}")
+
+    def fetch(self, objects: ObjectStore, oid: str, snapshot: str) -> Path:
+        """Download an object to a temp file of the cache and re-hash it; return the temp file."""
         tmp = objects._temp()
         try:
-            self.fs.get_file(self.object_key(oid), str(tmp))
+            with self._talking("read"):
+                self.fs.get_file(self.object_key(oid), str(tmp))
         except FileNotFoundError:
             tmp.unlink(missing_ok=True)
             raise MissingObject(
@@ -120,7 +150,7 @@ class Remote:
                 "longer match their blake3 hash (it was changed in the shared store after it was "
                 "written); nothing was restored, take the snapshot again from its source"
             )
-        objects.finish(tmp, oid, f"object {oid}")
+        return tmp
 
 
 class RemoteObjects(ObjectStore):
@@ -137,9 +167,8 @@ class RemoteObjects(ObjectStore):
 
     def check(self, oid: str) -> str | None:
         """Re-hash the shared copy (the cache may hold an intact copy of a tampered object)."""
-        self.delete(oid)
         try:
-            self.remote.download(self, oid, "?")
+            self.remote.fetch(self, oid, "?").unlink()
         except MissingObject:
             return "missing"
         except IntegrityError:
