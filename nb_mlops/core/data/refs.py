@@ -89,6 +89,9 @@ class DataStore:
         self.locks.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.locks / "data-gc.lock", os.O_RDWR | os.O_CREAT, self.lock_mode)
         try:
+            if self.lock_mode != 0o644:  # the umask cut it; another user must open it too
+                with contextlib.suppress(PermissionError):
+                    os.fchmod(fd, self.lock_mode)
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         except BaseException:
             os.close(fd)

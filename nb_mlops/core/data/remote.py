@@ -188,9 +188,15 @@ class RemoteDataStore(DataStore):
         return self.remote.key("refs", check_name(name), f"v{version:06d}.{suffix}")
 
     def names(self) -> list[str]:
-        return [
-            name for name in self.remote.listdir(self.remote.key("refs")) if self.versions(name)
-        ]
+        found = []
+        for name in self.remote.listdir(self.remote.key("refs")):
+            try:
+                check_name(name)
+            except DataError:  # a key no snapshot name could have made
+                continue
+            if self.versions(name):
+                found.append(name)
+        return found
 
     def _claimed(self, name: str) -> dict[str, list[int]]:
         """Version numbers under `refs/<name>/`, by suffix ("json": committed, "pending")."""
