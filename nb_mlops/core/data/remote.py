@@ -50,7 +50,8 @@ def _filesystem(cfg: Config, protocol: str) -> Any:
         import s3fs
     except ImportError as exc:
         raise DataError("an s3:// data_store needs s3fs: pip install 'nb_mlops[s3]'") from exc
-    options: dict[str, Any] = {"use_listings_cache": False, "skip_instance_cache": True}
+    # one client per process and settings (fsspec's instance cache); listings always fresh
+    options: dict[str, Any] = {"use_listings_cache": False}
     endpoint = cfg.settings.get("data_store_endpoint")
     if endpoint:
         options["endpoint_url"] = endpoint
@@ -118,14 +119,21 @@ class Remote:
         with contextlib.suppress(FileNotFoundError), self._talking("write to"):
             self.fs.rm_file(key)
 
-    def upload(self, objects: ObjectStore, oid: str) -> None:
-        """Put a local object create-only (already there: the same bytes, nothing to do)."""
+    def upload(self, objects: ObjectStore, oid: str, snapshot: str) -> None:
+        """Put a local object create-only (already there: the same bytes, nothing to do). The
+        local copy is re-hashed first, so a damaged cache never spreads to the shared store."""
         key = self.object_key(oid)
         with self._talking("write to"):
             if self.fs.exists(key):
                 return
-            with contextlib.suppress(FileExistsError):
-                self.fs.put_file(str(objects.path(oid)), key, mode="create")
+        source = objects._open_checked(oid, snapshot)
+        if hash_file(source) != oid:
+            raise IntegrityError(
+                f"object {oid} of snapshot {snapshot} is corrupt in the local cache "
+                f"{objects.root}; nothing was uploaded, take the snapshot again"
+            )
+        with contextlib.suppress(FileExistsError), self._talking("write to"):
+            self.fs.put_file(str(source), key, mode="create")
 
     def download(self, objects: ObjectStore, oid: str, snapshot: str) -> None:
         """Fetch an object into the local cache, refusing bytes that do not match its name."""
@@ -252,12 +260,13 @@ class RemoteDataStore(DataStore):
     def commit_version(self, name: str, version: int, manifest: dict[str, Any]) -> dict[str, Any]:
         """Upload the version's objects, then its manifest (create-only), then drop the claim."""
         manifest = {**manifest, "name": name, "version": version}
+        ref = format_ref(name, version)
         for oid in {oid for oid, _ in manifest_objects(manifest)}:
-            self.remote.upload(self.objects, oid)
+            self.remote.upload(self.objects, oid, ref)
         data = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
         if not self.remote.create(self._key(name, version, "json"), data):
             raise DataError(
-                f"{format_ref(name, version)} exists already in {self.remote.url}: another "
+                f"{ref} exists already in {self.remote.url}: another "
                 "writer took a version it had not claimed; snapshot again"
             )
         write_json_atomic(self._dir(name) / self._file(version), manifest, durable=False)
