@@ -240,3 +240,17 @@ def test_a_missing_bucket_is_one_line_naming_the_store(
     (root / "a.txt").write_text("a")
     with pytest.raises(DataError, match=r"data store s3://no-such-bucket/x"):
         snapshot(root / "a.txt", "a", wait=True, cfg=load_config(root))
+
+
+def test_a_damaged_cache_object_is_never_uploaded(shared: Path) -> None:
+    store = open_store(load_config(shared))
+    oid, _ = store.objects.put_bytes(b"good bytes")
+    damaged = store.objects.path(oid)
+    damaged.chmod(0o644)
+    damaged.write_bytes(b"bad bytes!")
+    version = store.reserve_version("damaged", oid)
+    manifest = {"kind": "file", "object": oid, "digest": oid}
+    with pytest.raises(IntegrityError, match="corrupt in the local cache"):
+        store.commit_version("damaged", version, manifest)
+    assert not store.remote.fs.exists(store.remote.object_key(oid))
+    assert store.versions("damaged") == []
