@@ -30,6 +30,7 @@ from nb_mlops.core.data.objects import ObjectStore
 from nb_mlops.core.errors import DataError, SnapshotNotFound
 from nb_mlops.core.files import write_atomic
 from nb_mlops.core.procs import pid_alive
+from nb_mlops.core.store import lock
 
 __all__ = ["DataStore", "open_store"]
 
@@ -72,6 +73,8 @@ class DataStore:
     def write_lock(self) -> Any:
         """The short lock around version assignment (filelock: released by the OS on death)."""
         self.locks.mkdir(parents=True, exist_ok=True)
+        if self.locks == self.cfg.locks_dir:
+            return lock(self.cfg, "data")
         return FileLock(str(self.locks / "data.lock"), mode=self.lock_mode)
 
     @contextlib.contextmanager
