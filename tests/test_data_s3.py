@@ -24,7 +24,7 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
 from nb_mlops.core.config import load_config  # noqa: E402
-from nb_mlops.core.data import restore, snapshot, snapshots, verify  # noqa: E402
+from nb_mlops.core.data import diff, restore, snapshot, snapshots, verify  # noqa: E402
 from nb_mlops.core.data.refs import open_store  # noqa: E402
 from nb_mlops.core.errors import DataError, IntegrityError  # noqa: E402
 
@@ -142,6 +142,9 @@ def test_file_folder_and_frame_round_trip(
     # unchanged content is the same version; changed content the next one
     assert not snapshot(frame, "frame", wait=True, cfg=cfg).new
     assert snapshot(frame.head(10), "frame", wait=True, cfg=cfg).version == 2
+    third = _project(shared.parent / "third", f"s3://{bucket}/team", endpoint)
+    changes = diff("frame@v1", "frame@v2", cfg=load_config(third))
+    assert (changes["rows_added"], changes["rows_removed"]) == (0, 90), changes
 
 
 _WRITER = textwrap.dedent(
