@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from nb_mlops.core.errors import ConfigError
 __all__ = ["Config", "find_root", "load_config", "STORE_DIRNAME"]
 
 STORE_DIRNAME = ".nb_mlops"
+# a `data_store` that is an object-store URL (s3://bucket/prefix) rather than a folder
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+\Z")
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,18 @@ class Config:
         return self.root / STORE_DIRNAME
 
     @property
+    def data_store_url(self) -> str | None:
+        """The object-store URL of a shared data store (`s3://bucket/prefix`), else None."""
+        value = str(self.settings.get("data_store", ""))
+        return value.rstrip("/") if _URL.match(value) else None
+
+    @property
     def data_store(self) -> Path:
+        """The data store folder; for an object-store URL, this project's local cache of it."""
+        url = self.data_store_url
+        if url is not None:
+            safe = re.sub(r"[^A-Za-z0-9._-]+", "_", url.partition("://")[2])[:80]
+            return self.store_dir / "data-cache" / safe
         return Path(self.settings.get("data_store", self.store_dir / "data"))
 
     @property
@@ -121,7 +135,7 @@ class Config:
             "tracking_uri": self.tracking_uri,
             "registry_uri": self.registry_uri,
             "artifact_root": self.artifact_root,
-            "data_store": str(self.data_store),
+            "data_store": self.data_store_url or str(self.data_store),
             "runs_dir": str(self.runs_dir),
             "experiment": self.experiment,
             "embedded": self.is_embedded,

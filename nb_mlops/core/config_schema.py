@@ -235,7 +235,12 @@ TOP_KEYS: dict[str, Key] = {
         Key("tracking_uri", "a team MLflow server instead of the embedded store", _text),
         Key("registry_uri", "MLflow model registry URI (default: the tracking URI)", _text),
         Key("artifact_root", "where new experiments keep artifacts", _text),
-        Key("data_store", "folder of the data snapshots (default .nb_mlops/data)", _text),
+        Key(
+            "data_store",
+            "folder or s3://bucket/prefix of the data snapshots (default .nb_mlops/data)",
+            _text,
+        ),
+        Key("data_store_endpoint", "endpoint URL of an s3:// data store (default: AWS)", _url),
         Key("model", "registered model name promotions go to", _text),
         Key("ui_url", "base URL of run links (the MLflow UI)", _url),
         Key(

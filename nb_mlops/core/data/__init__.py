@@ -3,7 +3,8 @@
 `snapshot` stores a version (deduplicated, profiled, noted for lineage), `restore` brings one back
 exactly, `snapshots` lists them, `diff` compares two, `verify` re-hashes the store, `gc` cleans it.
 Implementation modules: objects (blake3 object store), refs (manifests, indexes, locks), files,
-frames (Arrow chunking), profile, compare (diff), integrity (verify, gc), api.
+frames (Arrow chunking), profile, compare (diff), integrity (verify, gc), remote (a store in an
+S3 bucket, through s3fs), api.
 The modules are not named after the functions so that importing one never shadows a function.
 """
 

@@ -10,6 +10,7 @@ call here waits for it first.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,11 +199,7 @@ def snapshot(
     _check_context(context)
     pending.raise_failures()
     is_path = isinstance(obj_or_path, str | os.PathLike)
-    if name is None:
-        if not is_path:
-            raise DataError("a DataFrame or array snapshot needs a name: snapshot(df, 'train')")
-        name = suggest_name(Path(os.path.abspath(obj_or_path)).name)
-    check_name(name)
+    name = _name_of(obj_or_path, name, is_path)
     cfg = cfg or load_config()
     try:
         store = open_store(cfg)
@@ -224,6 +221,16 @@ def snapshot(
     return snap
 
 
+def _name_of(obj: Any, name: str | None, is_path: bool) -> str:
+    """The snapshot name: the one given, else (paths only) one made from the file name."""
+    if name is None:
+        if not is_path:
+            raise DataError("a DataFrame or array snapshot needs a name: snapshot(df, 'train')")
+        name = suggest_name(Path(os.path.abspath(obj)).name)
+    check_name(name)
+    return name
+
+
 def _os_error(exc: OSError, cfg: Config) -> DataError:
     """One line for an OS error met while snapshotting: the store's folder, or the source."""
     where = Path(exc.filename) if exc.filename else None
@@ -240,6 +247,58 @@ def _os_error(exc: OSError, cfg: Config) -> DataError:
     return DataError(f"cannot read {where} ({reason}); check the path and its permissions")
 
 
+def _fingerprint(
+    store: DataStore, obj: Any, is_path: bool
+) -> tuple[str, dict[str, Any], Path | None, Any]:
+    """(digest, fields of a path, staged copy of a file, prepared table of a frame/array)."""
+    if is_path:
+        fields, staged = _snapshot_path(store, Path(os.fspath(obj)))
+        return fields["digest"], fields, staged, None
+    from nb_mlops.core.data.frames import prepare, prepared_digest
+
+    prep = prepare(obj)
+    return prepared_digest(prep), {}, None, prep
+
+
+_Plan = tuple[dict[str, Any], set[str], set[str], Callable[[], dict[str, Any]]]
+
+
+def _frame_plan(
+    store: DataStore,
+    name: str,
+    version: int,
+    prep: Any,
+    digest: str,
+    job: pending.PendingWrite | None,
+    on_disk: int | None,
+) -> _Plan:
+    """Chunk a frame or array against the previous version; the write runs later."""
+    from nb_mlops.core.data.frames import plan_table, write_plan
+
+    previous = store.manifest(name, on_disk) if on_disk else None
+    chunking = (job.meta if job is not None else previous or {}).get("chunking")
+    if previous is not None and previous.get("kind") != prep.kind:
+        chunking = None
+    plan = plan_table(store, prep, digest, chunking)
+    ref = format_ref(name, version)
+
+    def complete() -> dict[str, Any]:
+        latest = store.latest(name)
+        return write_plan(store, plan, ref, store.manifest(name, latest) if latest else None)
+
+    return plan.fields, set(), plan.chunk_digests, complete
+
+
+def _file_plan(store: DataStore, fields: dict[str, Any], staged: Path | None, digest: str) -> _Plan:
+    """A file's staged copy is made durable later (None: its object was stored already)."""
+
+    def complete() -> dict[str, Any]:
+        added = store.objects.finish(staged, digest, f"a copy of {fields['abspath']}")
+        return {**fields, "bytes_added": added}
+
+    return fields, ({digest} if staged else set()), set(), complete
+
+
 def _take(
     store: DataStore,
     hold: int,
@@ -251,16 +310,7 @@ def _take(
     lineage: dict[str, str] | None = None,
 ) -> Snapshot:
     """Fingerprint `obj`, reserve its version and queue the durable write (see `pending`)."""
-    staged: Path | None = None
-    prep = None
-    if is_path:
-        fields, staged = _snapshot_path(store, Path(os.fspath(obj)))
-        digest = fields["digest"]
-    else:
-        from nb_mlops.core.data.frames import prepare, prepared_digest
-
-        prep = prepare(obj)
-        digest = prepared_digest(prep)
+    digest, fields, staged, prep = _fingerprint(store, obj, is_path)
     on_disk = store.latest(name)
     job = pending.latest_pending(name)
     if job is not None and on_disk is not None and job.version <= on_disk:
@@ -272,42 +322,20 @@ def _take(
     if isinstance(reserved, dict):
         _discard(staged)
         return Snapshot.from_manifest(reserved, new=False, added=0)
-    version, ref = reserved, format_ref(name, reserved)
+    version = reserved
     try:
         if prep is not None:
-            from nb_mlops.core.data.frames import plan_table, write_plan
-
-            previous = store.manifest(name, on_disk) if on_disk else None
-            chunking = (job.meta if job is not None else previous or {}).get("chunking")
-            if previous is not None and previous.get("kind") != prep.kind:
-                chunking = None
-            plan = plan_table(store, prep, digest, chunking)
-            fields = plan.fields
-
-            def complete() -> dict[str, Any]:
-                latest = store.latest(name)
-                return write_plan(
-                    store, plan, ref, store.manifest(name, latest) if latest else None
-                )
-
-            objects: set[str] = set()
-            chunks = plan.chunk_digests
+            plan = _frame_plan(store, name, version, prep, digest, job, on_disk)
         elif staged is not None or fields["kind"] == "file":
-            objects, chunks = ({digest} if staged else set()), set()
-
-            def complete() -> dict[str, Any]:
-                added = store.objects.finish(staged, digest, f"a copy of {fields['abspath']}")
-                return {**fields, "bytes_added": added}
-
+            plan = _file_plan(store, fields, staged, digest)
         else:  # a folder: its objects are durable already
-            manifest = store.commit_version(
-                name, version, _meta(fields, context, message, lineage=lineage)
-            )
-            return Snapshot.from_manifest(manifest, new=True)
+            meta = _meta(fields, context, message, lineage=lineage)
+            return Snapshot.from_manifest(store.commit_version(name, version, meta), new=True)
     except BaseException:
         _discard(staged)
         store.release_version(name, version)
         raise
+    fields, objects, chunks, complete = plan
     meta = _meta(fields, context, message, lineage=lineage)
     job = pending.PendingWrite(name, version, digest, objects, chunks, meta)
 
@@ -526,4 +554,10 @@ def gc(dry_run: bool = False, *, cfg: Config | None = None) -> dict[str, int]:
     from nb_mlops.core.data.integrity import gc_store
 
     pending.wait_all()
+    url = (cfg or load_config()).data_store_url
+    if url is not None:
+        raise DataError(
+            f"gc of the shared data store {url} is not supported: other projects' snapshots may "
+            "need any object; expire objects with the bucket's lifecycle rules instead"
+        )
     return gc_store(open_store(cfg), dry_run)

@@ -49,51 +49,48 @@ def _multiset_diff(ha: np.ndarray, hb: np.ndarray) -> tuple[int, int]:
     return sum((cb - ca).values()), sum((ca - cb).values())
 
 
-def _frame_rows(store: DataStore, ma: dict[str, Any], mb: dict[str, Any]) -> dict[str, Any]:
-    from nb_mlops.core.data.frames import (
-        _changed_rows,
-        _load_chunk,
-        load_table,
-        row_hashes,
-    )
+def _rows_by_common_columns(
+    store: DataStore, ma: dict[str, Any], mb: dict[str, Any]
+) -> dict[str, Any]:
+    """Rows added/removed when the layouts differ: hashes of the columns both share."""
+    from nb_mlops.core.data.frames import load_table, row_hashes
 
-    same_layout = ma.get("arrow_schema") == mb.get("arrow_schema") or (
-        ma.get("schema") == mb.get("schema") and ma.get("dictionaries") == mb.get("dictionaries")
-    )
-    if not same_layout:
-        ta, tb = load_table(store, ma), load_table(store, mb)
-        common = [
-            c
-            for c in ta.column_names
-            if c in tb.column_names and ta.schema.field(c).type == tb.schema.field(c).type
-        ]
-        added, removed = _multiset_diff(
-            row_hashes(ta.select(common)), row_hashes(tb.select(common))
-        )
-        return {
-            "rows_added": added,
-            "rows_removed": removed,
-            "rows_changed": None,
-            "note": "schemas differ: rows compared on the common columns; an edited row "
-            "counts as one removed and one added",
-        }
-    left = Counter(c["d"] for c in ma["chunks"])
-    right = Counter(c["d"] for c in mb["chunks"])
-    shared = left & right
-    rest_a: list[dict[str, Any]] = []
-    rest_b: list[dict[str, Any]] = []
+    ta, tb = load_table(store, ma), load_table(store, mb)
+    common = [
+        c
+        for c in ta.column_names
+        if c in tb.column_names and ta.schema.field(c).type == tb.schema.field(c).type
+    ]
+    added, removed = _multiset_diff(row_hashes(ta.select(common)), row_hashes(tb.select(common)))
+    return {
+        "rows_added": added,
+        "rows_removed": removed,
+        "rows_changed": None,
+        "note": "schemas differ: rows compared on the common columns; an edited row "
+        "counts as one removed and one added",
+    }
+
+
+def _unshared(chunks: list[dict[str, Any]], shared: Counter[str]) -> list[dict[str, Any]]:
+    """The chunks left once the ones both sides hold (as many times as both do) are taken out."""
     budget = Counter(shared)
-    for chunk in ma["chunks"]:
+    rest = []
+    for chunk in chunks:
         if budget[chunk["d"]]:
             budget[chunk["d"]] -= 1
         else:
-            rest_a.append(chunk)
-    budget = Counter(shared)
-    for chunk in mb["chunks"]:
-        if budget[chunk["d"]]:
-            budget[chunk["d"]] -= 1
-        else:
-            rest_b.append(chunk)
+            rest.append(chunk)
+    return rest
+
+
+def _pair_chunks(
+    store: DataStore, ma: dict[str, Any], mb: dict[str, Any]
+) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows changed in chunks paired by (key, rows); (changed, unpaired of a, unpaired of b)."""
+    from nb_mlops.core.data.frames import _changed_rows, _load_chunk
+
+    shared = Counter(c["d"] for c in ma["chunks"]) & Counter(c["d"] for c in mb["chunks"])
+    rest_a, rest_b = _unshared(ma["chunks"], shared), _unshared(mb["chunks"], shared)
     changed = 0
     by_key = {(c["key"], c["rows"]): c for c in rest_a}
     unpaired_b = []
@@ -109,7 +106,18 @@ def _frame_rows(store: DataStore, ma: dict[str, Any], mb: dict[str, Any]) -> dic
             unpaired_b.append(chunk)
         else:
             changed += int(rows.sum())
-    unpaired_a = list(by_key.values())
+    return changed, list(by_key.values()), unpaired_b
+
+
+def _frame_rows(store: DataStore, ma: dict[str, Any], mb: dict[str, Any]) -> dict[str, Any]:
+    from nb_mlops.core.data.frames import _changed_rows, _load_chunk, row_hashes
+
+    same_layout = ma.get("arrow_schema") == mb.get("arrow_schema") or (
+        ma.get("schema") == mb.get("schema") and ma.get("dictionaries") == mb.get("dictionaries")
+    )
+    if not same_layout:
+        return _rows_by_common_columns(store, ma, mb)
+    changed, unpaired_a, unpaired_b = _pair_chunks(store, ma, mb)
 
     def hashes(manifest: dict[str, Any], chunks: list[dict[str, Any]]) -> np.ndarray:
         parts = [row_hashes(_load_chunk(store, _ref(manifest), c)) for c in chunks]

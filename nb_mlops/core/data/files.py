@@ -86,6 +86,36 @@ def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([path, root]) == root
 
 
+def _link(entry: os.DirEntry[str], rel: str, src: Path, real_root: str) -> list[str]:
+    """[rel, target relative to the link's folder] of a symlink that stays inside `src`."""
+    target = os.readlink(entry.path)
+    resolved = os.path.realpath(entry.path)
+    if not _inside(resolved, real_root):
+        raise DataError(
+            f"symlink {rel!r} in {src} points outside the snapshot folder "
+            f"(to {target!r}); replace it with a copy or remove it, then snapshot again"
+        )
+    return [rel, os.path.relpath(resolved, os.path.dirname(os.path.join(real_root, rel)))]
+
+
+def _entries(folder: str) -> list[os.DirEntry[str]]:
+    try:
+        return sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise DataError(f"cannot list {folder}: {exc.strerror}") from exc
+
+
+def _store_entry(
+    store: DataStore, entry: os.DirEntry[str], hit: list[Any] | None
+) -> tuple[os.stat_result, str, int, int]:
+    """(stat, object id, size, bytes added) of a regular file; the stat cache spares a re-hash."""
+    st = entry.stat(follow_symlinks=False)
+    if hit and hit[:4] == _stat_key(st) and store.objects.exists(hit[4]):
+        return st, hit[4], st.st_size, 0
+    oid, nbytes, extra = store.objects.put_file(Path(entry.path))
+    return st, oid, nbytes, extra
+
+
 def snapshot_folder(store: DataStore, src: Path) -> dict[str, Any]:
     """Store every file below `src`; symlinks stay links when they point inside `src`."""
     src = Path(os.path.abspath(src))
@@ -101,53 +131,32 @@ def snapshot_folder(store: DataStore, src: Path) -> dict[str, Any]:
     stack = [""]
     while stack:
         rel_dir = stack.pop()
-        folder = os.path.join(src, rel_dir) if rel_dir else str(src)
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as exc:
-            raise DataError(f"cannot list {folder}: {exc.strerror}") from exc
-        for entry in entries:
+        for entry in _entries(os.path.join(src, rel_dir) if rel_dir else str(src)):
             rel = os.path.join(rel_dir, entry.name) if rel_dir else entry.name
             if entry.is_symlink():
-                target = os.readlink(entry.path)
-                resolved = os.path.realpath(entry.path)
-                if not _inside(resolved, real_root):
-                    raise DataError(
-                        f"symlink {rel!r} in {src} points outside the snapshot folder "
-                        f"(to {target!r}); replace it with a copy or remove it, then snapshot again"
-                    )
-                links.append(
-                    [rel, os.path.relpath(resolved, os.path.dirname(os.path.join(real_root, rel)))]
-                )
-                continue
-            if entry.is_dir(follow_symlinks=False):
+                links.append(_link(entry, rel, src, real_root))
+            elif entry.is_dir(follow_symlinks=False):
                 if os.path.realpath(entry.path) != skip:
                     stack.append(rel)
-                continue
-            if not entry.is_file(follow_symlinks=False):
+            elif not entry.is_file(follow_symlinks=False):
                 raise DataError(
                     f"{rel!r} in {src} is not a regular file (fifo, socket or device); "
                     "move it out of the folder to snapshot it"
                 )
-            st = entry.stat(follow_symlinks=False)
-            hit = cache.get(rel)
-            if hit and hit[:4] == _stat_key(st) and store.objects.exists(hit[4]):
-                oid, nbytes, extra = hit[4], st.st_size, 0
             else:
-                oid, nbytes, extra = store.objects.put_file(Path(entry.path))
-            if _trusted(st, started):
-                new_cache[rel] = [*_stat_key(st), oid]
-            added += extra
-            size += nbytes
-            files.append([rel, oid, nbytes, stat.S_IMODE(st.st_mode)])
+                st, oid, nbytes, extra = _store_entry(store, entry, cache.get(rel))
+                if _trusted(st, started):
+                    new_cache[rel] = [*_stat_key(st), oid]
+                added += extra
+                size += nbytes
+                files.append([rel, oid, nbytes, stat.S_IMODE(st.st_mode)])
     files.sort()
     links.sort()
     listing = [[rel, oid] for rel, oid, _, _ in files] + [["->", rel, to] for rel, to in links]
-    digest = hash_bytes(_canonical(listing))
     store.put_stat_cache(key, {"files": new_cache})
     return {
         "kind": "dir",
-        "digest": digest,
+        "digest": hash_bytes(_canonical(listing)),
         "files": files,
         "links": links,
         "size": size,

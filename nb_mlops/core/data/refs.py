@@ -4,7 +4,9 @@
 the data lock, never modified. A manifest is only written after every object it names is durable,
 so a manifest never points at bytes that are not there. While a version is being
 written its number is held by `v000003.pending` (the writer's pid; readers ignore it, a dead
-writer's is taken over). `gc` takes the `data-gc` lock exclusively while snapshots hold it shared
+writer's is taken over; a reservation made on another host is never judged dead from here). A data
+store outside the project (a shared folder) keeps its locks in its own `locks/` folder, so
+writers from different project roots take the same lock. `gc` takes the `data-gc` lock exclusively while snapshots hold it shared
 (from fingerprint to manifest), so it never removes the objects of a snapshot still being written.
 """
 
@@ -14,10 +16,13 @@ import contextlib
 import fcntl
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from nb_mlops.core.config import Config
 from nb_mlops.core.data.names import check_name, format_ref
@@ -54,6 +59,10 @@ class DataStore:
         self.refs = self.root / "refs"
         self.chunks = self.root / "index" / "chunks"
         self.stats = self.root / "index" / "stat"
+        shared = not self.root.is_relative_to(cfg.store_dir)
+        # a shared folder: its own locks, writable by every user of the folder
+        self.locks = self.root / "locks" if shared else cfg.locks_dir
+        self.lock_mode = 0o666 if shared else 0o644
 
     def ensure(self) -> None:
         for folder in (self.objects.root, self.objects.tmp, self.refs, self.chunks, self.stats):
@@ -63,7 +72,10 @@ class DataStore:
 
     def write_lock(self) -> Any:
         """The short lock around version assignment (filelock: released by the OS on death)."""
-        return lock(self.cfg, "data")
+        self.locks.mkdir(parents=True, exist_ok=True)
+        if self.locks == self.cfg.locks_dir:
+            return lock(self.cfg, "data")
+        return FileLock(str(self.locks / "data.lock"), mode=self.lock_mode)
 
     @contextlib.contextmanager
     def gc_guard(self, exclusive: bool = False) -> Iterator[None]:
@@ -77,9 +89,12 @@ class DataStore:
     def gc_hold(self, exclusive: bool = False) -> int:
         """Take the gc lock and return its descriptor; `os.close` it to release (from any thread:
         a background write keeps the hold its snapshot took)."""
-        self.cfg.locks_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.cfg.locks_dir / "data-gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self.locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.locks / "data-gc.lock", os.O_RDWR | os.O_CREAT, self.lock_mode)
         try:
+            if self.lock_mode != 0o644:  # the umask cut it; another user must open it too
+                with contextlib.suppress(PermissionError):
+                    os.fchmod(fd, self.lock_mode)
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         except BaseException:
             os.close(fd)
@@ -123,18 +138,21 @@ class DataStore:
             raise SnapshotNotFound(f"no snapshot named {name!r} (known: {known})")
         if version is None:
             version = versions[-1]
-        path = self._dir(name) / self._file(version)
-        if not path.exists():
+        if version not in versions:
             raise SnapshotNotFound(
                 f"no version {version} of snapshot {name!r} (versions: "
                 f"{', '.join(f'v{v}' for v in versions)})"
             )
         try:
-            value: dict[str, Any] = read_json(path)
+            value = self._read_manifest(name, version)
         except (OSError, ValueError) as exc:
             raise DataError(
                 f"manifest of {format_ref(name, version)} is unreadable: {exc}"
             ) from exc
+        return value
+
+    def _read_manifest(self, name: str, version: int) -> dict[str, Any]:
+        value: dict[str, Any] = read_json(self._dir(name) / self._file(version))
         return value
 
     def manifests(self, name: str | None = None) -> Iterator[dict[str, Any]]:
@@ -153,7 +171,8 @@ class DataStore:
         for entry in folder.glob("v*.pending"):
             try:
                 info = read_json(entry)
-                alive = pid_alive(int(info["pid"]))
+                here = info.get("host", socket.gethostname()) == socket.gethostname()
+                alive = not here or pid_alive(int(info["pid"]))
             except (OSError, ValueError, KeyError, TypeError):
                 info, alive = {}, False
             if alive:
@@ -183,7 +202,7 @@ class DataStore:
                     version = max([latest or 0, *pending]) + 1
                     write_json_atomic(
                         self._dir(name) / f"v{version:06d}.pending",
-                        {"pid": os.getpid(), "digest": digest},
+                        {"pid": os.getpid(), "host": socket.gethostname(), "digest": digest},
                         durable=False,
                     )
                     return version
@@ -258,6 +277,11 @@ def open_store(cfg: Config | None = None) -> DataStore:
     """The data store of the project (created on first use; no MLflow import)."""
     from nb_mlops.core.config import load_config
 
-    store = DataStore(cfg or load_config())
+    cfg = cfg or load_config()
+    store = DataStore(cfg)
+    if cfg.data_store_url is not None:
+        from nb_mlops.core.data.remote import RemoteDataStore
+
+        store = RemoteDataStore(cfg, cfg.data_store_url)
     store.ensure()
     return store

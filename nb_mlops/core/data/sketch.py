@@ -375,13 +375,12 @@ def read_version_sketch(store: DataStore, manifest: dict[str, Any]) -> SnapshotS
     )
 
 
-def _merge_chunks(store: DataStore, manifest: dict[str, Any], limit: int) -> SnapshotSketch:
+def _chunk_sketches(
+    store: DataStore, manifest: dict[str, Any], ref: str, rows: int, coded: set[str]
+) -> list[ChunkSketch]:
+    """The sketch of every chunk of a version (computed and cached when missing)."""
     from nb_mlops.core.data.frames import _load_chunk
 
-    ref = f"{manifest['name']}@v{manifest['version']}"
-    rows = int(manifest.get("rows") or 0)
-    schema = _schema(manifest)
-    coded = set(manifest.get("dictionaries", {}))
     sketches: list[ChunkSketch] = []
     for chunk in manifest.get("chunks", []):
         found = read_sketch(store, chunk["d"])
@@ -390,7 +389,13 @@ def _merge_chunks(store: DataStore, manifest: dict[str, Any], limit: int) -> Sna
             found = chunk_sketch(part, chunk["d"], rows or part.num_rows, coded)
             put_sketch(store, chunk["d"], found)
         sketches.append(found)
-    rows = rows or sum(s.rows for s in sketches)
+    return sketches
+
+
+def _merged_sample(
+    sketches: list[ChunkSketch], schema: pa.Schema, coded: set[str], limit: int
+) -> tuple[pa.Table, float]:
+    """The chunks' samples as one, cut to `limit` rows by priority; (sample, sampling rate)."""
     bound = min((s.top_priority for s in sketches if not s.complete), default=1.0)
     if sketches:
         sample = pa.concat_tables([s.sample for s in sketches])
@@ -406,9 +411,15 @@ def _merge_chunks(store: DataStore, manifest: dict[str, Any], limit: int) -> Sna
         index = np.sort(np.argpartition(priority, limit - 1)[:limit])
         bound = float(priority[index].max())
         sample = sample.take(pa.array(index))
-    rate = 1.0 if bound >= 1.0 else bound
-    columns = [str(c) for c in manifest.get("columns") or schema.names]
-    columns = [c for c in columns if c in schema.names]
+    return sample, 1.0 if bound >= 1.0 else bound
+
+
+def _decoded_columns(
+    store: DataStore, manifest: dict[str, Any], ref: str, sample: pa.Table, columns: list[str]
+) -> tuple[pa.Table, dict[str, pa.DataType], dict[str, list[Any]]]:
+    """The sample with dictionary codes decoded; (sample, column types, dictionary values)."""
+    schema = _schema(manifest)
+    coded = set(manifest.get("dictionaries", {}))
     types: dict[str, pa.DataType] = {}
     decoded: dict[str, pa.ChunkedArray] = {}
     values_of: dict[str, list[Any]] = {}
@@ -430,8 +441,14 @@ def _merge_chunks(store: DataStore, manifest: dict[str, Any], limit: int) -> Sna
             decoded[name] = sample.column(name)
             types[name] = t
     # one contiguous piece per column: every statistic reads it whole
-    merged_sample = pa.table(decoded).combine_chunks() if columns else pa.table({})
-    missing = {c: sum(s.missing.get(c, 0) for s in sketches) for c in columns}
+    merged = pa.table(decoded).combine_chunks() if columns else pa.table({})
+    return merged, types, values_of
+
+
+def _merged_counts(
+    sketches: list[ChunkSketch], columns: list[str], values_of: dict[str, list[Any]]
+) -> dict[str, dict[Any, int]]:
+    """Value counts summed over chunks, for the columns every chunk counted."""
     counts: dict[str, dict[Any, int]] = {}
     for name in columns:
         if not sketches or not all(name in s.counts for s in sketches):
@@ -444,6 +461,20 @@ def _merge_chunks(store: DataStore, manifest: dict[str, Any], limit: int) -> Sna
                 key = lookup[int(value)] if lookup is not None else value
                 total[key] = total.get(key, 0) + n
         counts[name] = total
+    return counts
+
+
+def _merge_chunks(store: DataStore, manifest: dict[str, Any], limit: int) -> SnapshotSketch:
+    ref = f"{manifest['name']}@v{manifest['version']}"
+    rows = int(manifest.get("rows") or 0)
+    schema = _schema(manifest)
+    coded = set(manifest.get("dictionaries", {}))
+    sketches = _chunk_sketches(store, manifest, ref, rows, coded)
+    rows = rows or sum(s.rows for s in sketches)
+    sample, rate = _merged_sample(sketches, schema, coded, limit)
+    columns = [str(c) for c in manifest.get("columns") or schema.names]
+    columns = [c for c in columns if c in schema.names]
+    merged_sample, types, values_of = _decoded_columns(store, manifest, ref, sample, columns)
     return SnapshotSketch(
         ref=ref,
         rows=rows,
@@ -453,6 +484,6 @@ def _merge_chunks(store: DataStore, manifest: dict[str, Any], limit: int) -> Sna
         categorical={c for c in columns if c in coded},
         sample=merged_sample,
         rate=rate,
-        missing=missing,
-        counts=counts,
+        missing={c: sum(s.missing.get(c, 0) for s in sketches) for c in columns},
+        counts=_merged_counts(sketches, columns, values_of),
     )
