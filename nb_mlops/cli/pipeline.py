@@ -503,23 +503,28 @@ def run(
         raise click.UsageError("--promote goes with --production MODEL")
     if not name:
         raise click.UsageError("give a pipeline NAME (or folder), or --production MODEL")
+    _run_local(
+        name,
+        given,
+        as_json,
+        executor=executor,
+        max_parallel=max_parallel,
+        cache=not no_cache,
+        resume=resume,
+        timeout=timeout,
+        cell_timeout=cell_timeout,
+        status_file=status_file,
+    )
+
+
+def _run_local(name: str, given: _Given, as_json: bool, **options: Any) -> None:
+    """Run pipeline `name` with a live progress display; `options` go to `run_pipeline`."""
     from nb_mlops.pipeline import run_pipeline
 
     values = _params(name, given) if given else None
     progress = _Progress(quiet=as_json)
     try:
-        result = run_pipeline(
-            name,
-            values,
-            executor=executor,
-            max_parallel=max_parallel,
-            cache=not no_cache,
-            resume=resume,
-            timeout=timeout,
-            cell_timeout=cell_timeout,
-            status_file=status_file,
-            progress=progress,
-        )
+        result = run_pipeline(name, values, progress=progress, **options)
     finally:
         progress.stop()
     if as_json:

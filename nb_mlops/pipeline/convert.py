@@ -218,6 +218,65 @@ def _step_notebook(
     return nb
 
 
+def _read_notebook(path: Path) -> tuple[bytes, Any]:
+    """The notebook's bytes (hashed into the spec) and its content."""
+    if not path.is_file():
+        raise BuildError(f"notebook {str(path)!r} not found")
+    raw = path.read_bytes()
+    try:
+        nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
+    except Exception as exc:
+        raise BuildError(f"{path}: not a readable notebook ({exc})") from exc
+    return raw, nb
+
+
+def _read_parameters(params: list[Cell]) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
+    """The schema of the parameters cells, their problems, and the names they need from above."""
+    schema: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    needs: list[str] = []
+    for cell in params:
+        read = read_parameters(cell.source, cell.ref)
+        schema.update(read.schema)
+        problems += read.problems
+        needs += [n for n in read.needs if n not in needs and not hasattr(builtins, n)]
+    return schema, problems, needs
+
+
+def _warn(path: Path, problems: list[str]) -> None:
+    for problem in problems:
+        warnings.warn(
+            f"{path}: {problem}; a run stops at that cell with this error, as under papermill",
+            BuildWarning,
+            stacklevel=3,  # the caller of build_pipeline
+        )
+
+
+def _write_steps(
+    out: Path, name: str, source_rel: str, grammar: Grammar, plan: Plan, parameters: list[Any]
+) -> dict[str, StepSpec]:
+    """Write one notebook per step (dropping those of steps that are gone); their specs."""
+    steps: dict[str, StepSpec] = {}
+    for step in plan.steps.values():
+        rel = f"steps/{step.name}.ipynb"
+        step_nb = _step_notebook(name, source_rel, step, grammar, plan, parameters)
+        _write_if_changed(out / rel, nbformat.writes(step_nb).encode() + b"\n")
+        steps[step.name] = StepSpec(
+            name=step.name,
+            notebook=rel,
+            after=list(step.after),
+            inputs=dict(step.inputs),
+            outputs=list(step.outputs),
+            metrics=list(step.metrics),
+            cells=[c.index + 1 for c in step.cells],
+            reasons=dict(step.reasons),
+        )
+    for stale in (out / "steps").glob("*.ipynb"):
+        if stale.stem not in steps:
+            stale.unlink()
+    return steps
+
+
 def build_pipeline(
     notebook: str | os.PathLike[str],
     name: str | None = None,
@@ -245,13 +304,7 @@ def build_pipeline(
         ['load', 'features', 'train', 'evaluate']
     """
     path = Path(notebook)
-    if not path.is_file():
-        raise BuildError(f"notebook {str(path)!r} not found")
-    raw = path.read_bytes()
-    try:
-        nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
-    except Exception as exc:
-        raise BuildError(f"{path}: not a readable notebook ({exc})") from exc
+    raw, nb = _read_notebook(path)
     cfg = cfg or load_config(path.resolve().parent)
     name = name or pipeline_name(path)
     if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z", name):
@@ -259,49 +312,17 @@ def build_pipeline(
     out = Path(output) if output else cfg.root / "pipelines" / name
     _check_kernel(nb, path)
     grammar = parse_cells(nb)
-    schema: dict[str, dict[str, Any]] = {}
-    problems: list[str] = []
-    needs: list[str] = []
     params = grammar.role("parameters")
-    for cell in params:
-        read = read_parameters(cell.source, cell.ref)
-        schema.update(read.schema)
-        problems += read.problems
-        needs += [n for n in read.needs if n not in needs and not hasattr(builtins, n)]
+    schema, problems, needs = _read_parameters(params)
     if not grammar.steps:  # papermill runs such a notebook: here, one step applies the parameters
         grammar.steps[DEFAULT_STEP] = StepDecl(DEFAULT_STEP)
     plan = plan_steps(grammar)
     refs = tuple(f"{c.ref}:" for c in params)
-    problems += [p for p in plan.problems if not p.startswith(refs)]
-    for problem in problems:
-        warnings.warn(
-            f"{path}: {problem}; a run stops at that cell with this error, as under papermill",
-            BuildWarning,
-            stacklevel=2,
-        )
+    _warn(path, problems + [p for p in plan.problems if not p.startswith(refs)])
     parameters = _parameter_cells(params, _imports_for_parameters(grammar, params, needs))
-
     (out / "steps").mkdir(parents=True, exist_ok=True)
-    source_rel = os.path.relpath(path.resolve(), out.resolve())
-    source_rel = Path(source_rel).as_posix()
-    steps: dict[str, StepSpec] = {}
-    for step in plan.steps.values():
-        rel = f"steps/{step.name}.ipynb"
-        step_nb = _step_notebook(name, source_rel, step, grammar, plan, parameters)
-        _write_if_changed(out / rel, nbformat.writes(step_nb).encode() + b"\n")
-        steps[step.name] = StepSpec(
-            name=step.name,
-            notebook=rel,
-            after=list(step.after),
-            inputs=dict(step.inputs),
-            outputs=list(step.outputs),
-            metrics=list(step.metrics),
-            cells=[c.index + 1 for c in step.cells],
-            reasons=dict(step.reasons),
-        )
-    for stale in (out / "steps").glob("*.ipynb"):
-        if stale.stem not in steps:
-            stale.unlink()
+    source_rel = Path(os.path.relpath(path.resolve(), out.resolve())).as_posix()
+    steps = _write_steps(out, name, source_rel, grammar, plan, parameters)
     pipeline = Pipeline(
         dir=out.resolve(),
         name=name,

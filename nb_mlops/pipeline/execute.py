@@ -322,6 +322,73 @@ def prepare() -> None:
             _register_engine()
 
 
+class _Watch:
+    """A running step's kernel and current cell, and the watchdog that kills the kernel's process
+    group when the step outlives its timeout."""
+
+    def __init__(self, km: Any, timeout: float | None) -> None:
+        self.km = km
+        self.cell: Any = None
+        self.fired = threading.Event()
+        self.timer = threading.Timer(timeout, self.kill) if timeout else None
+        if self.timer is not None:
+            self.timer.daemon = True
+            self.timer.start()
+
+    def kill(self) -> None:
+        self.fired.set()
+        running = self.km
+        pid = _pid(running) if running is not None else None
+        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+def _execute(task: StepTask, km: Any, on_cell: Callable[[Any, Any], None]) -> None:
+    import papermill
+
+    papermill.execute_notebook(
+        task.notebook,
+        task.output,
+        parameters={"nb_mlops_context": encode_context(task.context)},
+        engine_name=ENGINE_NAME,
+        kernel_name=KERNEL_NAME,
+        km=km,
+        nb_mlops_on_cell=on_cell,
+        nb_mlops_parameters=task.context.get("params"),
+        progress_bar=False,
+        execution_timeout=task.cell_timeout,
+        start_timeout=task.start_timeout,
+    )
+
+
+def _release(km: Any, reap: Callable[[Any], None] | None) -> None:
+    if reap is not None:
+        kill_kernel(km)
+        reap(km)
+    else:
+        stop_kernel(km)
+
+
+def _result(task: StepTask, watch: _Watch, error: str | None, duration: float) -> StepResult:
+    """SUCCEEDED only when the saver wrote the completion marker."""
+    where = describe_cell(watch.cell) if watch.cell is not None else "kernel start"
+    if watch.fired.is_set():
+        error = f"killed by the watchdog after {task.timeout:g} s (hung or too slow)"
+    marker_path = Path(task.values_dir) / DONE_FILE
+    if error is None and marker_path.is_file():
+        marker = json.loads(marker_path.read_text())
+        return StepResult(task.step, "SUCCEEDED", duration, marker=marker)
+    if error is None:
+        error = "the step stopped before its last cell (sys.exit() or os._exit() here, or a crash)"
+    message = f"step {task.step!r} failed in {where}: {error}"
+    return StepResult(task.step, "FAILED", duration, error=message, cell=where)
+
+
 def run_step(
     task: StepTask,
     km: Any = None,
@@ -351,77 +418,30 @@ def run_step(
 
     prepare()
     started = time.monotonic()
-    values = Path(task.values_dir)
-    (values / DONE_FILE).unlink(missing_ok=True)
-    fired = threading.Event()
-    current: dict[str, Any] = {"cell": None, "km": km}
-
-    def kill() -> None:
-        fired.set()
-        running = current["km"]
-        pid = _pid(running) if running is not None else None
-        if pid:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-
-    watchdog = threading.Timer(task.timeout, kill) if task.timeout else None
-    if watchdog is not None:
-        watchdog.daemon = True
-        watchdog.start()
+    (Path(task.values_dir) / DONE_FILE).unlink(missing_ok=True)
+    watch = _Watch(km, task.timeout)
 
     def cell_started(cell: Any, index: Any) -> None:
-        current["cell"] = cell
+        watch.cell = cell
         if on_cell is not None:
             on_cell(task.step, int(index or 0), describe_cell(cell))
 
     error: str | None = None
     try:
         if km is None:
-            km = current["km"] = start_kernel(
-                kernel_env(task.env),
-                task.cwd,
-                task.start_timeout,
-                log=log,
-                zygote=zygote,
-                zygote_wait=zygote_wait,
+            env = kernel_env(task.env)
+            km = watch.km = start_kernel(
+                env, task.cwd, task.start_timeout, log=log, zygote=zygote, zygote_wait=zygote_wait
             )
         if on_kernel is not None:
             on_kernel(km)
-        papermill.execute_notebook(
-            task.notebook,
-            task.output,
-            parameters={"nb_mlops_context": encode_context(task.context)},
-            engine_name=ENGINE_NAME,
-            kernel_name=KERNEL_NAME,
-            km=km,
-            nb_mlops_on_cell=cell_started,
-            nb_mlops_parameters=task.context.get("params"),
-            progress_bar=False,
-            execution_timeout=task.cell_timeout,
-            start_timeout=task.start_timeout,
-        )
+        _execute(task, km, cell_started)
     except papermill.PapermillExecutionError as exc:
         error = _one_line(exc.ename, exc.evalue)
     except Exception as exc:  # a dead kernel, a cell timeout, a kernel that never answered
         error = _one_line(type(exc).__name__, str(exc))
     finally:
-        if watchdog is not None:
-            watchdog.cancel()
+        watch.cancel()
         if km is not None:
-            if reap is not None:
-                kill_kernel(km)
-                reap(km)
-            else:
-                stop_kernel(km)
-    duration = time.monotonic() - started
-    where = describe_cell(current["cell"]) if current["cell"] is not None else "kernel start"
-    if fired.is_set():
-        error = f"killed by the watchdog after {task.timeout:g} s (hung or too slow)"
-    marker_path = values / DONE_FILE
-    if error is None and marker_path.is_file():
-        marker = json.loads(marker_path.read_text())
-        return StepResult(task.step, "SUCCEEDED", duration, marker=marker)
-    if error is None:
-        error = "the step stopped before its last cell (sys.exit() or os._exit() here, or a crash)"
-    message = f"step {task.step!r} failed in {where}: {error}"
-    return StepResult(task.step, "FAILED", duration, error=message, cell=where)
+            _release(km, reap)
+    return _result(task, watch, error, time.monotonic() - started)

@@ -200,6 +200,89 @@ def _read_tags(raw: Any, index: int, warnings: list[str]) -> _Tags | None:
     return _Tags(roles, named, continues, prevs, source)
 
 
+class _Blocks:
+    """Which block (a role or a step) each code cell belongs to, in notebook order: as in Kale,
+    an untagged cell continues the block above it."""
+
+    def __init__(self, stepped: bool) -> None:
+        self.stepped = stepped  # some cell has a step tag
+        self.cells: list[Cell] = []
+        self.steps: dict[str, StepDecl] = {}
+        self.block: str | None = None  # the role or step an untagged cell continues
+        self.is_step = False
+        self.metrics_at: str | None = None
+        self.leading: list[int] = []  # untagged cells before the first tagged one
+
+    def add(self, index: int, raw: Any, tags: _Tags) -> None:
+        cell_id = raw.get("id")
+        role = self.role_of(index, cell_ref(index, cell_id), tags)
+        if role != "step":
+            self.cells.append(Cell(index, cell_id, tags.source, role))
+            return
+        assert self.block is not None
+        cell = Cell(index, cell_id, tags.source, "step", self.block)
+        self.steps[self.block].cells.append(cell)
+        self.cells.append(cell)
+
+    def role_of(self, index: int, ref: str, tags: _Tags) -> str:
+        """The cell's role; "step" for a cell of step `self.block`."""
+        if tags.roles:
+            self.block, self.is_step = tags.roles[0], False
+            if self.block == "metrics":
+                self.metrics_at = self.metrics_at or ref
+            return self.block
+        if tags.named:
+            self.open_step(ref, tags)
+        elif not self.stepped:
+            # papermill style: no step tag at all, so every untagged cell is the one step
+            self.block, self.is_step = DEFAULT_STEP, True
+            self.steps.setdefault(self.block, StepDecl(self.block, first_ref=ref))
+        elif self.block is None:
+            self.leading.append(index)
+            return "dropped"
+        elif not self.is_step:
+            return self.block
+        return "step"
+
+    def open_step(self, ref: str, tags: _Tags) -> None:
+        if self.metrics_at is not None:
+            raise BuildError(
+                f"{ref}: the `pipeline-metrics` cell ({self.metrics_at}) must come after every "
+                "step cell; move it to the end of the notebook"
+            )
+        self.block, self.is_step = _check_name(tags.named[0], ref), True
+        decl = self.steps.setdefault(self.block, StepDecl(self.block, first_ref=ref))
+        for prev in tags.prevs:
+            _check_name(prev, ref)
+            if prev not in decl.after:
+                decl.after.append(prev)
+
+    def leading_warning(self) -> str | None:
+        if not self.leading:
+            return None
+        one = len(self.leading) == 1
+        it = "it" if one else "them"
+        return (
+            f"{cell_span(self.leading)} {'comes' if one else 'come'} before the first tagged "
+            f"cell and {'is' if one else 'are'} not part of the pipeline (as in Kale): tag {it} "
+            f"`imports` to run {it} in every step, or `skip`"
+        )
+
+    def check_after(self) -> None:
+        """Every `prev:` names another step of the notebook."""
+        for decl in self.steps.values():
+            for prev in decl.after:
+                if prev not in self.steps:
+                    raise BuildError(
+                        f"{decl.first_ref}: step {decl.name!r} runs after unknown step {prev!r}; "
+                        f"steps are: {', '.join(self.steps)}"
+                    )
+                if prev == decl.name:
+                    raise BuildError(
+                        f"{decl.first_ref}: step {decl.name!r} cannot run after itself"
+                    )
+
+
 def parse_cells(nb: Any) -> Grammar:
     """Read the step structure of a notebook (an nbformat NotebookNode or its dict).
 
@@ -215,64 +298,11 @@ def parse_cells(nb: Any) -> Grammar:
         tags = _read_tags(raw, index, warnings)
         if tags is not None:
             read.append((index, raw, tags))
-    stepped = any(tags.named for _, _, tags in read)
-
-    cells: list[Cell] = []
-    steps: dict[str, StepDecl] = {}
-    block: str | None = None  # the role or step an untagged cell continues
-    block_is_step = False
-    metrics_at: str | None = None
-    leading: list[int] = []
+    blocks = _Blocks(stepped=any(tags.named for _, _, tags in read))
     for index, raw, tags in read:
-        cell_id = raw.get("id")
-        ref = cell_ref(index, cell_id)
-        if tags.roles:
-            block, block_is_step = tags.roles[0], False
-            if block == "metrics":
-                metrics_at = metrics_at or ref
-            cells.append(Cell(index, cell_id, tags.source, block))
-            continue
-        if tags.named:
-            if metrics_at is not None:
-                raise BuildError(
-                    f"{ref}: the `pipeline-metrics` cell ({metrics_at}) must come after every "
-                    "step cell; move it to the end of the notebook"
-                )
-            block, block_is_step = _check_name(tags.named[0], ref), True
-            decl = steps.setdefault(block, StepDecl(block, first_ref=ref))
-            for prev in tags.prevs:
-                _check_name(prev, ref)
-                if prev not in decl.after:
-                    decl.after.append(prev)
-        elif not stepped:
-            # papermill style: no step tag at all, so every untagged cell is the one step
-            block, block_is_step = DEFAULT_STEP, True
-            steps.setdefault(block, StepDecl(block, first_ref=ref))
-        elif block is None:
-            leading.append(index)
-            cells.append(Cell(index, cell_id, tags.source, "dropped"))
-            continue
-        elif not block_is_step:
-            cells.append(Cell(index, cell_id, tags.source, block))
-            continue
-        cell = Cell(index, cell_id, tags.source, "step", block)
-        steps[block].cells.append(cell)
-        cells.append(cell)
+        blocks.add(index, raw, tags)
+    leading = blocks.leading_warning()
     if leading:
-        one = len(leading) == 1
-        it = "it" if one else "them"
-        warnings.append(
-            f"{cell_span(leading)} {'comes' if one else 'come'} before the first tagged cell and "
-            f"{'is' if one else 'are'} not part of the pipeline (as in Kale): tag {it} `imports` "
-            f"to run {it} in every step, or `skip`"
-        )
-    for decl in steps.values():
-        for prev in decl.after:
-            if prev not in steps:
-                raise BuildError(
-                    f"{decl.first_ref}: step {decl.name!r} runs after unknown step {prev!r}; "
-                    f"steps are: {', '.join(steps)}"
-                )
-            if prev == decl.name:
-                raise BuildError(f"{decl.first_ref}: step {decl.name!r} cannot run after itself")
-    return Grammar(cells, steps, warnings)
+        warnings.append(leading)
+    blocks.check_after()
+    return Grammar(blocks.cells, blocks.steps, warnings)

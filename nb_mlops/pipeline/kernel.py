@@ -109,6 +109,18 @@ def _files_digest(folder: Path, files: list[str]) -> tuple[str, dict[str, Any]]:
     return str(combined.hexdigest()), entries
 
 
+def _metric_values(ns: dict[str, Any], metrics: list[str]) -> dict[str, float]:
+    """The finite real numbers among the step's metric variables."""
+    found: dict[str, float] = {}
+    for name in metrics:
+        value = ns.get(name)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            number = float(value)
+            if math.isfinite(number):
+                found[name] = number
+    return found
+
+
 class Step:
     """The step running in this kernel (made by `setup`)."""
 
@@ -219,13 +231,7 @@ class Step:
             saved[name] = {"file": marshal.VALUES_FILE, "digest": digest, "bytes": size}
             if not name.startswith(RNG) and name not in ns:
                 saved[name]["absent"] = True
-        found: dict[str, float] = {}
-        for name in metrics:
-            value = ns.get(name)
-            if isinstance(value, numbers.Real) and not isinstance(value, bool):
-                number = float(value)
-                if math.isfinite(number):
-                    found[name] = number
+        found = _metric_values(ns, metrics)
         # every background writer (tracking, data snapshots) registers with `durable`: all that
         # was logged or snapshotted is stored before the runner ends the run
         durable.flush()

@@ -15,7 +15,7 @@ import json
 import keyword
 import math
 import tokenize
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -330,19 +330,14 @@ def _bindings(tree: ast.Module, code: str, comments: dict[int, str]) -> list[_Bi
     return found
 
 
-def read_parameters(source: str, ref: str) -> ParametersCell:
-    """Read the parameters a `parameters` cell declares, as papermill's inspection reads them
-    (and more: annotations, `a = b = 1`, `a, b = 1, 2`, assignments inside `if` blocks).
-
-    Raises:
-        BuildError: a reserved name, or a literal default that does not fit its annotation.
-    """
+def _touched(
+    code: str, ref: str, bindings: list[_Binding]
+) -> tuple[dict[str, set[int]], list[str]]:
+    """Which statements bind or change each name, and the names the cell reads before binding
+    them (from cells above it, or builtins)."""
     from nb_mlops.pipeline.analysis import analyze_source
 
-    code, problems = _python(source, ref)
-    tree = ast.parse(code)
-    bindings = _bindings(tree, code, _comments(code))
-    touched: dict[str, set[int]] = {}  # which statements bind or change each name
+    touched: dict[str, set[int]] = {}
     needs: list[str] = []
     for index, stmt in enumerate(analyze_source(code, ref)):
         needs += [n for n in sorted(stmt.needs) if n not in touched and n not in needs]
@@ -353,7 +348,52 @@ def read_parameters(source: str, ref: str) -> ParametersCell:
     for binding in bindings:
         if not binding.binds:  # an annotation alone is not a change of the value
             touched.get(binding.name, set()).discard(binding.stmt)
+    return touched, needs
 
+
+def _entry(name: str, mine: list[_Binding], touched: set[int], ref: str) -> dict[str, Any]:
+    """The schema entry of one parameter: a literal default bound once and never changed gives
+    its type and default; anything else is computed (the code that computes it)."""
+    assigned = [b for b in mine if b.binds]
+    declared = next(
+        (t for b in reversed(mine) if (t := _type_of(b.annotation, b.comment_type))), None
+    )
+    entry: dict[str, Any] = {}
+    last = assigned[-1] if assigned else None
+    pure = len(assigned) == 1 and last is not None and last.literal and touched == {last.stmt}
+    if pure and last is not None:
+        default = last.value
+        typ = declared or _infer(default)
+        try:
+            coerce(parse_type(typ), default, name=name)
+        except ParameterError as exc:
+            if default is not None:
+                raise BuildError(
+                    f"{ref}: the default of `{name}` does not fit its type: {exc}"
+                ) from exc
+            typ = f"{typ} | None"  # `x: int = None`: optional, as PEP 484 first read it
+        entry = {"type": typ, "default": default}
+    else:
+        entry = {"type": declared or "any"}
+        if last is not None:
+            entry["computed"] = last.code
+    text = next((b.help for b in reversed(mine) if b.help), "")
+    if text:
+        entry["help"] = text
+    return entry
+
+
+def read_parameters(source: str, ref: str) -> ParametersCell:
+    """Read the parameters a `parameters` cell declares, as papermill's inspection reads them
+    (and more: annotations, `a = b = 1`, `a, b = 1, 2`, assignments inside `if` blocks).
+
+    Raises:
+        BuildError: a reserved name, or a literal default that does not fit its annotation.
+    """
+    code, problems = _python(source, ref)
+    tree = ast.parse(code)
+    bindings = _bindings(tree, code, _comments(code))
+    touched, needs = _touched(code, ref, bindings)
     schema: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(b.name for b in bindings):
         mine = [b for b in bindings if b.name == name]
@@ -361,38 +401,7 @@ def read_parameters(source: str, ref: str) -> ParametersCell:
             raise BuildError(
                 f"{ref}: parameter names starting with {RESERVED_PREFIX!r} are reserved ({name})"
             )
-        assigned = [b for b in mine if b.binds]
-        declared = next(
-            (t for b in reversed(mine) if (t := _type_of(b.annotation, b.comment_type))), None
-        )
-        entry: dict[str, Any] = {}
-        last = assigned[-1] if assigned else None
-        pure = (
-            len(assigned) == 1
-            and last is not None
-            and last.literal
-            and touched.get(name, set()) == {last.stmt}
-        )
-        if pure and last is not None:
-            default = last.value
-            typ = declared or _infer(default)
-            try:
-                coerce(parse_type(typ), default, name=name)
-            except ParameterError as exc:
-                if default is not None:
-                    raise BuildError(
-                        f"{ref}: the default of `{name}` does not fit its type: {exc}"
-                    ) from exc
-                typ = f"{typ} | None"  # `x: int = None`: optional, as PEP 484 first read it
-            entry = {"type": typ, "default": default}
-        else:
-            entry = {"type": declared or "any"}
-            if last is not None:
-                entry["computed"] = last.code
-        text = next((b.help for b in reversed(mine) if b.help), "")
-        if text:
-            entry["help"] = text
-        schema[name] = entry
+        schema[name] = _entry(name, mine, touched.get(name, set()), ref)
     return ParametersCell(schema, problems, needs)
 
 
@@ -493,73 +502,87 @@ def _from_string(typ: Any, text: str) -> Any:
     return json.loads(text)  # list / dict: JSON text
 
 
+_NO = object()  # a scalar value that does not fit its type
+
+
+def _to_int(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT_INT:
+        return int(value)
+    return _NO
+
+
+def _to_float(value: Any) -> Any:
+    # NaN is refused: every comparison with it is False, so it breaks a run silently
+    if isinstance(value, float) and not math.isnan(value):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _EXACT_FLOAT_INT:
+        return float(value)
+    return _NO
+
+
+# scalar type → the value converted where lossless, or _NO
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "None": lambda value: None if value is None else _NO,
+    "bool": lambda value: value if isinstance(value, bool) else _NO,
+    "int": _to_int,
+    "float": _to_float,
+    "str": lambda value: value if isinstance(value, str) else _NO,
+}
+
+
+def _mismatch(typ: Any, value: Any, name: str) -> ParameterError:
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return ParameterError(
+        f"parameter `{name}` expects {_type_str(typ)}, got {shown} ({type(value).__name__})"
+    )
+
+
+def _coerce_union(typ: Any, value: Any, name: str, from_string: bool) -> Any:
+    members = sorted(typ[1], key=lambda t: t == "str")  # a string fits str last
+    for member in members:
+        try:
+            return coerce(member, value, name=name, from_string=from_string)
+        except ParameterError:
+            continue
+    raise _mismatch(typ, value, name)
+
+
+def _coerce_container(typ: Any, value: Any, name: str) -> Any:
+    kind, inner = typ
+    if kind == "list":
+        if not isinstance(value, list):
+            raise _mismatch(typ, value, name)
+        return [coerce(inner, item, name=f"{name}[{i}]") for i, item in enumerate(value)]
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise _mismatch(typ, value, name)
+    return {k: coerce(inner, v, name=f"{name}[{k!r}]") for k, v in value.items()}
+
+
 def coerce(typ: Any, value: Any, *, name: str, from_string: bool = False) -> Any:
     """Check `value` against the parsed type `typ`, converting only where lossless.
 
     Raises:
         ParameterError: the value does not fit; the message names the parameter and the type.
     """
-
-    def fail() -> ParameterError:
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        return ParameterError(
-            f"parameter `{name}` expects {_type_str(typ)}, got {shown} ({type(value).__name__})"
-        )
-
     if isinstance(typ, tuple) and typ[0] == "union":
-        members = sorted(typ[1], key=lambda t: t == "str")  # a string fits str last
-        for member in members:
-            try:
-                return coerce(member, value, name=name, from_string=from_string)
-            except ParameterError:
-                continue
-        raise fail()
+        return _coerce_union(typ, value, name, from_string)
     if from_string and isinstance(value, str) and typ != "str":
         try:
             parsed = _from_string(typ, value)
         except (ValueError, TypeError):
-            raise fail() from None
+            raise _mismatch(typ, value, name) from None
         return coerce(typ, parsed, name=name)
     if typ == "any":
         check_json_like(value, name)
         return value
-    if typ == "None":
-        if value is None:
-            return None
-        raise fail()
-    if typ == "bool":
-        if isinstance(value, bool):
-            return value
-        raise fail()
-    if typ == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT_INT:
-            return int(value)
-        raise fail()
-    if typ == "float":
-        # NaN is refused: every comparison with it is False, so it breaks a run silently
-        if isinstance(value, float) and not math.isnan(value):
-            return value
-        if (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and abs(value) <= _EXACT_FLOAT_INT
-        ):
-            return float(value)
-        raise fail()
-    if typ == "str":
-        if isinstance(value, str):
-            return value
-        raise fail()
-    kind, inner = typ
-    if kind == "list":
-        if not isinstance(value, list):
-            raise fail()
-        return [coerce(inner, item, name=f"{name}[{i}]") for i, item in enumerate(value)]
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise fail()
-    return {k: coerce(inner, v, name=f"{name}[{k!r}]") for k, v in value.items()}
+    if isinstance(typ, str) and typ in _CONVERT:
+        result = _CONVERT[typ](value)
+        if result is _NO:
+            raise _mismatch(typ, value, name)
+        return result
+    return _coerce_container(typ, value, name)
 
 
 def validate(

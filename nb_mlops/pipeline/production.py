@@ -45,8 +45,7 @@ def run_production(
         promote: promote this run's model afterwards, through the gates (never otherwise).
         reason: journaled with the promotion when `promote` is set.
         cache: reuse cached steps (off by default: a production run recomputes).
-        from_strings: string values in `params` are command-line text (`"0.5"` for a float
-            parameter is 0.5); False when they are already typed (`params.parse_cli_values`).
+        from_strings: strings in `params` are command-line text (`"0.5"` is 0.5), else typed.
         cfg: project configuration.
         run_options: passed to `run_pipeline` (timeout, cell_timeout, max_parallel, ...).
 
@@ -66,9 +65,34 @@ def run_production(
     """
     cfg = store.ensure_store(cfg or load_config())
     folder, info = fetch_production_pipeline(model, cfg=cfg)
+    run = run_pipeline(
+        folder,
+        _values(folder, info, params, cfg),
+        executor=executor,
+        mode="production",
+        tags=_tags(info),
+        cache=cache,
+        from_strings=from_strings,
+        cfg=cfg,
+        **run_options,
+    )
+    if promote and run.succeeded:
+        _promote(run, info, reason or f"production run of {model}", cfg)
+    return run
+
+
+def _values(
+    folder: Path, info: dict[str, Any], params: Mapping[str, Any] | None, cfg: Config
+) -> dict[str, Any]:
+    """The promoted run's parameter values, with `params` over them."""
     # the promoted run's values as MLflow keeps them: text, read as the command line's
     values = parse_cli_values(load_pipeline(folder, cfg).parameters, text=info["params"])
     values.update(params or {})
+    return values
+
+
+def _tags(info: dict[str, Any]) -> dict[str, str]:
+    """Tags linking a production run to the model version it runs the pipeline of."""
     tags = {
         "nb_mlops.production.model": info["model"],
         "nb_mlops.production.version": info["version"],
@@ -76,24 +100,13 @@ def run_production(
     }
     if info.get("source_name") and not info["source_resolves"]:
         tags["mlflow.source.name"] = info["source_name"]
-    run = run_pipeline(
-        folder,
-        values,
-        executor=executor,
-        mode="production",
-        tags=tags,
-        cache=cache,
-        from_strings=from_strings,
-        cfg=cfg,
-        **run_options,
-    )
-    if promote and run.succeeded:
-        from nb_mlops.core.promotion import promote as do_promote
+    return tags
 
-        do_promote(
-            run.run_id, model=info["model"], reason=reason or f"production run of {model}", cfg=cfg
-        )
-    return run
+
+def _promote(run: PipelineRun, info: dict[str, Any], reason: str, cfg: Config) -> None:
+    from nb_mlops.core.promotion import promote as do_promote
+
+    do_promote(run.run_id, model=info["model"], reason=reason, cfg=cfg)
 
 
 def fetch_production_pipeline(

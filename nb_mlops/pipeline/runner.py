@@ -1,4 +1,4 @@
-"""Run a built pipeline: validate parameters, walk the DAG (`graphlib`) running ready steps in
+"""Run a built pipeline: validate parameters, walk the DAG (`scheduler`) running ready steps in
 parallel through an executor, reuse cached steps, record everything in MLflow (a parent run, one
 child run per step), keep a status file up to date, and support `resume`.
 
@@ -16,7 +16,6 @@ import graphlib
 import hashlib
 import json
 import os
-import queue
 import shutil
 import signal
 import threading
@@ -31,10 +30,10 @@ from nb_mlops.core.errors import PipelineError
 from nb_mlops.core.writer import owner_token
 from nb_mlops.pipeline import cache as step_cache
 from nb_mlops.pipeline.execute import StepResult, StepTask
-from nb_mlops.pipeline.executors import Executor, check_spec, get_executor
 from nb_mlops.pipeline.kernel import DONE_FILE
 from nb_mlops.pipeline.params import parse_cli_values, validate
 from nb_mlops.pipeline.record import Recorder
+from nb_mlops.pipeline.scheduler import Options, Scheduler
 from nb_mlops.pipeline.settle import forget, mark_live, owner_alive, settle_dead_runs, write_json
 from nb_mlops.pipeline.spec import Pipeline, load_pipeline, pipeline_hash
 
@@ -42,9 +41,6 @@ __all__ = ["PipelineInterrupted", "PipelineRun", "StepState", "find_run_dir", "r
 
 STATE_FILE = "state.json"
 _PARAM_LIMIT = 6000  # MLflow's param value limit
-# how often the waiting runner wakes up: a signal handled by another thread (zmq's, a step's)
-# would otherwise leave Ctrl-C pending until the next step event
-_POLL = 0.1
 
 
 @dataclass
@@ -221,7 +217,6 @@ class _Run:
         self.error: str | None = None
         self.status_file = status_file
         self.progress = progress
-        self.pool: Executor | None = None  # made when the first step must run
         self.code_sha = {
             name: hashlib.sha256(spec.step_path(name).read_bytes()).hexdigest()
             for name in spec.steps
@@ -479,6 +474,12 @@ class _Run:
         self.skipped.add(step)
         state.cell = f"not run: step {first!r} ended the run early ({self.stopped[first]})"
 
+    def cancel_waiting(self) -> None:
+        """The steps still queued when the walk ended never ran: say why."""
+        for state in self.states.values():
+            if state.status == "QUEUED":
+                self.not_run(state.name)
+
     # --- the end -----------------------------------------------------------------------------
 
     def finish(self) -> PipelineRun:
@@ -550,12 +551,93 @@ def _check_resumable(state: dict[str, Any], resume: str) -> None:
         )
 
 
-def _next_event(events: queue.Queue[tuple[str, Any]]) -> tuple[str, Any]:
-    while True:
-        try:
-            return events.get(timeout=_POLL)
-        except queue.Empty:
-            continue
+def _prior_for(cfg: Config, spec: Pipeline, resume: str | None) -> dict[str, Any] | None:
+    """The state of the run to resume (None: a fresh run); it must be a run of `spec`."""
+    if not resume:
+        return None
+    prior = _prior_state(cfg, resume)
+    if prior.get("pipeline") != spec.name:
+        raise PipelineError(
+            f"run {resume} belongs to pipeline {prior.get('pipeline')!r}, not {spec.name!r}"
+        )
+    return prior
+
+
+def _values(
+    spec: Pipeline,
+    params: Mapping[str, Any] | None,
+    prior: dict[str, Any] | None,
+    from_strings: bool,
+) -> dict[str, Any]:
+    """The validated parameter values: the resumed run's when none are given."""
+    if prior is not None and params is None:
+        return validate(spec.parameters, prior.get("params", {}))
+    if from_strings and params:  # command-line text: read as every command line reads it
+        params = parse_cli_values(
+            spec.parameters,
+            typed={k: v for k, v in params.items() if not isinstance(v, str)},
+            text={k: v for k, v in params.items() if isinstance(v, str)},
+        )
+    return validate(spec.parameters, params)
+
+
+def _open_run(
+    cfg: Config,
+    spec: Pipeline,
+    values: dict[str, Any],
+    prior: dict[str, Any] | None,
+    resume: str | None,
+    mode: str,
+    tags: Mapping[str, str] | None,
+    status_file: str | os.PathLike[str] | None,
+    progress: Callable[[dict[str, Any]], None] | None,
+) -> tuple[_Run, dict[str, Any] | None]:
+    """The new run (not started yet), and the resumed run's state as it is once the runs of
+    dead runners are settled."""
+    extra_tags = dict(tags or {})
+    rec = Recorder(cfg)
+    settle_dead_runs(cfg, rec)  # runs of runners that died: KILLED, and resumable
+    if resume:
+        assert prior is not None
+        prior = {**_prior_state(cfg, resume), "_dir": prior["_dir"]}  # as settled
+        _check_resumable(prior, resume)
+        extra_tags["nb_mlops.resumed_from"] = resume
+    run = _Run(
+        cfg,
+        spec,
+        values,
+        rec=rec,
+        mode=mode,
+        tags=extra_tags,
+        status_file=Path(status_file) if status_file else None,
+        progress=progress,
+    )
+    return run, prior
+
+
+def _drive(run: _Run, scheduler: Scheduler) -> PipelineRun:
+    """Start the run, walk its DAG and finish it; on any exception (Ctrl-C included) stop the
+    executor and leave the run resumable."""
+    try:
+        run.start()
+        run.publish()
+        scheduler.walk()
+        scheduler.close()
+        run.cancel_waiting()
+        return run.finish()
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        with _signals_deferred():
+            scheduler.abort()
+            if interrupted:
+                # a KeyboardInterrupt raised for a signal other than SIGINT names it
+                reason = f"interrupted ({exc or 'Ctrl-C'})"
+            else:
+                reason = f"the runner failed: {type(exc).__name__}: {exc}"
+            stopped = run.abandon("CANCELLED" if interrupted else "FAILED", reason)
+        if interrupted:
+            raise PipelineInterrupted(stopped) from exc
+        raise
 
 
 def run_pipeline(
@@ -608,154 +690,8 @@ def run_pipeline(
     """
     cfg = cfg or load_config()
     spec = load_pipeline(name_or_dir, cfg)
-    prior = _prior_state(cfg, resume) if resume else None
-    if prior is not None and prior.get("pipeline") != spec.name:
-        raise PipelineError(
-            f"run {resume} belongs to pipeline {prior.get('pipeline')!r}, not {spec.name!r}"
-        )
-    if prior is not None and params is None:
-        values = validate(spec.parameters, prior.get("params", {}))
-    else:
-        if from_strings and params:  # command-line text: read as every command line reads it
-            params = parse_cli_values(
-                spec.parameters,
-                typed={k: v for k, v in params.items() if not isinstance(v, str)},
-                text={k: v for k, v in params.items() if isinstance(v, str)},
-            )
-        values = validate(spec.parameters, params)
-    check_spec(executor)
-    timeout = timeout if timeout is not None else cfg.settings.get("step_timeout")
-    cell_timeout = cell_timeout if cell_timeout is not None else cfg.settings.get("cell_timeout")
-    extra_tags = dict(tags or {})
-    rec = Recorder(cfg)
-    settle_dead_runs(cfg, rec)  # runs of runners that died: KILLED, and resumable
-    if resume:
-        assert prior is not None
-        prior = {**_prior_state(cfg, resume), "_dir": prior["_dir"]}  # as settled
-        _check_resumable(prior, resume)
-        extra_tags["nb_mlops.resumed_from"] = resume
-    run = _Run(
-        cfg,
-        spec,
-        values,
-        rec=rec,
-        mode=mode,
-        tags=extra_tags,
-        status_file=Path(status_file) if status_file else None,
-        progress=progress,
-    )
-    try:
-        run.start()
-        run.publish()
-        _walk(run, prior, executor, max_parallel, cache, timeout, cell_timeout)
-        pool, run.pool = run.pool, None
-        if pool is not None:
-            pool.close()
-        for state in run.states.values():
-            if state.status == "QUEUED":
-                run.not_run(state.name)
-        return run.finish()
-    except BaseException as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        with _signals_deferred():
-            if run.pool is not None:
-                getattr(run.pool, "abort", run.pool.close)()
-            if interrupted:
-                # a KeyboardInterrupt raised for a signal other than SIGINT names it
-                reason = f"interrupted ({exc or 'Ctrl-C'})"
-            else:
-                reason = f"the runner failed: {type(exc).__name__}: {exc}"
-            stopped = run.abandon("CANCELLED" if interrupted else "FAILED", reason)
-        if interrupted:
-            raise PipelineInterrupted(stopped) from exc
-        raise
-
-
-def _walk(
-    run: _Run,
-    prior: dict[str, Any] | None,
-    executor: str,
-    max_parallel: int | None,
-    cache: bool,
-    timeout: float | None,
-    cell_timeout: float | None,
-) -> None:
-    """Run the DAG to its end (or to a failure that blocks the rest). The executor, made when
-    the first step must run, is `run.pool`: the caller closes it, or aborts it when this
-    raises."""
-    cfg, spec = run.cfg, run.spec
-    graph = {name: set(s.after) for name, s in spec.steps.items()}
-    sorter = graphlib.TopologicalSorter(graph)
-    sorter.prepare()
-    events: queue.Queue[tuple[str, Any]] = queue.Queue()
-    pool: Executor | None = None
-    running = 0
-    while sorter.is_active():
-        ready = sorted(sorter.get_ready(), key=list(spec.steps).index)
-        for step in ready:
-            entry = None
-            if prior is not None and prior["steps"].get(step, {}).get("status") == "SUCCEEDED":
-                old_dir = Path(prior["_dir"]) / "values" / step
-                marker = prior.get("markers", {}).get(step)
-                if marker and step_cache.verify_outputs(old_dir, marker):
-                    entry = {
-                        "values_dir": str(old_dir),
-                        "marker": marker,
-                        "metrics": prior.get("step_metrics", {}).get(step, {}),
-                        "data_tags": prior.get("step_data_tags", {}).get(step, {}),
-                        "step_run_id": prior["steps"][step].get("run_id"),
-                        "output_notebook": str(Path(prior["_dir"]) / f"{step}.ipynb"),
-                    }
-            if entry is None and cache:
-                entry = step_cache.lookup(cfg, run.key(step))
-            if entry is not None:
-                run.reuse(step, entry, "resumed" if prior is not None else "cached")
-                run.done(sorter, step)
-                run.publish()
-                continue
-            if pool is None:
-                pool = run.pool = get_executor(
-                    executor,
-                    max_parallel=max_parallel or os.cpu_count() or 2,
-                    env=run.kernel_env(),
-                    cwd=run.cwd(),
-                    log=str(run.run_dir / "kernels.log"),
-                )
-            state = run.states[step]
-            state.run_id = run.create_step_run(step)
-            state.status = "RUNNING"
-            running += 1
-            pool.submit(
-                run.task(step, timeout, cell_timeout),
-                lambda s, i, d: events.put(("cell", (s, d))),
-                lambda result: events.put(("done", result)),
-            )
-            run.publish()
-        if pool is not None:
-            # pre-start kernels for what comes later, while the submitted steps run
-            pool.warm(sum(1 for s in run.states.values() if s.status == "QUEUED"))
-        if ready and all(run.states[s].status == "SUCCEEDED" for s in ready):
-            continue  # all reused: they may have made other steps ready
-        if running == 0:
-            break  # nothing runs and nothing is ready: a failure blocks the rest
-        kind, payload = _next_event(events)
-        if kind == "cell":
-            step, where = payload
-            if run.states[step].status == "RUNNING":
-                run.states[step].cell = where
-                run.publish(save=False)
-            continue
-        running -= 1
-        run.finish_step(payload)
-        if payload.status == "SUCCEEDED":
-            entry = {
-                "values_dir": str(run.values_dir(payload.step)),
-                "marker": payload.marker,
-                "metrics": run.step_metrics.get(payload.step, {}),
-                "data_tags": run.step_data_tags.get(payload.step, {}),
-                "step_run_id": run.states[payload.step].run_id,
-                "output_notebook": str(run.run_dir / f"{payload.step}.ipynb"),
-            }
-            step_cache.remember(cfg, run.key(payload.step), entry)
-            run.done(sorter, payload.step)
-        run.publish()
+    prior = _prior_for(cfg, spec, resume)
+    values = _values(spec, params, prior, from_strings)
+    options = Options.of(cfg, executor, max_parallel, cache, timeout, cell_timeout)
+    run, prior = _open_run(cfg, spec, values, prior, resume, mode, tags, status_file, progress)
+    return _drive(run, Scheduler(run, prior, options))

@@ -13,8 +13,11 @@ the planner (`plan.py`), which knows which names are imports and which are noteb
 from __future__ import annotations
 
 import ast
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from nb_mlops.core.errors import BuildError
 from nb_mlops.pipeline.analysis import knowledge
@@ -163,56 +166,70 @@ class _Scope:
         self.alias: dict[str, set[str]] = {}
 
 
-def _bound_names(body: list[ast.stmt], params: set[str]) -> tuple[set[str], set[str], set[str]]:
-    """Names a function body binds (its locals before `global`/`nonlocal` are applied), and the
-    names it declares global and nonlocal. Nested scopes are not entered, except comprehensions
-    for their walrus targets."""
-    bound = set(params)
-    declared_global: set[str] = set()
-    declared_nonlocal: set[str] = set()
+class _Bound:
+    """The names a function body binds, declares global and declares nonlocal (see
+    `_bound_names`)."""
 
-    def visit(node: ast.AST, in_comp: bool = False) -> None:
+    def __init__(self, params: set[str]) -> None:
+        self.bound = set(params)
+        self.declared_global: set[str] = set()
+        self.declared_nonlocal: set[str] = set()
+
+    def visit(self, node: ast.AST, in_comp: bool = False) -> None:
+        if self.scope(node, in_comp):
+            return
+        self.note(node, in_comp)
+        for inner in ast.iter_child_nodes(node):
+            self.visit(inner, in_comp)
+
+    def scope(self, node: ast.AST, in_comp: bool) -> bool:
+        """Nodes whose children are not all in this scope: True when handled here."""
+        if isinstance(node, ast.NamedExpr):
+            self.bound.add(node.target.id)
+            self.visit(node.value, in_comp)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            self.bound.add(node.name)
+            for deco in node.decorator_list:
+                self.visit(deco, in_comp)
+        elif isinstance(node, ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp):
+            for inner in ast.iter_child_nodes(node):
+                self.visit(inner, True)
+        else:
+            return isinstance(node, ast.Lambda)
+        return True
+
+    def note(self, node: ast.AST, in_comp: bool) -> None:
+        """The names `node` itself binds or declares."""
         if isinstance(node, ast.Global):
-            declared_global.update(node.names)
+            self.declared_global.update(node.names)
         elif isinstance(node, ast.Nonlocal):
-            declared_nonlocal.update(node.names)
+            self.declared_nonlocal.update(node.names)
         elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
             if not in_comp:
-                bound.add(node.id)
-        elif isinstance(node, ast.NamedExpr):
-            bound.add(node.target.id)
-            visit(node.value, in_comp)
-            return
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            bound.add(node.name)
-            for deco in node.decorator_list:
-                visit(deco, in_comp)
-            return
-        elif isinstance(node, ast.Lambda):
-            return
+                self.bound.add(node.id)
         elif isinstance(node, ast.Import | ast.ImportFrom):
             for alias in node.names:
                 if alias.name != "*":
-                    bound.add(alias.asname or alias.name.split(".")[0])
+                    self.bound.add(alias.asname or alias.name.split(".")[0])
         elif (
             isinstance(node, ast.ExceptHandler)
             and node.name
             or isinstance(node, ast.MatchAs | ast.MatchStar)
             and node.name
         ):
-            bound.add(node.name)
+            self.bound.add(node.name)
         elif isinstance(node, ast.MatchMapping) and node.rest:
-            bound.add(node.rest)
-        elif isinstance(node, ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp):
-            for inner in ast.iter_child_nodes(node):
-                visit(inner, True)
-            return
-        for inner in ast.iter_child_nodes(node):
-            visit(inner, in_comp)
+            self.bound.add(node.rest)
 
+
+def _bound_names(body: list[ast.stmt], params: set[str]) -> tuple[set[str], set[str], set[str]]:
+    """Names a function body binds (its locals before `global`/`nonlocal` are applied), and the
+    names it declares global and nonlocal. Nested scopes are not entered, except comprehensions
+    for their walrus targets."""
+    found = _Bound(params)
     for stmt in body:
-        visit(stmt)
-    return bound, declared_global, declared_nonlocal
+        found.visit(stmt)
+    return found.bound, found.declared_global, found.declared_nonlocal
 
 
 def _params(args: ast.arguments) -> tuple[list[str], set[str], bool]:
@@ -366,70 +383,99 @@ class _Walker:
         """The names whose objects the value of `node` may be, contain or be part of."""
         if node is None:
             return EMPTY
-        if isinstance(node, ast.Name):
-            return self.resolve(node.id)
-        if isinstance(node, ast.Attribute | ast.Subscript | ast.Starred | ast.Await):
-            return self.refs(node.value)
-        if isinstance(node, ast.List | ast.Tuple | ast.Set):
-            return frozenset().union(*(self.refs(e) for e in node.elts))
-        if isinstance(node, ast.Dict):
-            return frozenset().union(
-                *(self.refs(e) for e in [*node.keys, *node.values] if e is not None)
-            )
-        if isinstance(node, ast.Call):
-            if isinstance(node.func, ast.Name) and node.func.id in _FRESH:
-                return EMPTY
-            qual = self.qualify(node.func)
-            if qual is not None and knowledge.fresh_result(qual):
-                return EMPTY
-            if qual is None and isinstance(node.func, ast.Attribute):
-                if knowledge.returns_receiver(node.func.attr):
-                    return self.refs(node.func.value)  # `model.fit(X, y)` returns the model
-                if knowledge.model_result_is_new(node.func.attr):
-                    return EMPTY  # `model.predict(X)`: a new array, `model.score(X, y)` a number
-            found = frozenset().union(
-                *(self.refs(a) for a in node.args), *(self.refs(k.value) for k in node.keywords)
-            )
-            if isinstance(node.func, ast.Attribute):
-                found |= self.refs(node.func.value)
-            elif isinstance(node.func, ast.Name) and self._global(node.func.id):
-                found |= {f"!{node.func.id}"}  # called: a class's instances carry its methods
-            return found
-        if isinstance(node, ast.IfExp):
-            return self.refs(node.body) | self.refs(node.orelse)
-        if isinstance(node, ast.BoolOp):
-            return frozenset().union(*(self.refs(v) for v in node.values))
-        if isinstance(node, ast.BinOp):
-            # `a + b`, `[x] * 3` build containers holding the operands' elements; other
-            # operators make new values
-            if isinstance(node.op, ast.Add | ast.Mult):
-                return self.refs(node.left) | self.refs(node.right)
+        handler = self._REFS.get(type(node))
+        return EMPTY if handler is None else getattr(self, handler)(node)
+
+    def _refs_name(self, node: ast.Name) -> Names:
+        return self.resolve(node.id)
+
+    def _refs_value(
+        self, node: ast.Attribute | ast.Subscript | ast.Starred | ast.Await | ast.NamedExpr
+    ) -> Names:
+        return self.refs(node.value)
+
+    def _refs_elts(self, node: ast.List | ast.Tuple | ast.Set) -> Names:
+        return frozenset().union(*(self.refs(e) for e in node.elts))
+
+    def _refs_dict(self, node: ast.Dict) -> Names:
+        return frozenset().union(
+            *(self.refs(e) for e in [*node.keys, *node.values] if e is not None)
+        )
+
+    def _refs_call(self, node: ast.Call) -> Names:
+        if isinstance(node.func, ast.Name) and node.func.id in _FRESH:
             return EMPTY
-        if isinstance(node, ast.UnaryOp):
+        qual = self.qualify(node.func)
+        if qual is not None and knowledge.fresh_result(qual):
             return EMPTY
-        if isinstance(node, ast.NamedExpr):
-            return self.refs(node.value)
-        if isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
-            local = {
-                t.id
-                for gen in node.generators
-                for t in ast.walk(gen.target)
-                if isinstance(t, ast.Name)
-            }
-            inside: set[str] = set()
-            for gen in node.generators:
-                inside |= self.refs(gen.iter)  # the elements come from the iterables
-            scope = _Scope("comprehension")
-            scope.locals = local
-            self.scopes.append(scope)
-            try:
-                elts = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
-                for elt in elts:
-                    inside |= self.refs(elt)
-            finally:
-                self.scopes.pop()
-            return frozenset(inside)
+        if qual is None and isinstance(node.func, ast.Attribute):
+            if knowledge.returns_receiver(node.func.attr):
+                return self.refs(node.func.value)  # `model.fit(X, y)` returns the model
+            if knowledge.model_result_is_new(node.func.attr):
+                return EMPTY  # `model.predict(X)`: a new array, `model.score(X, y)` a number
+        found = frozenset().union(
+            *(self.refs(a) for a in node.args), *(self.refs(k.value) for k in node.keywords)
+        )
+        if isinstance(node.func, ast.Attribute):
+            found |= self.refs(node.func.value)
+        elif isinstance(node.func, ast.Name) and self._global(node.func.id):
+            found |= {f"!{node.func.id}"}  # called: a class's instances carry its methods
+        return found
+
+    def _refs_ifexp(self, node: ast.IfExp) -> Names:
+        return self.refs(node.body) | self.refs(node.orelse)
+
+    def _refs_boolop(self, node: ast.BoolOp) -> Names:
+        return frozenset().union(*(self.refs(v) for v in node.values))
+
+    def _refs_binop(self, node: ast.BinOp) -> Names:
+        # `a + b`, `[x] * 3` build containers holding the operands' elements; other
+        # operators make new values
+        if isinstance(node.op, ast.Add | ast.Mult):
+            return self.refs(node.left) | self.refs(node.right)
         return EMPTY
+
+    def _refs_comprehension(
+        self, node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp
+    ) -> Names:
+        local = {
+            t.id for gen in node.generators for t in ast.walk(gen.target) if isinstance(t, ast.Name)
+        }
+        inside: set[str] = set()
+        for gen in node.generators:
+            inside |= self.refs(gen.iter)  # the elements come from the iterables
+        scope = _Scope("comprehension")
+        scope.locals = local
+        self.scopes.append(scope)
+        try:
+            elts = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+            for elt in elts:
+                inside |= self.refs(elt)
+        finally:
+            self.scopes.pop()
+        return frozenset(inside)
+
+    # anything else (a constant, `-x`, `a < b`, an f-string) is a new value: it refers to nothing
+    _REFS: ClassVar[dict[type[ast.expr], str]] = {
+        ast.Name: "_refs_name",
+        ast.Attribute: "_refs_value",
+        ast.Subscript: "_refs_value",
+        ast.Starred: "_refs_value",
+        ast.Await: "_refs_value",
+        ast.NamedExpr: "_refs_value",
+        ast.List: "_refs_elts",
+        ast.Tuple: "_refs_elts",
+        ast.Set: "_refs_elts",
+        ast.Dict: "_refs_dict",
+        ast.Call: "_refs_call",
+        ast.IfExp: "_refs_ifexp",
+        ast.BoolOp: "_refs_boolop",
+        ast.BinOp: "_refs_binop",
+        ast.ListComp: "_refs_comprehension",
+        ast.SetComp: "_refs_comprehension",
+        ast.GeneratorExp: "_refs_comprehension",
+        ast.DictComp: "_refs_comprehension",
+    }
 
     def qualify(self, func: ast.expr) -> str | None:
         """The qualified name of a library function called (`numpy.mean`), from the notebook's
@@ -563,122 +609,168 @@ class _Walker:
             if dotted is not None:
                 self.effects.unpicklable_calls[name] = dotted
 
+    @contextlib.contextmanager
+    def branch(self) -> Iterator[None]:
+        """Code that may not run (a loop body, a handler, a case): what it binds is only known
+        to be bound inside it."""
+        self.bound.append(set(self.bound[-1]))
+        self.depth += 1
+        yield
+        self.depth -= 1
+        self.bound.pop()
+
     def stmt(self, node: ast.stmt) -> None:
-        if isinstance(node, ast.Assign):
-            self.assign(node.targets, node.value)
-        elif isinstance(node, ast.AnnAssign):
-            if self.effects is not None and self.depth == 0:
-                self.expr(node.annotation)
-            self.assign([node.target], node.value)
-        elif isinstance(node, ast.AugAssign):
-            self.expr(node.value)
-            refs = self.refs(node.value)
-            target: ast.expr = node.target
+        handler = self._STMTS.get(type(node), "other_stmt")
+        getattr(self, handler)(node)
+
+    def assign_stmt(self, node: ast.Assign) -> None:
+        self.assign(node.targets, node.value)
+
+    def ann_assign_stmt(self, node: ast.AnnAssign) -> None:
+        if self.effects is not None and self.depth == 0:
+            self.expr(node.annotation)
+        self.assign([node.target], node.value)
+
+    def aug_assign_stmt(self, node: ast.AugAssign) -> None:
+        self.expr(node.value)
+        refs = self.refs(node.value)
+        target: ast.expr = node.target
+        if isinstance(target, ast.Name):
+            self.read(target.id)
+            own = self.resolve(target.id)
+            self.bind(target.id, refs)
+            self.change(own)  # in place for a list, an array, a frame
+            self.link(own | refs)
+        else:
+            stored: set[str] = set()
+            self.store(target, refs, stored)
+            self.link(frozenset(stored) | refs)
+
+    def delete_stmt(self, node: ast.Delete) -> None:
+        for target in node.targets:
             if isinstance(target, ast.Name):
-                self.read(target.id)
-                own = self.resolve(target.id)
-                self.bind(target.id, refs)
-                self.change(own)  # in place for a list, an array, a frame
-                self.link(own | refs)
+                self.delete(target.id)
+            elif isinstance(target, ast.Attribute | ast.Subscript):
+                self.expr(target.value)
+                if isinstance(target, ast.Subscript):
+                    self.expr(target.slice)
+                self.change(self.refs(target.value))
+                self.state_target(target)
             else:
-                stored: set[str] = set()
-                self.store(target, refs, stored)
-                self.link(frozenset(stored) | refs)
-        elif isinstance(node, ast.Delete):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    self.delete(target.id)
-                elif isinstance(target, ast.Attribute | ast.Subscript):
-                    self.expr(target.value)
-                    if isinstance(target, ast.Subscript):
-                        self.expr(target.slice)
-                    self.change(self.refs(target.value))
-                    self.state_target(target)
-                else:
-                    self.stmt(ast.Delete(targets=list(getattr(target, "elts", []))))
-        elif isinstance(node, ast.For | ast.AsyncFor):
-            self.expr(node.iter)
-            refs = self.refs(node.iter)
-            self.bound.append(set(self.bound[-1]))
-            self.depth += 1
+                self.stmt(ast.Delete(targets=list(getattr(target, "elts", []))))
+
+    def for_stmt(self, node: ast.For | ast.AsyncFor) -> None:
+        self.expr(node.iter)
+        refs = self.refs(node.iter)
+        with self.branch():
             targets: set[str] = set()
             self.store(node.target, refs, targets)
             self.link(frozenset(targets) | refs)
             for stmt in node.body:
                 self.stmt(stmt)
-            self.depth -= 1
-            self.bound.pop()
-            self.block(node.orelse)
-        elif isinstance(node, ast.While | ast.If):
-            self.expr(node.test)
-            self.block(node.body)
-            self.block(node.orelse)
-        elif isinstance(node, ast.With | ast.AsyncWith):
-            for item in node.items:
-                self.expr(item.context_expr)
-                refs = self.refs(item.context_expr)
-                if not isinstance(item.context_expr, ast.Call):
-                    self.change(refs)  # __enter__/__exit__ of an existing object
-                if item.optional_vars is not None:
-                    bound: set[str] = set()
-                    self.store(item.optional_vars, refs, bound)
-                    self.link(frozenset(bound) | refs)
-                    if (
-                        self.effects is not None
-                        and isinstance(item.optional_vars, ast.Name)
-                        and isinstance(item.context_expr, ast.Call)
-                    ):
-                        self.note_unpicklable(item.optional_vars.id, item.context_expr)
-            self.block(node.body, keep=True)
-        elif isinstance(node, ast.Try | ast.TryStar):
-            self.block(node.body)
-            for handler in node.handlers:
-                if handler.type is not None:
-                    self.expr(handler.type)
-                self.bound.append(set(self.bound[-1]))
-                self.depth += 1
+        self.block(node.orelse)
+
+    def if_stmt(self, node: ast.While | ast.If) -> None:
+        self.expr(node.test)
+        self.block(node.body)
+        self.block(node.orelse)
+
+    def with_stmt(self, node: ast.With | ast.AsyncWith) -> None:
+        for item in node.items:
+            self.expr(item.context_expr)
+            refs = self.refs(item.context_expr)
+            if not isinstance(item.context_expr, ast.Call):
+                self.change(refs)  # __enter__/__exit__ of an existing object
+            if item.optional_vars is not None:
+                bound: set[str] = set()
+                self.store(item.optional_vars, refs, bound)
+                self.link(frozenset(bound) | refs)
+                if (
+                    self.effects is not None
+                    and isinstance(item.optional_vars, ast.Name)
+                    and isinstance(item.context_expr, ast.Call)
+                ):
+                    self.note_unpicklable(item.optional_vars.id, item.context_expr)
+        self.block(node.body, keep=True)
+
+    def try_stmt(self, node: ast.Try | ast.TryStar) -> None:
+        self.block(node.body)
+        for handler in node.handlers:
+            if handler.type is not None:
+                self.expr(handler.type)
+            with self.branch():
                 if handler.name:
                     self.bind(handler.name)
                 for stmt in handler.body:
                     self.stmt(stmt)
-                self.depth -= 1
-                self.bound.pop()
-            self.block(node.orelse)
-            self.block(node.finalbody)
-        elif isinstance(node, ast.Match):
-            self.expr(node.subject)
-            for case in node.cases:
-                self.bound.append(set(self.bound[-1]))
-                self.depth += 1
+        self.block(node.orelse)
+        self.block(node.finalbody)
+
+    def match_stmt(self, node: ast.Match) -> None:
+        self.expr(node.subject)
+        for case in node.cases:
+            with self.branch():
                 for child in ast.walk(case.pattern):
-                    if isinstance(child, ast.MatchAs | ast.MatchStar) and child.name:
-                        self.bind(child.name)
-                    elif isinstance(child, ast.MatchMapping) and child.rest:
-                        self.bind(child.rest)
-                    elif isinstance(child, ast.MatchValue | ast.MatchClass):
-                        self.expr(child.value if isinstance(child, ast.MatchValue) else child.cls)
+                    self.pattern(child)
                 if case.guard is not None:
                     self.expr(case.guard)
                 for stmt in case.body:
                     self.stmt(stmt)
-                self.depth -= 1
-                self.bound.pop()
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            self.function_def(node)
-        elif isinstance(node, ast.ClassDef):
-            self.class_def(node)
-        elif isinstance(node, ast.Import | ast.ImportFrom):
-            self.import_(node)
-        elif isinstance(node, ast.Global | ast.Nonlocal):
-            pass
-        elif isinstance(node, ast.Return):
-            self.expr(node.value)
-        else:
-            for child in ast.iter_child_nodes(node):
-                if isinstance(child, ast.expr):
-                    self.expr(child)
-                elif isinstance(child, ast.stmt):
-                    self.stmt(child)
+
+    def pattern(self, child: ast.AST) -> None:
+        """One node of a `case` pattern: the names it binds, the values it reads."""
+        if isinstance(child, ast.MatchAs | ast.MatchStar) and child.name:
+            self.bind(child.name)
+        elif isinstance(child, ast.MatchMapping) and child.rest:
+            self.bind(child.rest)
+        elif isinstance(child, ast.MatchValue | ast.MatchClass):
+            self.expr(child.value if isinstance(child, ast.MatchValue) else child.cls)
+
+    def function_stmt(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        self.function_def(node)
+
+    def class_stmt(self, node: ast.ClassDef) -> None:
+        self.class_def(node)
+
+    def import_stmt(self, node: ast.Import | ast.ImportFrom) -> None:
+        self.import_(node)
+
+    def scope_stmt(self, node: ast.Global | ast.Nonlocal) -> None:
+        pass
+
+    def return_stmt(self, node: ast.Return) -> None:
+        self.expr(node.value)
+
+    def other_stmt(self, node: ast.stmt) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.expr):
+                self.expr(child)
+            elif isinstance(child, ast.stmt):
+                self.stmt(child)
+
+    _STMTS: ClassVar[dict[type[ast.stmt], str]] = {
+        ast.Assign: "assign_stmt",
+        ast.AnnAssign: "ann_assign_stmt",
+        ast.AugAssign: "aug_assign_stmt",
+        ast.Delete: "delete_stmt",
+        ast.For: "for_stmt",
+        ast.AsyncFor: "for_stmt",
+        ast.While: "if_stmt",
+        ast.If: "if_stmt",
+        ast.With: "with_stmt",
+        ast.AsyncWith: "with_stmt",
+        ast.Try: "try_stmt",
+        ast.TryStar: "try_stmt",
+        ast.Match: "match_stmt",
+        ast.FunctionDef: "function_stmt",
+        ast.AsyncFunctionDef: "function_stmt",
+        ast.ClassDef: "class_stmt",
+        ast.Import: "import_stmt",
+        ast.ImportFrom: "import_stmt",
+        ast.Global: "scope_stmt",
+        ast.Nonlocal: "scope_stmt",
+        ast.Return: "return_stmt",
+    }
 
     def import_(self, node: ast.Import | ast.ImportFrom) -> None:
         for alias in node.names:
@@ -877,35 +969,45 @@ class _Walker:
         if isinstance(node, ast.Name):
             if isinstance(node.ctx, ast.Load):
                 self.read(node.id)
-            return
-        if isinstance(node, ast.Call):
+        elif isinstance(node, ast.Call):
             self.call(node)
-            return
-        if isinstance(node, ast.Lambda):
-            self.arguments(node.args)
-            summary = self.summarize(node, "<lambda>", node.args, node.body)
-            if self.effects is not None:
-                # it may run now (passed to a call): its reads and changes count here too
-                self.effects.lambdas.append(summary)
-            return
-        if isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
+        elif isinstance(node, ast.Lambda):
+            self.lambda_(node)
+        elif isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
             self.comprehension(node)
-            return
-        if isinstance(node, ast.NamedExpr):
-            self.expr(node.value)
-            refs = self.refs(node.value)
-            scopes, self.scopes = self.scopes, [s for s in self.scopes if s.kind != "comprehension"]
-            depth, self.depth = self.depth, self.depth + 1
-            self.bind(node.target.id, refs)
-            self.depth = depth
-            self.scopes = scopes
-            return
-        if isinstance(node, ast.Subscript) and _is_namespace_call(node.value):
-            key = node.slice
-            if isinstance(key, ast.Constant) and isinstance(key.value, str):
-                if isinstance(node.ctx, ast.Load):
-                    self.read(key.value)
-                return
+        elif isinstance(node, ast.NamedExpr):
+            self.named_expr(node)
+        elif not self.namespace_key(node):
+            self.children(node)
+
+    def lambda_(self, node: ast.Lambda) -> None:
+        self.arguments(node.args)
+        summary = self.summarize(node, "<lambda>", node.args, node.body)
+        if self.effects is not None:
+            # it may run now (passed to a call): its reads and changes count here too
+            self.effects.lambdas.append(summary)
+
+    def named_expr(self, node: ast.NamedExpr) -> None:
+        self.expr(node.value)
+        refs = self.refs(node.value)
+        scopes, self.scopes = self.scopes, [s for s in self.scopes if s.kind != "comprehension"]
+        depth, self.depth = self.depth, self.depth + 1
+        self.bind(node.target.id, refs)
+        self.depth = depth
+        self.scopes = scopes
+
+    def namespace_key(self, node: ast.expr) -> bool:
+        """`globals()["x"]`: a read of x (True: nothing else to walk)."""
+        if not (isinstance(node, ast.Subscript) and _is_namespace_call(node.value)):
+            return False
+        key = node.slice
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            if isinstance(node.ctx, ast.Load):
+                self.read(key.value)
+            return True
+        return False
+
+    def children(self, node: ast.expr) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.expr):
                 self.expr(child)

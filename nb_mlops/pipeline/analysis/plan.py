@@ -162,6 +162,21 @@ class _Events:
     assumed: dict[str, str] = field(default_factory=dict)  # given to a model's method: why
 
 
+def _mapped(
+    refs: frozenset[str] | set[str], binding: dict[str, frozenset[str]] | None, drop_called: bool
+) -> set[str]:
+    """Names of a function body in the caller's terms: `@param` is what the caller gave (nothing
+    without a binding); with `drop_called`, `!name` (a class called) is left out."""
+    mapped: set[str] = set()
+    for ref in refs:
+        if ref.startswith("@"):
+            if binding is not None:
+                mapped |= binding.get(ref[1:], frozenset())
+        elif not (drop_called and ref.startswith("!")):
+            mapped.add(ref)
+    return mapped
+
+
 class _Planner:
     def __init__(self, grammar: Grammar, start: dict[str, Version] | None = None) -> None:
         self.grammar = grammar
@@ -415,29 +430,28 @@ class _Planner:
         for link in summary.links:
             self._link({r for r in link if not r.startswith("@")}, ev, f"{why} shares {{}}", set())
         for site in summary.calls:
-            for _key, refs in self._changed_args(site, set()):
-                mapped: set[str] = set()
-                for ref in refs:
-                    if ref.startswith("@"):
-                        if binding is not None:
-                            mapped |= binding.get(ref[1:], frozenset())
-                    elif not ref.startswith("!"):
-                        mapped.add(ref)
-                self._group_change(mapped, ev, f"{why} passes {{}} to a call")
-            if self._model_method(site):
-                given: set[str] = set()
-                for ref in site.all_args():
-                    if ref.startswith("@"):
-                        if binding is not None:
-                            given |= binding.get(ref[1:], frozenset())
-                    else:
-                        given.add(ref)
-                self._assume(given, ev, f"{why} gives it to `.{site.callee[1]}(...)`")
-            self._receiver(site, ev, f"{why} calls a method on {{}}")
-            self._rng(site, ev, why)
-            if site.callee[0] == "name":
-                for inner in self.callables.get(site.callee[1], []):
-                    self._apply_summary(inner, ev, why, None, seen)
+            self._summary_call(site, ev, why, binding, seen)
+
+    def _summary_call(
+        self,
+        site: CallSite,
+        ev: _Events,
+        why: str,
+        binding: dict[str, frozenset[str]] | None,
+        seen: set[int],
+    ) -> None:
+        """A call in a notebook function's body, its `@param` names mapped to the caller's."""
+        for _key, refs in self._changed_args(site, set()):
+            mapped = _mapped(refs, binding, drop_called=True)
+            self._group_change(mapped, ev, f"{why} passes {{}} to a call")
+        if self._model_method(site):
+            given = _mapped(site.all_args(), binding, drop_called=False)
+            self._assume(given, ev, f"{why} gives it to `.{site.callee[1]}(...)`")
+        self._receiver(site, ev, f"{why} calls a method on {{}}")
+        self._rng(site, ev, why)
+        if site.callee[0] == "name":
+            for inner in self.callables.get(site.callee[1], []):
+                self._apply_summary(inner, ev, why, None, seen)
 
     def _model_method(self, site: CallSite) -> str | None:
         """A model method called on an object that holds no class of the notebook (whose own
@@ -551,41 +565,49 @@ class _Planner:
         self._group_change(direct_changes, ev, f"{ref} changes {{}} in place")
         setters = bool(state) and not (effects.binds or effects.maybe_binds)
         for site in effects.calls:
-            qual = self._qual(site.callee)
-            if site.callee[0] == "magic":
-                if site.callee[1] in knowledge.ENV_MAGICS:
-                    setters = True
-                continue
-            if qual and knowledge.is_state_setter(qual):
+            if self._call_events(site, ev, ref):
                 setters = True
-                continue
-            for _key, refs in self._changed_args(site, set()):
-                self._group_change(set(refs), ev, f"{ref} passes {{}} to a call")
-            if self._model_method(site):
-                self._assume(site.all_args(), ev, f"{ref} gives it to `.{site.callee[1]}(...)`")
-            self._receiver(site, ev, f"{ref} calls a method on {{}}")
-            self._rng(site, ev, ref)
-            if site.callee[0] == "name":
-                summaries = self.callables.get(site.callee[1], [])
-                for summary in summaries:
-                    binding = _bind_args(summary, site)
-                    self._apply_summary(
-                        summary, ev, f"{ref} calls `{site.callee[1]}`, which", binding, set()
-                    )
         if qual_only_setters(effects) and setters:
             ev.setter = True
         for summary in effects.lambdas:
             self._apply_summary(summary, ev, f"{ref} (a lambda)", None, set())
-        # a name that is or holds notebook functions (an instance holds its class) may call them
+        self._held_callables(ev, ref)
+        fresh = set(effects.binds)
+        for link in effects.links:
+            self._link(set(link), ev, f"{ref} makes it share an object", fresh)
+        return ev
+
+    def _call_events(self, site: CallSite, ev: _Events, ref: str) -> bool:
+        """What a call of a statement does; True when it sets process-wide state (an
+        environment magic, a state setter), which it does instead of anything else."""
+        qual = self._qual(site.callee)
+        if site.callee[0] == "magic":
+            return site.callee[1] in knowledge.ENV_MAGICS
+        if qual and knowledge.is_state_setter(qual):
+            return True
+        for _key, refs in self._changed_args(site, set()):
+            self._group_change(set(refs), ev, f"{ref} passes {{}} to a call")
+        if self._model_method(site):
+            self._assume(site.all_args(), ev, f"{ref} gives it to `.{site.callee[1]}(...)`")
+        self._receiver(site, ev, f"{ref} calls a method on {{}}")
+        self._rng(site, ev, ref)
+        if site.callee[0] == "name":
+            summaries = self.callables.get(site.callee[1], [])
+            for summary in summaries:
+                binding = _bind_args(summary, site)
+                self._apply_summary(
+                    summary, ev, f"{ref} calls `{site.callee[1]}`, which", binding, set()
+                )
+        return False
+
+    def _held_callables(self, ev: _Events, ref: str) -> None:
+        """A name that is or holds notebook functions (an instance holds its class) may call
+        them."""
         for name in sorted(ev.needs):
             held = self.groups.held(name) | ({name} if name in self.callables else set())
             for member in sorted(held):
                 for summary in self.callables.get(member, []):
                     self._apply_summary(summary, ev, f"{ref} uses `{member}`, which", None, set())
-        fresh = set(effects.binds)
-        for link in effects.links:
-            self._link(set(link), ev, f"{ref} makes it share an object", fresh)
-        return ev
 
     # --- the replay ---------------------------------------------------------------------------
 
