@@ -35,6 +35,9 @@ __all__ = [
 KERNEL_NAME = "python3"
 SAVE_EVERY = 2.0  # seconds between saves of a running step's output notebook
 ENGINE_NAME = "nb_mlops"
+# seconds to wait for a cell's output after the kernel's reply; nbclient's 4 s default drops the
+# output, even the traceback, of a cell on a loaded machine (the step notebook would not show it)
+OUTPUT_WAIT = 60
 # per-run variables a kernel must not inherit from the process that starts it
 _STEP_VARS = ("NB_MLOPS_RUN_ID", "NB_MLOPS_STEP", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME")
 
@@ -363,6 +366,7 @@ def _execute(task: StepTask, km: Any, on_cell: Callable[[Any, Any], None]) -> No
         progress_bar=False,
         execution_timeout=task.cell_timeout,
         start_timeout=task.start_timeout,
+        iopub_timeout=OUTPUT_WAIT,
     )
 
 
