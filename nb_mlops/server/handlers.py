@@ -377,7 +377,9 @@ def _check_point(check: dict[str, Any]) -> dict[str, Any]:
         "reference": check.get("reference"),
         "share": check.get("share"),
         "drifted": list(check.get("drifted") or []),
-        "decay": None if decay is None else {"worst": decay.get("worst"), "decayed": decay.get("decayed")},
+        "decay": None
+        if decay is None
+        else {"worst": decay.get("worst"), "decayed": decay.get("decayed")},
         "actions": [
             {k: a.get(k) for k in ("name", "status", "detail", "run_id", "version", "event")}
             for a in check.get("actions") or []
