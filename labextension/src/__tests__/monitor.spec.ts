@@ -168,10 +168,11 @@ function section(views: IMonitorView[], trans = plain) {
   let clock = 0;
   let reads = 0;
   const monitor = new MonitorSection(trans, job => jobs.push(job), {
-    getMonitor: async () => views[Math.min(reads++, views.length - 1)],
-    retrain: async (model, data, promote) => {
+    getMonitor: () =>
+      Promise.resolve(views[Math.min(reads++, views.length - 1)]),
+    retrain: (model, data, promote) => {
       posted.push([model, data, promote]);
-      return retrainJob('QUEUED');
+      return Promise.resolve(retrainJob('QUEUED'));
     },
     notify: (kind, message) => notes.push([kind, message]),
     now: () => clock
@@ -237,10 +238,10 @@ describe('MonitorSection', () => {
   it('retrains on the snapshot asked for and announces the job end', async () => {
     const { monitor, notes, jobs, posted } = section([first]);
     await monitor.setModel('churn');
-    const job = await monitor.retrainNow(async form => {
+    const job = await monitor.retrainNow(form => {
       expect(form.getValue()).toEqual({ data: 'batch@v2', promote: true });
       form.dataInput.value = ' batch@v7 ';
-      return form.getValue();
+      return Promise.resolve(form.getValue());
     });
     expect(job?.id).toBe('job-r');
     expect(posted).toEqual([['churn', 'batch@v7', true]]);
@@ -258,16 +259,17 @@ describe('MonitorSection', () => {
   it('refuses a malformed snapshot before posting, and reports a failed job', async () => {
     const { monitor, notes, posted } = section([first]);
     await monitor.setModel('churn');
-    await monitor.retrainNow(async () => ({ data: 'batch', promote: false }));
+    await monitor.retrainNow(() =>
+      Promise.resolve({ data: 'batch', promote: false })
+    );
     expect(posted).toEqual([]);
     expect(monitor.node.querySelector('.nbm-error')?.textContent).toContain(
       'NAME@vN'
     );
-    expect(await monitor.retrainNow(async () => null)).toBeNull();
-    await monitor.retrainNow(async () => ({
-      data: 'batch@v1',
-      promote: false
-    }));
+    expect(await monitor.retrainNow(() => Promise.resolve(null))).toBeNull();
+    await monitor.retrainNow(() =>
+      Promise.resolve({ data: 'batch@v1', promote: false })
+    );
     await monitor.update([retrainJob('FAILED', { error: 'no pipeline' })]);
     expect(notes).toEqual([['error', expect.stringContaining('no pipeline')]]);
   });
