@@ -224,13 +224,30 @@ def _monitor_loop(model: str, cfg: Config) -> str:
     for action in result.actions:
         what = action.name + (f" ({action.event})" if action.event else "")
         click.echo(f"   {what:<18} {action.status:<8} {action.detail}")
-        if action.name == "retrain" and action.run_id:
-            click.echo(f"   retraining run {action.run_id}, triggered by check {result.run_id}")
-    promoted = any(a.name == "promote" and a.status == "done" for a in result.actions)
-    if promoted:
+    retrained = next((a.run_id for a in result.actions if a.name == "retrain" and a.run_id), None)
+    if retrained:
+        _title("lineage of the retraining run")
+        click.echo(_trigger(retrained, cfg))
+    if any(a.name == "promote" and a.status == "done" for a in result.actions):
         _title(f"lineage of {model}@champion, retrained")
         click.echo(_lineage(model))
     return str(batch.ref)
+
+
+def _trigger(run_id: str, cfg: Config) -> str:
+    """What the retraining run records about the check that asked for it (its MLflow tags)."""
+    from nb_mlops.core import store
+
+    tags = store.client(cfg).get_run(run_id).data.tags
+    return "\n".join(
+        [
+            f"run {run_id} (mode {tags.get('nb_mlops.mode')}, pipeline of "
+            f"{tags.get('nb_mlops.production.model')} v{tags.get('nb_mlops.production.version')})",
+            f"← triggered by check {tags.get('nb_mlops.monitor.trigger')} "
+            f"on {tags.get('nb_mlops.monitor.data')} (reference {tags.get('nb_mlops.monitor.reference')})",
+            f"← reason: {tags.get('nb_mlops.monitor.reason')}",
+        ]
+    )
 
 
 def _shifted_batch() -> Any:
