@@ -1,7 +1,8 @@
-"""The job service: promote/run jobs as subprocesses, their state persisted under `.nb_mlops/jobs/`.
+"""The job service: promote/run/retrain jobs as subprocesses, their state under `.nb_mlops/jobs/`.
 
 A job is one JSON file `<jobs_dir>/<id>.json` plus a folder `<jobs_dir>/<id>/` holding the staged
-copy of the notebook, the built pipeline, the runner's status file and the log. Each job runs
+copy of the notebook, the built pipeline, the runner's status file and the log (a retrain job
+stages no notebook: it reruns the model's stored production pipeline on a data snapshot). Each job runs
 `python -m nb_mlops.server.worker` in its own process group, never inside the server process. The
 worker calls the pipeline and promotion functions itself and writes their progress and structured
 outcome into the JSON file; the service reads it, and shows a job whose process is
