@@ -18,7 +18,6 @@ from tornado.web import HTTPError
 
 from nb_mlops.core.errors import (
     ConfigError,
-    DataError,
     GatesBlocked,
     ModelNotFound,
     NbMlopsError,
@@ -61,7 +60,7 @@ STATUS: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
     ((GatesBlocked,), 409),
     ((PayloadTooLarge,), 413),
     ((StoreUnavailable,), 503),
-    ((BadRequest, ConfigError, DataError, PipelineError, PromotionError), 400),
+    ((BadRequest, ConfigError, PipelineError, PromotionError), 400),
     ((NbMlopsError,), 500),
 )
 

@@ -392,11 +392,17 @@ def _check_retrain(project_root: Path, name: str, data: str) -> None:
     """Refuse before starting a job: no champion (404), no such snapshot (404)."""
     from nb_mlops.core.config import load_config
     from nb_mlops.core.data.refs import open_store
+    from nb_mlops.core.errors import DataError
     from nb_mlops.core.monitoring.drift import resolve_manifest
 
     if nbinfo.champion_of(project_root, name) is None:
         raise NotFound(f"model {name!r} has no champion to retrain; promote a pipeline run first")
-    resolve_manifest(open_store(load_config(project_root)), data)
+    try:
+        resolve_manifest(open_store(load_config(project_root)), data)
+    except DataError as exc:
+        if type(exc) is not DataError:  # not found (404), damaged (500): as the table says
+            raise
+        raise BadRequest(str(exc)) from None  # a snapshot that is not a table
 
 
 def _history(project_root: Path, name: str) -> list[dict[str, Any]]:
