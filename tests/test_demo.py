@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,13 @@ def test_demo_in_an_empty_folder_promotes_the_quickstart_into_one_store(tmp_path
     assert first["reason"] == "nb-mlops demo"
     assert first["model_safety"]["trusted_types"] == ["sklearn.tree._tree.Tree"]
 
-    # And after promotion the loop closed: the shifted batch drifted, the policy retrained the
-    # production pipeline, and the gates judged the retrained model (a retrain of the same
-    # training data does not beat the champion: blocked, else promoted)
-    out = done.stdout
+    _the_loop_closed(done.stdout, history, read_json)
+
+
+def _the_loop_closed(out: str, history: list[Any], read_json: Callable[..., Any]) -> None:
+    """After promotion the shifted batch drifted, the policy retrained the production pipeline,
+    and the gates judged the retrained model (a retrain of the same training data does not beat
+    the champion: blocked, else promoted)."""
     assert "DRIFT: breast-cancer v1 on breast_cancer_batch@v1" in out
     (check,) = re.findall(r"check run ([0-9a-f]{32})", out)
     (retrained,) = re.findall(r"retrain +done +retraining run ([0-9a-f]{32}) SUCCEEDED", out)
