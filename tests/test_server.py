@@ -145,7 +145,7 @@ def test_every_route_has_authenticated_and_authorized(jp_serverapp: Any) -> None
                 f"{handler.__name__}.{verb} lacks @authorized"
             )
             checked += 1
-    assert checked == 7
+    assert checked == 9
     assert all(issubclass(h, tornado.web.RequestHandler) for h in registered)
 
 
@@ -157,6 +157,8 @@ ROUTE_CALLS = [
     ("POST", "jobs/20250101T000000-deadbeef/cancel", {}),
     ("GET", "models/demo-model/history", None),
     ("POST", "models/demo-model/rollback", {"reason": "bad"}),
+    ("GET", "models/demo-model/monitor", None),
+    ("POST", "models/demo-model/retrain", {"data": "train@v1"}),
 ]
 
 
@@ -310,11 +312,12 @@ async def test_cookie_post_without_xsrf_and_foreign_origin_are_rejected(
 
 async def test_get_routes_change_nothing(jp_fetch: Any, jp_root_dir: Path) -> None:
     """GET never changes state (no store created, no job written)."""
-    for path in ("notebook", "jobs", "models/demo-model/history"):
+    for path in ("notebook", "jobs", "models/demo-model/history", "models/demo-model/monitor"):
         params = {"path": "nb/train.ipynb"} if path == "notebook" else {}
         response = await jp_fetch(*API, *path.split("/"), params=params)
         assert response.code == 200
     assert await _code(jp_fetch(*API, "models", "demo-model", "rollback")) == 405
+    assert await _code(jp_fetch(*API, "models", "demo-model", "retrain")) == 405
     assert _files(jp_root_dir) == {}
 
 
@@ -782,3 +785,126 @@ async def test_promoting_the_same_parameters_twice_promotes_a_fresh_model(
     assert finals[0]["run_id"] != finals[1]["run_id"]
     history = json.loads((await jp_fetch(*API, "models", "demo-model", "history")).body)
     assert [e["to_version"] for e in history["entries"] if e["action"] == "promote"] == ["1", "2"]
+
+
+# --- monitoring: the drift history and a retrain job -----------------------------------------
+
+
+async def test_the_monitor_route_answers_the_drift_history(
+    jp_fetch: Any, jp_root_dir: Path
+) -> None:
+    """GET models/{name}/monitor: every check of the monitoring journal, oldest first, as the
+    panel charts it (at, verdict, drifted share, decay, actions); no champion, no latest."""
+    from nb_mlops.core.config import load_config
+    from nb_mlops.core.monitoring import history
+
+    # Given two checks journaled for the model, the second with a retrain that ran
+    cfg = load_config(jp_root_dir)
+    retrain = {"name": "retrain", "reason": "policy on_drift = retrain", "status": "planned"}
+    for index, (verdict, share) in enumerate((("ok", 0.0), ("drift", 0.75))):
+        check = {"record": "check", "id": f"check{index}", "version": "1", "verdict": verdict}
+        check.update(data=f"batch@v{index + 1}", reference="train@v1", drifted=["x"] * index)
+        check.update(share=share, decay=None, actions=[retrain] if index else [], acted=True)
+        history.append(cfg, "demo-model", check)
+    done = {**retrain, "status": "done", "run_id": "r1", "detail": "retraining run r1 SUCCEEDED"}
+    history.append(cfg, "demo-model", {"record": "action", "id": "check1", "action": done})
+
+    # When the route is read
+    found = json.loads((await jp_fetch(*API, "models", "demo-model", "monitor")).body)
+
+    # Then it lists both checks, oldest first, with the retrain's outcome
+    assert found["model"] == "demo-model" and found["champion"] is None
+    assert found["latest"] is None  # no champion: no verdict of its
+    points = found["checks"]
+    assert [(p["id"], p["verdict"], p["share"]) for p in points] == [
+        ("check0", "ok", 0.0),
+        ("check1", "drift", 0.75),
+    ]
+    assert points[1]["drifted"] == ["x"] and points[1]["data"] == "batch@v2"
+    assert [(a["name"], a["status"], a["run_id"]) for a in points[1]["actions"]] == [
+        ("retrain", "done", "r1")
+    ]
+    assert all(p["at"] for p in points)
+    # a limit keeps the newest
+    limited = await jp_fetch(*API, "models", "demo-model", "monitor", params={"limit": "1"})
+    found = json.loads(limited.body)
+    assert [p["id"] for p in found["checks"]] == ["check1"]
+
+
+async def test_a_retrain_is_refused_without_a_snapshot_ref_or_a_champion(
+    jp_fetch: Any, jp_root_dir: Path
+) -> None:
+    """The data must be NAME@vN (400); a model with no champion has nothing to retrain (404);
+    nothing is written either way."""
+    for body, needle in (
+        ({}, "NAME@vN"),
+        ({"data": "train"}, "NAME@vN"),
+        ({"data": "train@v1\n"}, "NAME@vN"),  # `$` would let it through
+        ({"data": "train@v1", "promote": "yes"}, "promote"),
+    ):
+        code, data = await _json_error(
+            jp_fetch(*API, "models", "demo-model", "retrain", method="POST", body=json.dumps(body))
+        )
+        assert code == 400 and needle in data["message"], (body, data)
+    body = json.dumps({"data": "train@v1"})
+    code, data = await _json_error(
+        jp_fetch(*API, "models", "demo-model", "retrain", method="POST", body=body)
+    )
+    assert code == 404 and "champion" in data["message"]
+    assert _files(jp_root_dir) == {}
+
+
+async def test_retrain_runs_the_champions_pipeline_as_a_job_and_promotes_it(
+    jp_fetch: Any, jp_root_dir: Path
+) -> None:
+    """POST models/{name}/retrain starts a job that reruns the champion's stored pipeline
+    (what `nb-mlops pipeline run --production` runs), tags it with the data, and promotes it
+    through the gates when asked."""
+    import pandas as pd
+
+    from nb_mlops.core import store
+    from nb_mlops.core.config import load_config
+    from nb_mlops.core.data import snapshot
+
+    # Given a champion promoted by a job, and a new batch snapshotted
+    new_notebook(
+        jp_root_dir / "nb" / "model.ipynb",
+        [
+            (
+                "import nb_mlops\nfrom sklearn.datasets import load_iris\n"
+                "from sklearn.linear_model import LogisticRegression",
+                ["imports"],
+            ),
+            ("C: float = 1.0", ["parameters"]),
+            (
+                "%%track\nX, y = load_iris(return_X_y=True)\n"
+                "model = LogisticRegression(C=C, max_iter=300).fit(X, y)\n"
+                "nb_mlops.log(accuracy=model.score(X, y))",
+                ["step:train"],
+            ),
+        ],
+    )
+    body = {"path": "nb/model.ipynb", "action": "promote", "parameters": {"C": 0.5}}
+    response = await jp_fetch(*API, "jobs", method="POST", body=json.dumps(body))
+    first = await _wait_final(jp_fetch, json.loads(response.body)["id"], timeout=300)
+    assert first["status"] == "PROMOTED", first["log_tail"]
+    cfg = load_config(jp_root_dir)
+    snapshot(pd.DataFrame({"a": [1.0, 2.0]}), "batch", wait=True, cfg=cfg)
+
+    # When a retrain on it is posted, promotion asked
+    body = {"data": "batch@v1", "promote": True}
+    response = await jp_fetch(
+        *API, "models", "demo-model", "retrain", method="POST", body=json.dumps(body)
+    )
+    job = json.loads(response.body)
+    assert response.code == 201 and job["action"] == "retrain" and job["data"] == "batch@v1"
+    final = await _wait_final(jp_fetch, job["id"], timeout=300)
+
+    # Then the job ran a production run of the stored pipeline, tagged with the data, promoted
+    assert final["status"] == "PROMOTED", final["log_tail"]
+    assert final["model_version"] == "2" and final["run_id"] != first["run_id"]
+    tags = store.client(cfg).get_run(final["run_id"]).data.tags
+    assert tags["nb_mlops.mode"] == "production"
+    assert tags["nb_mlops.monitor.data"] == "batch@v1"
+    listed = json.loads((await jp_fetch(*API, "jobs")).body)["jobs"]
+    assert listed[0]["id"] == job["id"] and listed[0]["data"] == "batch@v1"

@@ -17,6 +17,7 @@ import {
   parseJobList,
   parseNotebookInfo
 } from './models';
+import { IMonitorView, parseMonitor } from './monitorModels';
 
 export { ApiError };
 
@@ -110,4 +111,22 @@ export async function rollback(
     method: 'POST',
     body: JSON.stringify(body)
   });
+}
+
+export async function getMonitor(model: string): Promise<IMonitorView> {
+  return parseMonitor(await requestAPI(`models/${enc(model)}/monitor`));
+}
+
+/** Start a retrain of `model`'s champion pipeline on snapshot `data` (`NAME@vN`). */
+export async function retrain(
+  model: string,
+  data: string,
+  promote: boolean
+): Promise<IJob> {
+  return parseJob(
+    await requestAPI(`models/${enc(model)}/retrain`, {
+      method: 'POST',
+      body: JSON.stringify({ data, promote })
+    })
+  );
 }

@@ -99,9 +99,12 @@ export interface IGateResult {
 /** GET /nb-mlops/api/jobs/{id} */
 export interface IJob {
   id: string;
-  action: 'run' | 'promote';
+  action: 'run' | 'promote' | 'retrain';
   status: JobStatus;
+  /** The notebook (run, promote); empty for a retrain, which runs the stored pipeline. */
   path: string;
+  /** The snapshot a retrain runs on (`NAME@vN`). */
+  data?: string | null;
   pipeline: string;
   model: string | null;
   parameters: { [name: string]: unknown };
@@ -199,7 +202,7 @@ export function parseJob(value: unknown): IJob {
   const id = requireString(data, 'id', what);
   const status = requireString(data, 'status', what);
   const action = requireString(data, 'action', what);
-  if (action !== 'run' && action !== 'promote') {
+  if (action !== 'run' && action !== 'promote' && action !== 'retrain') {
     throw new ShapeError(what, `unknown action "${action}"`);
   }
   const links: { [name: string]: string } = {};
@@ -212,7 +215,11 @@ export function parseJob(value: unknown): IJob {
     id,
     action,
     status: status as JobStatus,
-    path: requireString(data, 'path', what),
+    path:
+      action === 'retrain'
+        ? (optionalText(data.path) ?? '')
+        : requireString(data, 'path', what),
+    data: optionalText(data.data),
     pipeline: optionalText(data.pipeline) ?? '',
     model: optionalText(data.model),
     parameters: objectOr(data.parameters),
@@ -406,6 +413,8 @@ export function actionWord(action: string, trans: TranslationBundle): string {
       return trans.__('promote');
     case 'run':
       return trans.__('run');
+    case 'retrain':
+      return trans.__('retrain');
     default:
       return action;
   }

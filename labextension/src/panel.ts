@@ -28,6 +28,7 @@ import {
   statusClass,
   statusWord
 } from './models';
+import { MonitorSection } from './monitor';
 
 /** Poll intervals (ms): a job is active, nothing is active, the longest backoff. */
 export const FAST_MS = 1000;
@@ -76,6 +77,8 @@ export class MlopsPanel extends Widget {
   private readonly historyNode = h('div', { class: 'nbm-history' });
   private readonly modelInput: HTMLInputElement;
   private readonly errorNode = h('div', { class: 'nbm-error' });
+  /** The model's latest verdict, drift history and Retrain button. */
+  readonly monitor: MonitorSection;
 
   constructor(private readonly trans: TranslationBundle) {
     super();
@@ -116,6 +119,8 @@ export class MlopsPanel extends Widget {
       h('div', { class: 'nbm-row' }, this.modelInput, refresh)
     );
     this.node.appendChild(this.historyNode);
+    this.monitor = new MonitorSection(trans, job => this.track(job));
+    this.node.appendChild(this.monitor.node);
     this.renderJobs();
     this.renderHistory();
   }
@@ -130,6 +135,7 @@ export class MlopsPanel extends Widget {
       this.modelInput.value = model;
       this.history = null;
       void this.loadHistory();
+      void this.monitor.setModel(model);
     }
   }
 
@@ -200,6 +206,7 @@ export class MlopsPanel extends Widget {
       const finished = justFinished(this.jobs, detailed);
       this.jobs = detailed;
       this.errorNode.textContent = '';
+      void this.monitor.update(detailed);
       if (finished.length > 0 && this.model) {
         await this.loadHistory();
       }
@@ -269,7 +276,7 @@ export class MlopsPanel extends Widget {
         h(
           'span',
           { class: 'nbm-job-title' },
-          `${actionWord(job.action, trans)} ${job.path}`
+          `${actionWord(job.action, trans)} ${job.path || job.data || ''}`
         ),
         job.model ? h('span', { class: 'nbm-muted' }, `→ ${job.model}`) : null
       )

@@ -1,4 +1,5 @@
-"""REST handlers under `/nb-mlops/api/`: notebook description, jobs, model history and rollback.
+"""REST handlers under `/nb-mlops/api/`: notebook description, jobs, model history and rollback,
+monitoring (the drift history) and retraining.
 
 `app.NbMlopsApp` registers `ROUTES` and puts the shared `ServerState` in the web app's settings.
 
@@ -26,7 +27,13 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 
 from nb_mlops.server import notebook as nbinfo
-from nb_mlops.server.errors import BadRequest, PayloadTooLarge, Scrubber, status_and_message
+from nb_mlops.server.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    Scrubber,
+    status_and_message,
+)
 from nb_mlops.server.jobs import ACTIONS, JobService
 from nb_mlops.server.paths import relative_to_root, resolve_notebook
 
@@ -36,6 +43,7 @@ AUTH_RESOURCE = "nb_mlops"
 API = "nb-mlops/api"
 STATE_KEY = "nb_mlops_state"  # the web app's setting holding the `ServerState`
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}\Z")
+SNAPSHOT_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}@v[0-9]{1,9}\Z")
 # a notebook's parameters are settings, not data: data goes through snapshots or files
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_VALUE_BYTES = 1024 * 1024
@@ -301,6 +309,102 @@ class RollbackHandler(BaseHandler):
         self.reply(decision)
 
 
+class MonitorHandler(BaseHandler):
+    """GET models/{name}/monitor: the champion, its latest check and the drift history (every
+    check of the monitoring journal, oldest first: at, verdict, drifted share, decay, actions)."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        name = _model_name(name)
+        limit = _page_argument(self, "limit", MAX_PAGE_SIZE, MAX_PAGE_SIZE)
+        found = await asyncio.to_thread(_monitor_view, self.state.project_root, name, limit)
+        self.reply(found)
+
+
+class RetrainHandler(BaseHandler):
+    """POST models/{name}/retrain {"data": "NAME@vN", "promote"?: bool}: a job that retrains the
+    champion's stored pipeline on that snapshot (→ QUEUED; GET jobs/{id} follows it)."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def post(self, name: str) -> None:
+        name = _model_name(name)
+        body = self.body()
+        data = body.get("data")
+        if not isinstance(data, str) or not SNAPSHOT_REF.match(data):
+            raise BadRequest(
+                f"data must name a snapshot version as NAME@vN, got {str(data)[:60]!r}"
+            )
+        promote = body.get("promote", False)
+        if not isinstance(promote, bool):
+            raise BadRequest("promote must be true or false")
+        root = self.state.project_root
+        await asyncio.to_thread(_check_retrain, root, name, data)
+        job = await asyncio.to_thread(
+            self.state.jobs.create_retrain,
+            model=name,
+            data=data,
+            promote=promote,
+            project_root=root,
+            user=self.user_name(),
+        )
+        self.reply(job, status=201)
+
+
+def _monitor_view(project_root: Path, name: str, limit: int) -> dict[str, Any]:
+    """The champion, its latest check and the last `limit` checks as JSON-ready points."""
+    from nb_mlops.core.config import load_config
+    from nb_mlops.core.monitoring.history import checks
+
+    champion = nbinfo.champion_of(project_root, name)
+    points = [_check_point(c) for c in checks(name, cfg=load_config(project_root))]
+    points = points[-limit:] if limit else []
+    version = champion["version"] if champion else None
+    latest = next((p for p in reversed(points) if p["version"] == version), None)
+    return {"model": name, "champion": champion, "latest": latest, "checks": points}
+
+
+def _check_point(check: dict[str, Any]) -> dict[str, Any]:
+    """One check of the journal as the panel charts it."""
+    decay = check.get("decay") if isinstance(check.get("decay"), dict) else None
+    return {
+        "id": check.get("id"),
+        "at": check.get("at"),
+        "version": None if check.get("version") is None else str(check.get("version")),
+        "verdict": check.get("verdict"),
+        "data": check.get("data"),
+        "reference": check.get("reference"),
+        "share": check.get("share"),
+        "drifted": list(check.get("drifted") or []),
+        "decay": None
+        if decay is None
+        else {"worst": decay.get("worst"), "decayed": decay.get("decayed")},
+        "actions": [
+            {k: a.get(k) for k in ("name", "status", "detail", "run_id", "version", "event")}
+            for a in check.get("actions") or []
+            if isinstance(a, dict)
+        ],
+    }
+
+
+def _check_retrain(project_root: Path, name: str, data: str) -> None:
+    """Refuse before starting a job: no champion (404), no such snapshot (404)."""
+    from nb_mlops.core.config import load_config
+    from nb_mlops.core.data.refs import open_store
+    from nb_mlops.core.errors import DataError
+    from nb_mlops.core.monitoring.drift import resolve_manifest
+
+    if nbinfo.champion_of(project_root, name) is None:
+        raise NotFound(f"model {name!r} has no champion to retrain; promote a pipeline run first")
+    try:
+        resolve_manifest(open_store(load_config(project_root)), data)
+    except DataError as exc:
+        if type(exc) is not DataError:  # not found (404), damaged (500): as the table says
+            raise
+        raise BadRequest(str(exc)) from None  # a snapshot that is not a table
+
+
 def _history(project_root: Path, name: str) -> list[dict[str, Any]]:
     """The promotion journal of `name`, oldest first, as JSON-ready entries."""
     from nb_mlops.core.config import load_config
@@ -326,4 +430,6 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
     (r"jobs/(?P<job_id>[^/]+)/cancel", CancelHandler),
     (r"models/(?P<name>[^/]+)/history", HistoryHandler),
     (r"models/(?P<name>[^/]+)/rollback", RollbackHandler),
+    (r"models/(?P<name>[^/]+)/monitor", MonitorHandler),
+    (r"models/(?P<name>[^/]+)/retrain", RetrainHandler),
 ]

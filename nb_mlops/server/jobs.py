@@ -1,7 +1,8 @@
-"""The job service: promote/run jobs as subprocesses, their state persisted under `.nb_mlops/jobs/`.
+"""The job service: promote/run/retrain jobs as subprocesses, their state under `.nb_mlops/jobs/`.
 
 A job is one JSON file `<jobs_dir>/<id>.json` plus a folder `<jobs_dir>/<id>/` holding the staged
-copy of the notebook, the built pipeline, the runner's status file and the log. Each job runs
+copy of the notebook, the built pipeline, the runner's status file and the log (a retrain job
+stages no notebook: it reruns the model's stored production pipeline on a data snapshot). Each job runs
 `python -m nb_mlops.server.worker` in its own process group, never inside the server process. The
 worker calls the pipeline and promotion functions itself and writes their progress and structured
 outcome into the JSON file; the service reads it, and shows a job whose process is
@@ -33,6 +34,7 @@ from nb_mlops.core.files import write_atomic
 __all__ = [
     "ACTIONS",
     "ACTIVE",
+    "RETRAIN",
     "JobNotFound",
     "JobService",
     "TERMINAL",
@@ -43,7 +45,8 @@ __all__ = [
 
 ACTIVE = ("QUEUED", "RUNNING")
 TERMINAL = ("SUCCEEDED", "PROMOTED", "BLOCKED", "FAILED", "CANCELLED")
-ACTIONS = ("run", "promote")
+ACTIONS = ("run", "promote")  # what POST jobs starts from a notebook
+RETRAIN = "retrain"  # a job POST models/{name}/retrain starts: the champion's stored pipeline
 _JOB_ID = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{8}\Z")
 # Fields kept for the service itself; never sent to the browser (no paths outside the root).
 # (`cli`: what records written by earlier versions named their command with.)
@@ -58,6 +61,7 @@ _SUMMARY = (
     "path",
     "pipeline",
     "model",
+    "data",
     "user",
     "created",
     "started",
@@ -194,36 +198,39 @@ class JobService:
         Returns:
             The public view of the new job.
         """
+        job_id, folder = self._new_folder()
+        # the job works on a copy taken now; later edits of the open notebook do not leak in.
+        staged = folder / notebook.name
+        shutil.copyfile(notebook, staged)
+        record = _record(job_id, action, model, user, project_root)
+        record.update(path=rel_path, pipeline=pipeline, parameters=parameters, staged=str(staged))
+        return self._start(record, project_root, user)
+
+    def create_retrain(
+        self, *, model: str, data: str, promote: bool, project_root: Path, user: str
+    ) -> dict[str, Any]:
+        """Record a retrain of `model`'s champion pipeline on snapshot `data` and start it.
+
+        The worker runs the stored production pipeline (no notebook is staged) and, with
+        `promote`, promotes the run through the gates.
+        """
+        job_id, _folder = self._new_folder()
+        record = _record(job_id, RETRAIN, model, user, project_root)
+        record.update(path=None, pipeline=None, data=data, promote=promote, parameters={})
+        return self._start(record, project_root, user)
+
+    def _new_folder(self) -> tuple[str, Path]:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         job_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
         folder = self.jobs_dir / job_id
         folder.mkdir()
-        # the job works on a copy taken now; later edits of the open notebook do not leak in.
-        staged = folder / notebook.name
-        shutil.copyfile(notebook, staged)
-        record: dict[str, Any] = {
-            "id": job_id,
-            "action": action,
-            "status": "QUEUED",
-            "path": rel_path,
-            "pipeline": pipeline,
-            "model": model,
-            "parameters": parameters,
-            "user": user,
-            "created": now_iso(),
-            "started": None,
-            "finished": None,
-            "run_id": None,
-            "steps": {},
-            "gates": [],
-            "model_version": None,
-            "result": None,
-            "error": None,
-            "project_root": str(project_root),
-            "staged": str(staged),
-        }
+        return job_id, folder
+
+    def _start(self, record: dict[str, Any], project_root: Path, user: str) -> dict[str, Any]:
+        """Write the QUEUED record, then start the worker in its own process group."""
+        job_id = record["id"]
         _write_record(_job_file(self.jobs_dir, job_id), record)
-        log = (folder / "log.txt").open("ab")
+        log = (self.jobs_dir / job_id / "log.txt").open("ab")
         try:
             proc = subprocess.Popen(
                 [*self.worker, str(self.jobs_dir), job_id],
@@ -385,6 +392,29 @@ class JobService:
     def shutdown(self) -> None:
         """Reap finished children; running jobs keep going (their state is on disk)."""
         self._reap()
+
+
+def _record(
+    job_id: str, action: str, model: str | None, user: str, project_root: Path
+) -> dict[str, Any]:
+    """A new QUEUED job record (the caller adds what its action needs)."""
+    return {
+        "id": job_id,
+        "action": action,
+        "status": "QUEUED",
+        "model": model,
+        "user": user,
+        "created": now_iso(),
+        "started": None,
+        "finished": None,
+        "run_id": None,
+        "steps": {},
+        "gates": [],
+        "model_version": None,
+        "result": None,
+        "error": None,
+        "project_root": str(project_root),
+    }
 
 
 def _clip(value: Any, depth: int = 0) -> Any:

@@ -1,8 +1,8 @@
 """The process behind one job: build the staged notebook's pipeline, run it, promote it.
 
 Started by the job service as `python -m nb_mlops.server.worker JOBS_DIR JOB_ID` in its own process
-group, never inside the server. `execute` is the entry point: it calls `nb_mlops.pipeline` and
-`nb_mlops.core.promotion` directly (typed values, no shell, no code built from request strings)
+group, never inside the server. `execute` is the entry point: it calls `nb_mlops.pipeline`,
+`nb_mlops.core.monitoring.actions` (retrain jobs) and `nb_mlops.core.promotion` directly (typed values, no shell, no code built from request strings)
 and returns an `Outcome`; `main` writes the outcome and the live progress into the job record.
 SIGTERM and SIGHUP (a cancel) stop the run as Ctrl-C does: kernels killed, MLflow runs KILLED.
 It imports no tornado nor jupyter_server.
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nb_mlops.server.jobs import TERMINAL, now_iso, read_job, update_job
+from nb_mlops.server.jobs import RETRAIN, TERMINAL, now_iso, read_job, update_job
 
 __all__ = ["Outcome", "Stopped", "execute", "main"]
 
@@ -84,7 +84,8 @@ def execute(
     progress: Callable[[dict[str, Any]], None] | None = None,
     note: Callable[[str], None] = lambda text: None,
 ) -> Outcome:
-    """Build, run and (for a promote job) promote the staged notebook of `job`.
+    """Build, run and (for a promote job) promote the staged notebook of `job`; a retrain job
+    runs the model's stored production pipeline instead (promoted when the job asks).
 
     Args:
         job: the job record (action, staged, pipeline, parameters, model, project_root).
@@ -104,17 +105,32 @@ def execute(
     from nb_mlops.core.errors import NbMlopsError
 
     cfg = load_config(Path(job["project_root"]))
-    promote = job["action"] == "promote"
+    promote = job["action"] == "promote" or bool(job.get("promote"))
     if promote and cfg.problems:
         # a bad setting must never open a gate: refuse before running anything
         return Outcome("FAILED", error="; ".join(cfg.problems))
+    if job["action"] == RETRAIN:
+        return _retrain(job, cfg, note)
     try:
         note(f"building pipeline {job['pipeline']}")
         _build(job, folder / "pipeline", cfg, note)
     except NbMlopsError as exc:
         return Outcome("FAILED", error=str(exc))
+    return _run(job, folder, cfg, progress, note)
+
+
+def _run(
+    job: dict[str, Any],
+    folder: Path,
+    cfg: Any,
+    progress: Callable[[dict[str, Any]], None] | None,
+    note: Callable[[str], None],
+) -> Outcome:
+    """Run the built pipeline; promote its model for a promote job."""
+    from nb_mlops.core.errors import NbMlopsError
     from nb_mlops.pipeline import run_pipeline
 
+    promote = job["action"] == "promote"
     note("running the pipeline" + (" (no cache: the promoted model must be fresh)" * promote))
     try:
         run = run_pipeline(
@@ -138,6 +154,33 @@ def execute(
     if not run.run_id:
         return Outcome("FAILED", steps=steps, result=ran, error="the run has no id; cannot promote")
     return _promote(job, run.run_id, steps, cfg, note)
+
+
+def _retrain(job: dict[str, Any], cfg: Any, note: Callable[[str], None]) -> Outcome:
+    """Run the champion's stored pipeline as a retrain on `job["data"]` (what a monitoring
+    policy runs), then, when asked, promote it through the gates."""
+    from nb_mlops.core.errors import NbMlopsError
+    from nb_mlops.core.monitoring import actions
+
+    model, data = job["model"], job["data"]
+    note(f"retraining {model}'s production pipeline on {data}")
+    try:
+        outcome = actions.retrain(
+            model,
+            data,
+            trigger=None,
+            reason=f"retrain on {data} requested by {job.get('user') or 'unknown'}",
+            cfg=cfg,
+        )
+    except NbMlopsError as exc:
+        return Outcome("FAILED", error=str(exc))
+    result = outcome.as_dict()
+    if not outcome.succeeded or not outcome.run_id:
+        error = outcome.error or f"retraining run {outcome.run_id} failed"
+        return Outcome("FAILED", run_id=outcome.run_id, result=result, error=error)
+    if not job.get("promote"):
+        return Outcome("SUCCEEDED", run_id=outcome.run_id, result=result)
+    return _promote(job, outcome.run_id, {}, cfg, note)
 
 
 def _build(job: dict[str, Any], output: Path, cfg: Any, note: Callable[[str], None]) -> None:

@@ -331,91 +331,119 @@ def monitor(
     settings = parse_settings(cfg.settings.get("monitor"))
     version = models.resolve(model, cfg=cfg)
     pending.wait_all()
-    current_manifest = resolve_manifest(open_store(cfg), data)
-    current = format_ref(current_manifest["name"], current_manifest["version"])
-    ref = reference or training_reference(version, current_manifest["name"], cfg=cfg)
+    manifest = resolve_manifest(open_store(cfg), data)
+    current = format_ref(manifest["name"], manifest["version"])
+    ref = reference or training_reference(version, manifest["name"], cfg=cfg)
     label = labels or settings.label
-    label_column = label.rpartition(":")[2] if label else None
-    if labels is None and label and ":" not in label and label not in current_manifest["columns"]:
+    if labels is None and label and ":" not in label and label not in manifest["columns"]:
         label = None  # the configured label is not in this batch: drift only
+    tags = _check_tags(version, f"{current}:{manifest['digest']}", ref, label)
+    with track(name=f"monitor-{version.name}-v{version.version}", autolog=False, tags=tags) as run:
+        result = _findings(version, ref, current, label, exact, settings, cfg, run.run_id)
+        _record(run, result)
+        result.report_uri = _attach_report(run, result, cfg)
+    flush()
+    _journal(result, act, cfg)
+    if act and result.actions:
+        result.actions = policy.carry_out(result.actions, _context(result), settings, cfg=cfg)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _check_tags(
+    version: models.ModelVersion, data: str, reference: str, label: str | None
+) -> dict[str, str]:
     tags = {
         "nb_mlops.mode": "monitor",
         "nb_mlops.monitor.model": version.name,
         "nb_mlops.monitor.version": version.version,
-        "nb_mlops.monitor.data": f"{current}:{current_manifest['digest']}",
-        "nb_mlops.monitor.reference": ref,
+        "nb_mlops.monitor.data": data,
+        "nb_mlops.monitor.reference": reference,
     }
     if label:
         tags["nb_mlops.monitor.labels"] = label
-    with track(name=f"monitor-{version.name}-v{version.version}", autolog=False, tags=tags) as run:
-        found = drift(
-            ref,
-            current,
-            exact=exact,
-            exclude=[label_column] if label_column else [],
-            columns=models.signature_inputs(version),
-            settings=settings,
-            cfg=cfg,
-        )
-        decayed, previous = (None, None)
-        if label:
-            decayed, previous = _decay(version, current, label, settings, cfg)
-        verdict = "decay" if decayed is not None and decayed.decayed else found.verdict
-        result = MonitorResult(
-            model=version.name,
-            version=version.version,
-            verdict=verdict,
-            data=current,
-            reference=found.reference,
-            drift=found,
-            decay=decayed,
-            run_id=run.run_id,
-            labels=label,
-        )
-        planned = policy.decide(
-            drifted=found.verdict == "drift",
-            decayed=decayed is not None and decayed.decayed,
-            worst_decay=decayed.worst if decayed is not None else 0.0,
-            previous=previous,
-            settings=settings,
-            check=run.run_id,
-        )
-        result.actions = planned
-        _record(run, result)
-        result.report_uri = _attach_report(run, result, cfg)
-    flush()
+    return tags
+
+
+def _findings(
+    version: models.ModelVersion,
+    reference: str,
+    current: str,
+    label: str | None,
+    exact: bool,
+    settings: MonitorSettings,
+    cfg: Config,
+    run_id: str,
+) -> MonitorResult:
+    """Drift, decay (with labels), the verdict and the actions the policy plans."""
+    label_column = label.rpartition(":")[2] if label else None
+    found = drift(
+        reference,
+        current,
+        exact=exact,
+        exclude=[label_column] if label_column else [],
+        columns=models.signature_inputs(version),
+        settings=settings,
+        cfg=cfg,
+    )
+    decayed, previous = _decay(version, current, label, settings, cfg) if label else (None, None)
+    is_decayed = decayed is not None and decayed.decayed
+    result = MonitorResult(
+        model=version.name,
+        version=version.version,
+        verdict="decay" if is_decayed else found.verdict,
+        data=current,
+        reference=found.reference,
+        drift=found,
+        decay=decayed,
+        run_id=run_id,
+        labels=label,
+    )
+    result.actions = policy.decide(
+        drifted=found.verdict == "drift",
+        decayed=is_decayed,
+        worst_decay=decayed.worst if decayed is not None else 0.0,
+        previous=previous,
+        settings=settings,
+        check=run_id,
+    )
+    return result
+
+
+def _journal(result: MonitorResult, act: bool, cfg: Config) -> None:
+    """The check's record in the model's monitoring journal, before any action runs."""
     history.append(
         cfg,
-        version.name,
+        result.model,
         {
             "record": "check",
-            "id": run.run_id,
-            "version": version.version,
-            "verdict": verdict,
-            "data": current,
-            "reference": found.reference,
-            "drifted": found.drifted,
-            "share": found.share,
-            "decay": decayed.as_dict() if decayed is not None else None,
-            "actions": [a.as_dict() for a in planned],
+            "id": result.run_id,
+            "version": result.version,
+            "verdict": result.verdict,
+            "data": result.data,
+            "reference": result.reference,
+            "drifted": result.drift.drifted,
+            "share": result.drift.share,
+            "decay": result.decay.as_dict() if result.decay is not None else None,
+            "actions": [a.as_dict() for a in result.actions],
             "acted": act,
         },
     )
-    if act and planned:
-        ctx = policy.Context(
-            model=version.name,
-            version=version.version,
-            check_id=run.run_id,
-            data=current,
-            summary=result.summary(),
-            reference=found.reference,
-            facts={
-                "verdict": verdict,
-                "reference": found.reference,
-                "drifted": ", ".join(found.drifted),
-                "share": round(found.share, 4),
-            },
-        )
-        result.actions = policy.carry_out(planned, ctx, settings, cfg=cfg)
-    result.seconds = time.perf_counter() - started
-    return result
+
+
+def _context(result: MonitorResult) -> policy.Context:
+    found = result.drift
+    return policy.Context(
+        model=result.model,
+        version=result.version,
+        check_id=str(result.run_id),
+        data=result.data,
+        summary=result.summary(),
+        reference=found.reference,
+        facts={
+            "verdict": result.verdict,
+            "reference": found.reference,
+            "drifted": ", ".join(found.drifted),
+            "share": round(found.share, 4),
+        },
+    )

@@ -304,13 +304,51 @@ def drift(
     settings = settings or parse_settings(cfg.settings.get("monitor"))
     pending.wait_all()
     store = open_store(cfg)
-    mr, mc = resolve_manifest(store, reference), resolve_manifest(store, current)
-    ref = _Side(format_ref(mr["name"], mr["version"]), mr, store, exact)
-    cur = _Side(format_ref(mc["name"], mc["version"]), mc, store, exact)
-    skip = set(exclude) | set(settings.ignore)
-    if columns is not None:
-        wanted = set(columns)
-        skip |= {c for c in [*ref.columns, *cur.columns] if c not in wanted}
+    ref, cur = _side(store, reference, exact), _side(store, current, exact)
+    # not compared: the excluded, the ignored, and (given `columns`) every other column
+    others = set() if columns is None else {*ref.columns, *cur.columns} - set(columns)
+    skip = set(exclude) | set(settings.ignore) | others
+    features = _features(ref, cur, skip, settings, top)
+    return _report(ref, cur, features, settings, exact, time.perf_counter() - started)
+
+
+def _report(
+    ref: _Side,
+    cur: _Side,
+    features: list[FeatureDrift],
+    settings: MonitorSettings,
+    exact: bool,
+    seconds: float,
+) -> DriftReport:
+    """The verdict: drift when the drifted share of the compared features reaches the threshold."""
+    judged = [f for f in features if f.schema != "new"]
+    drifted = [f.name for f in judged if f.drifted]
+    share = len(drifted) / len(judged) if judged else 0.0
+    return DriftReport(
+        reference=ref.ref,
+        current=cur.ref,
+        rows_ref=ref.rows,
+        rows_cur=cur.rows,
+        features=features,
+        drifted=drifted,
+        share=share,
+        drift_share=settings.drift_share,
+        verdict="drift" if drifted and share >= settings.drift_share else "ok",
+        exact=exact,
+        sample_rows=None if exact else (ref.sample_rows or 0, cur.sample_rows or 0),
+        seconds=seconds,
+    )
+
+
+def _side(store: Any, data: Any, exact: bool) -> _Side:
+    manifest = resolve_manifest(store, data)
+    return _Side(format_ref(manifest["name"], manifest["version"]), manifest, store, exact)
+
+
+def _features(
+    ref: _Side, cur: _Side, skip: set[str], settings: MonitorSettings, top: int
+) -> list[FeatureDrift]:
+    """Every reference feature compared (a missing one drifted), then the current data's new ones."""
     names = [name for name in ref.columns if name not in skip]
     compared = [name for name in names if name in cur.columns]
     # numpy and Arrow release the GIL: features side by side on every core
@@ -322,39 +360,21 @@ def drift(
                 strict=True,
             )
         )
-    features: list[FeatureDrift] = []
-    for name in names:
-        if name in found:
-            features.append(found[name])
-            continue
-        features.append(
-            FeatureDrift(
-                name=name,
-                kind=ref.kind(name),
-                drifted=True,
-                reasons=["missing in the current data"],
-                schema="missing",
-                exact=True,
-            )
+    features = [
+        found.get(name)
+        or FeatureDrift(
+            name=name,
+            kind=ref.kind(name),
+            drifted=True,
+            reasons=["missing in the current data"],
+            schema="missing",
+            exact=True,
         )
-    for name in cur.columns:
-        if name not in ref.columns and name not in skip:
-            features.append(FeatureDrift(name=name, kind=cur.kind(name), schema="new"))
-    judged = [f for f in features if f.schema != "new"]
-    drifted = [f.name for f in judged if f.drifted]
-    share = len(drifted) / len(judged) if judged else 0.0
-    verdict = "drift" if drifted and share >= settings.drift_share else "ok"
-    return DriftReport(
-        reference=ref.ref,
-        current=cur.ref,
-        rows_ref=ref.rows,
-        rows_cur=cur.rows,
-        features=features,
-        drifted=drifted,
-        share=share,
-        drift_share=settings.drift_share,
-        verdict=verdict,
-        exact=exact,
-        sample_rows=None if exact else (ref.sample_rows or 0, cur.sample_rows or 0),
-        seconds=time.perf_counter() - started,
+        for name in names
+    ]
+    features.extend(
+        FeatureDrift(name=name, kind=cur.kind(name), schema="new")
+        for name in cur.columns
+        if name not in ref.columns and name not in skip
     )
+    return features

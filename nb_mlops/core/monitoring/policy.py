@@ -234,7 +234,19 @@ def _rollback(action: Action, ctx: Context, cfg: Config) -> Action:
 
 
 def _retrain(action: Action, ctx: Context, settings: MonitorSettings, cfg: Config) -> list[Action]:
-    out = [action]
+    """The retraining run, then (with `auto_promote`) its promotion through the gates."""
+    _run_retrain(action, ctx, cfg)
+    if action.status == "failed":
+        if _wants(settings, "retrain_failed"):
+            alert = _alert(ctx, settings, "retrain_failed", action.detail, run_id=action.run_id)
+            return [action, alert]
+        return [action]
+    if not settings.policy.auto_promote or action.run_id is None:
+        return [action]
+    return [action, *_promote(action, ctx, settings, cfg)]
+
+
+def _run_retrain(action: Action, ctx: Context, cfg: Config) -> None:
     try:
         outcome = acts.retrain(
             ctx.model,
@@ -246,55 +258,35 @@ def _retrain(action: Action, ctx: Context, settings: MonitorSettings, cfg: Confi
         )
     except NbMlopsError as exc:
         action.status, action.detail = "failed", str(exc).splitlines()[0]
-        outcome = None
-    if outcome is not None:
-        action.run_id = outcome.run_id
-        action.status = "done" if outcome.succeeded else "failed"
-        action.detail = (
-            f"retraining run {outcome.run_id} {outcome.status}"
-            + (f": {outcome.error}" if outcome.error else "")
-            + ("" if outcome.repointed else " (data inputs as the pipeline names them)")
-        )
-    if action.status == "failed":
-        if _wants(settings, "retrain_failed"):
-            out.append(_alert(ctx, settings, "retrain_failed", action.detail, run_id=action.run_id))
-        return out
-    if not settings.policy.auto_promote or action.run_id is None:
-        return out
-    promote = Action(
-        "promote",
-        f"policy auto_promote after {action.reason}",
-        run_id=action.run_id,
+        return
+    action.run_id = outcome.run_id
+    action.status = "done" if outcome.succeeded else "failed"
+    action.detail = (
+        f"retraining run {outcome.run_id} {outcome.status}"
+        + (f": {outcome.error}" if outcome.error else "")
+        + ("" if outcome.repointed else " (data inputs as the pipeline names them)")
     )
-    out.append(promote)
+
+
+def _promote(action: Action, ctx: Context, settings: MonitorSettings, cfg: Config) -> list[Action]:
+    """Promote the retrained run (never forced); alert on the outcome when a webhook wants it."""
     from nb_mlops.core.promotion import PromotionBlocked
 
+    run_id = str(action.run_id)
+    promote = Action("promote", f"policy auto_promote after {action.reason}", run_id=run_id)
+    event, facts = "promotion", {"run_id": run_id}
     try:
-        decision = acts.promote_retrained(ctx.model, action.run_id, reason=promote.reason, cfg=cfg)
+        decision = acts.promote_retrained(ctx.model, run_id, reason=promote.reason, cfg=cfg)
     except PromotionBlocked as blocked:
         promote.status, promote.detail = "blocked", str(blocked.decision.summary())
-        if _wants(settings, "retrain_blocked"):
-            out.append(
-                _alert(ctx, settings, "retrain_blocked", promote.detail, run_id=action.run_id)
-            )
-        return out
+        event = "retrain_blocked"
     except NbMlopsError as exc:
         promote.status, promote.detail = "failed", str(exc).splitlines()[0]
-        if _wants(settings, "retrain_failed"):
-            out.append(
-                _alert(ctx, settings, "retrain_failed", promote.detail, run_id=action.run_id)
-            )
-        return out
-    promote.status, promote.version, promote.detail = "done", decision.version, decision.summary()
-    if _wants(settings, "promotion"):
-        out.append(
-            _alert(
-                ctx,
-                settings,
-                "promotion",
-                promote.detail,
-                run_id=action.run_id,
-                to_version=decision.version,
-            )
-        )
-    return out
+        event = "retrain_failed"
+    else:
+        promote.status, promote.version = "done", decision.version
+        promote.detail = decision.summary()
+        facts["to_version"] = decision.version
+    if not _wants(settings, event):
+        return [promote]
+    return [promote, _alert(ctx, settings, event, promote.detail, **facts)]

@@ -109,21 +109,12 @@ def score(
         >>> done.output                                               # doctest: +SKIP
         'batch-predictions@v1'
     """
-    from nb_mlops.core.data import pending, restore, snapshot
-    from nb_mlops.core.data.refs import open_store
-    from nb_mlops.core.errors import DataError
-    from nb_mlops.core.monitoring.drift import resolve_manifest
     from nb_mlops.core.tracking import flush, track
 
     started = time.perf_counter()
     cfg = cfg or load_config()
     version = models.resolve(model, cfg=cfg)
-    pending.wait_all()
-    manifest = resolve_manifest(open_store(cfg), data)
-    if manifest["kind"] != "frame":
-        raise DataError(
-            f"{format_ref(manifest['name'], manifest['version'])} is an array; score a DataFrame snapshot"
-        )
+    manifest = _frame_manifest(data, cfg)
     source = format_ref(manifest["name"], manifest["version"])
     target = check_name(out or f"{manifest['name']}-predictions")
     tags = {
@@ -134,29 +125,62 @@ def score(
     }
     loaded = models.load(version, cfg=cfg)
     with track(name=f"score-{version.name}-v{version.version}", autolog=False, tags=tags) as run:
-        frame = restore(source, cfg=cfg)
-        x = models.features(loaded, frame)
-        began = time.perf_counter()
-        predictions = models.predict(loaded, x, batch_rows)
-        predict_seconds = time.perf_counter() - began
-        result_frame = _as_frame(predictions, frame.index)
-        stored = snapshot(
-            result_frame,
-            target,
-            message=f"predictions of {version.ref} on {source}",
-            wait=True,
-            lineage={
-                "model": version.name,
-                "model_version": version.version,
-                "input": source,
-                "input_digest": str(manifest["digest"]),
-                "run_id": run.run_id,
-            },
-            cfg=cfg,
-        )
-        run.set_tag("nb_mlops.score.output", f"{stored.ref}:{stored.digest}")
-        run.log(step=0, rows=float(len(frame)), predict_seconds=predict_seconds)
+        result = _predict_and_store(loaded, version, manifest, target, batch_rows, run, cfg)
     flush()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _frame_manifest(data: str, cfg: Config) -> dict[str, Any]:
+    """The manifest of the DataFrame snapshot `data` (pending snapshots written first)."""
+    from nb_mlops.core.data import pending
+    from nb_mlops.core.data.refs import open_store
+    from nb_mlops.core.errors import DataError
+    from nb_mlops.core.monitoring.drift import resolve_manifest
+
+    pending.wait_all()
+    manifest: dict[str, Any] = resolve_manifest(open_store(cfg), data)
+    if manifest["kind"] != "frame":
+        raise DataError(
+            f"{format_ref(manifest['name'], manifest['version'])} is an array; score a DataFrame snapshot"
+        )
+    return manifest
+
+
+def _predict_and_store(
+    loaded: models.LoadedModel,
+    version: models.ModelVersion,
+    manifest: dict[str, Any],
+    target: str,
+    batch_rows: int,
+    run: Any,
+    cfg: Config,
+) -> ScoreResult:
+    """Predict over the input in batches, snapshot the predictions, record both on `run`."""
+    from nb_mlops.core.data import restore, snapshot
+
+    source = format_ref(manifest["name"], manifest["version"])
+    frame = restore(source, cfg=cfg)
+    began = time.perf_counter()
+    predictions = models.predict(loaded, models.features(loaded, frame), batch_rows)
+    predict_seconds = time.perf_counter() - began
+    result_frame = _as_frame(predictions, frame.index)
+    stored = snapshot(
+        result_frame,
+        target,
+        message=f"predictions of {version.ref} on {source}",
+        wait=True,
+        lineage={
+            "model": version.name,
+            "model_version": version.version,
+            "input": source,
+            "input_digest": str(manifest["digest"]),
+            "run_id": run.run_id,
+        },
+        cfg=cfg,
+    )
+    run.set_tag("nb_mlops.score.output", f"{stored.ref}:{stored.digest}")
+    run.log(step=0, rows=float(len(frame)), predict_seconds=predict_seconds)
     return ScoreResult(
         model=version.name,
         version=version.version,
@@ -164,7 +188,7 @@ def score(
         output=stored.ref,
         rows=len(frame),
         run_id=run.run_id,
-        seconds=time.perf_counter() - started,
+        seconds=0.0,
         predict_seconds=predict_seconds,
         predictions=result_frame,
     )

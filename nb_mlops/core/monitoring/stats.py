@@ -118,6 +118,24 @@ def numeric(ref: np.ndarray, cur: np.ndarray, bins: int = 10) -> FeatureStats:
     out = FeatureStats(n_ref=n, n_cur=m)
     if n == 0 or m == 0:
         return out
+    d, distance = _cdf_gap(rs, cs)
+    spread = float(np.std(rs))
+    scale = spread if spread > 0 else 1.0
+    edges = quantile_edges(rs, bins)
+    out.values = {
+        "ks": d,
+        "ks_p": _ks_p(d, n, m, rs, cs),
+        "wasserstein": distance / scale,
+        "psi": _psi(bin_counts(rs, edges) / n, bin_counts(cs, edges) / m),
+    }
+    out.noise = _noise(rs, m, scale, len(edges))
+    out.plot = plot_bins(rs, cs)
+    return out
+
+
+def _cdf_gap(rs: np.ndarray, cs: np.ndarray) -> tuple[float, float]:
+    """(KS statistic, unscaled Wasserstein distance) of two sorted, non-empty samples."""
+    n, m = len(rs), len(cs)
     # both CDFs at every value (SciPy's definition: right-continuous, ties counted together),
     # from one merge of the two sorted samples
     both = np.concatenate([rs, cs])
@@ -130,24 +148,17 @@ def numeric(ref: np.ndarray, cur: np.ndarray, bins: int = 10) -> FeatureStats:
     at = merged[last]
     taken = from_ref[last]
     gap = taken / n - (np.flatnonzero(last) + 1 - taken) / m
-    d = float(np.max(np.abs(gap)))
-    distance = float(np.sum(np.abs(gap[:-1]) * np.diff(at)))
-    spread = float(np.std(rs))
-    scale = spread if spread > 0 else 1.0
-    edges = quantile_edges(rs, bins)
-    ref_share = bin_counts(rs, edges) / n
-    cur_share = bin_counts(cs, edges) / m
-    out.values = {
-        "ks": d,
-        "ks_p": _ks_p(d, n, m, rs, cs),
-        "wasserstein": distance / scale,
-        "psi": _psi(ref_share, cur_share),
-    }
+    return float(np.max(np.abs(gap))), float(np.sum(np.abs(gap[:-1]) * np.diff(at)))
+
+
+def _noise(rs: np.ndarray, m: int, scale: float, edges: int) -> dict[str, float]:
+    """What each statistic reaches by chance alone between samples of these sizes."""
+    n = len(rs)
     both_sizes = (n + m) / (n * m)
     # the integral of sqrt(F(1-F)) over the reference: the scale of the Wasserstein noise
     f = np.arange(1, n) / n
     spread_integral = float(np.sum(np.sqrt(f * (1 - f)) * np.diff(rs)))
-    out.noise = {
+    return {
         "ks": math.sqrt(-math.log(ALPHA / 2) / 2) * math.sqrt(both_sizes),
         # sqrt(n m / (n + m)) W tends to the integral of |B(F(x))| (B a Brownian bridge): its
         # mean plus z standard deviations, the deviation bounded by Minkowski's inequality
@@ -157,10 +168,8 @@ def numeric(ref: np.ndarray, cur: np.ndarray, bins: int = 10) -> FeatureStats:
         * spread_integral
         * math.sqrt(both_sizes)
         / scale,
-        "psi": _chi2_quantile(len(edges)) * both_sizes,
+        "psi": _chi2_quantile(edges) * both_sizes,
     }
-    out.plot = plot_bins(rs, cs)
-    return out
 
 
 def plot_bins(rs: np.ndarray, cs: np.ndarray, bins: int = 30) -> dict[str, Any]:
