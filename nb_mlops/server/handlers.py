@@ -3,7 +3,8 @@
 `app.NbMlopsApp` registers `ROUTES` and puts the shared `ServerState` in the web app's settings.
 
 Every handler is an `APIHandler` whose verbs carry `@tornado.web.authenticated` and `@authorized`
-(resource `nb_mlops`). Errors are mapped to statuses in one place (`errors.STATUS`, via
+(resource `nb_mlops`; acts on the champion ask for `nb_mlops:promote`, approving or rejecting a
+promotion request for `nb_mlops:approve`, so a deployment's own Authorizer decides who may). Errors are mapped to statuses in one place (`errors.STATUS`, via
 `write_error`). GET handlers never change state. Model history and rollback call
 `nb_mlops.core.promotion` in the server process; slow work (notebook parsing, MLflow queries,
 journal reads and writes) runs in a thread, off the event loop. Request bodies are streamed and
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import tornado.web
+from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 
@@ -30,9 +32,19 @@ from nb_mlops.server.errors import BadRequest, PayloadTooLarge, Scrubber, status
 from nb_mlops.server.jobs import ACTIONS, JobService
 from nb_mlops.server.paths import relative_to_root, resolve_notebook
 
-__all__ = ["API", "AUTH_RESOURCE", "ROUTES", "STATE_KEY", "ServerState"]
+__all__ = [
+    "API",
+    "APPROVE_RESOURCE",
+    "AUTH_RESOURCE",
+    "PROMOTE_RESOURCE",
+    "ROUTES",
+    "STATE_KEY",
+    "ServerState",
+]
 
 AUTH_RESOURCE = "nb_mlops"
+PROMOTE_RESOURCE = "nb_mlops:promote"  # promote jobs and rollbacks
+APPROVE_RESOURCE = "nb_mlops:approve"  # approving and rejecting promotion requests
 API = "nb-mlops/api"
 STATE_KEY = "nb_mlops_state"  # the web app's setting holding the `ServerState`
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}\Z")
@@ -122,6 +134,14 @@ class BaseHandler(APIHandler):
         name = getattr(user, "name", None) or getattr(user, "username", None) or str(user)
         # The name goes into an environment variable and the journal: keep it printable.
         return re.sub(r"[^\w.@+\-]", "_", str(name))[:100] or "unknown"
+
+    async def authorize(self, resource: str, action: str = "write") -> None:
+        """Ask the server's Authorizer about a finer resource than the handler's (403 if no)."""
+        allowed = await ensure_async(
+            self.authorizer.is_authorized(self, self.current_user, action, resource)
+        )
+        if not allowed:
+            raise tornado.web.HTTPError(403, f"not authorised for {resource}")
 
     def reply(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -228,6 +248,8 @@ class JobsHandler(BaseHandler):
         model = body.get("model") or (spec.default_model if action == "promote" else None)
         if action == "promote" or model:
             model = _model_name(model)
+        if action == "promote":
+            await self.authorize(PROMOTE_RESOURCE)
         job = await asyncio.to_thread(
             self.state.jobs.create,
             notebook=notebook,
@@ -277,6 +299,8 @@ class HistoryHandler(BaseHandler):
 class RollbackHandler(BaseHandler):
     """POST models/{name}/rollback {"reason", "version"?}: move champion back; journaled."""
 
+    auth_resource = PROMOTE_RESOURCE
+
     @tornado.web.authenticated
     @authorized
     async def post(self, name: str) -> None:
@@ -299,6 +323,54 @@ class RollbackHandler(BaseHandler):
             _rollback, self.state.project_root, name, to, reason.strip(), self.user_name()
         )
         self.reply(decision)
+
+
+class ApprovalsHandler(BaseHandler):
+    """GET approvals?model=M: the promotion requests waiting for an approver, oldest first."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self) -> None:
+        model = self.get_query_argument("model", "") or None
+        if model is not None:
+            model = _model_name(model)
+        found = await asyncio.to_thread(_approvals, self.state.project_root, model)
+        self.reply({"requests": found})
+
+
+class DecideHandler(BaseHandler):
+    """POST approvals/{id}/approve|reject {"reason"?}: decide a request as the request's user."""
+
+    auth_resource = APPROVE_RESOURCE
+
+    @tornado.web.authenticated
+    @authorized
+    async def post(self, request_id: str, verb: str) -> None:
+        if not re.fullmatch(r"[0-9a-f]{6,32}", request_id):
+            raise BadRequest(f"invalid request id {request_id[:40]!r}: give its hex id")
+        reason = self.body().get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+            raise BadRequest("the reason must be a string of at most 1000 characters")
+        decision = await asyncio.to_thread(
+            _decide, self.state.project_root, verb, request_id, reason, self.user_name()
+        )
+        self.reply(decision)
+
+
+def _approvals(project_root: Path, model: str | None) -> list[dict[str, Any]]:
+    from nb_mlops.core.config import load_config
+    from nb_mlops.core.promotion import approvals
+
+    return [r.as_dict() for r in approvals(model, cfg=load_config(project_root))]
+
+
+def _decide(project_root: Path, verb: str, request_id: str, reason: str | None, who: str) -> Any:
+    """Approve or reject a promotion request as `who`; the decision as a JSON-ready mapping."""
+    from nb_mlops.core.config import load_config
+    from nb_mlops.core.promotion import approve, reject
+
+    act = approve if verb == "approve" else reject
+    return act(request_id, reason=reason, who=who, cfg=load_config(project_root)).as_dict()
 
 
 def _history(project_root: Path, name: str) -> list[dict[str, Any]]:
@@ -326,4 +398,6 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
     (r"jobs/(?P<job_id>[^/]+)/cancel", CancelHandler),
     (r"models/(?P<name>[^/]+)/history", HistoryHandler),
     (r"models/(?P<name>[^/]+)/rollback", RollbackHandler),
+    (r"approvals", ApprovalsHandler),
+    (r"approvals/(?P<request_id>[^/]+)/(?P<verb>approve|reject)", DecideHandler),
 ]

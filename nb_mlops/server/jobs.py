@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 ACTIVE = ("QUEUED", "RUNNING")
-TERMINAL = ("SUCCEEDED", "PROMOTED", "BLOCKED", "FAILED", "CANCELLED")
+TERMINAL = ("SUCCEEDED", "PROMOTED", "PENDING_APPROVAL", "BLOCKED", "FAILED", "CANCELLED")
 ACTIONS = ("run", "promote")
 _JOB_ID = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{8}\Z")
 # Fields kept for the service itself; never sent to the browser (no paths outside the root).
