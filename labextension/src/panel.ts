@@ -10,6 +10,7 @@ import { Poll } from '@lumino/polling';
 import { Widget } from '@lumino/widgets';
 
 import * as api from './api';
+import { ApprovalsView } from './approvals';
 import { asText, clear, h, link } from './dom';
 import { describeError } from './errors';
 import {
@@ -76,6 +77,7 @@ export class MlopsPanel extends Widget {
   private readonly historyNode = h('div', { class: 'nbm-history' });
   private readonly modelInput: HTMLInputElement;
   private readonly errorNode = h('div', { class: 'nbm-error' });
+  private readonly approvals: ApprovalsView;
 
   constructor(private readonly trans: TranslationBundle) {
     super();
@@ -103,8 +105,10 @@ export class MlopsPanel extends Widget {
       { class: 'jp-Button jp-mod-styled', type: 'button' },
       trans.__('Refresh')
     );
+    this.approvals = new ApprovalsView(trans, () => void this.loadHistory());
     refresh.addEventListener('click', () => {
       void this.loadHistory();
+      void this.approvals.load(this.model);
       void this.poll.refresh();
     });
     this.node.appendChild(h('h2', {}, trans.__('MLOps')));
@@ -116,6 +120,7 @@ export class MlopsPanel extends Widget {
       h('div', { class: 'nbm-row' }, this.modelInput, refresh)
     );
     this.node.appendChild(this.historyNode);
+    this.node.appendChild(this.approvals.node);
     this.renderJobs();
     this.renderHistory();
   }
@@ -130,6 +135,7 @@ export class MlopsPanel extends Widget {
       this.modelInput.value = model;
       this.history = null;
       void this.loadHistory();
+      void this.approvals.load(model);
     }
   }
 
