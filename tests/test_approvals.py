@@ -12,10 +12,13 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from approval_auth import HeaderUsers, NoApprovingForMallory
 from promotion_helpers import journal_lines, make_pipeline_run
 
 import nb_mlops
@@ -196,28 +199,6 @@ API = ("nb-mlops", "api")
 _CACHE = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
 
 
-def _server_classes() -> tuple[type, type]:
-    from jupyter_core.utils import ensure_async
-    from jupyter_server.auth import Authorizer, IdentityProvider
-    from jupyter_server.auth.identity import User
-
-    class HeaderUsers(IdentityProvider):  # type: ignore[misc]
-        """Token-authenticated requests act as the user named in `X-Test-User`."""
-
-        async def get_user(self, handler: Any) -> Any:
-            user = await ensure_async(super().get_user(handler))
-            name = handler.request.headers.get("X-Test-User")
-            return User(username=name, name=name) if user is not None and name else user
-
-    class NoApprovingForMallory(Authorizer):  # type: ignore[misc]
-        """A site's rule: mallory may not approve, whatever the project's configuration says."""
-
-        def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
-            return not (resource == "nb_mlops:approve" and user.username == "mallory")
-
-    return HeaderUsers, NoApprovingForMallory
-
-
 class TestServer:
     @pytest.fixture(autouse=True)
     def _machine_cache(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -233,12 +214,11 @@ class TestServer:
 
     @pytest.fixture
     def jp_server_config(self) -> dict[str, Any]:
-        users, authorizer = _server_classes()
         return {
             "ServerApp": {
                 "jpserver_extensions": {"nb_mlops.server": True},
-                "identity_provider_class": users,
-                "authorizer_class": authorizer,
+                "identity_provider_class": HeaderUsers,
+                "authorizer_class": NoApprovingForMallory,
             }
         }
 
@@ -251,15 +231,15 @@ class TestServer:
         request = promote(make_pipeline_run(cfg), model="churn", who="alice", cfg=cfg)
         rid = request.entry_id or ""
 
-        async def post(user: str, verb: str = "approve") -> tuple[int, dict[str, Any]]:
+        async def post(
+            user: str, verb: str = "approve", *route: str, body: str = "{}"
+        ) -> tuple[int, dict[str, Any]]:
             try:
                 response = await jp_fetch(
                     *API,
-                    "approvals",
-                    rid,
-                    verb,
+                    *(route or ("approvals", rid, verb)),
                     method="POST",
-                    body="{}",
+                    body=body,
                     headers={"X-Test-User": user},
                 )
             except HTTPClientError as exc:
@@ -270,6 +250,10 @@ class TestServer:
         listed = json.loads((await jp_fetch(*API, "approvals", params={"model": "churn"})).body)
         assert [r["id"] for r in listed["requests"]] == [rid]
         assert (await post("mallory"))[0] == 403  # the Authorizer says no
+        rollback = ("models", "churn", "rollback")
+        assert (await post("mallory", "", *rollback, body='{"reason": "x"}'))[0] == 403
+        job = '{"path": "nb.ipynb", "action": "promote", "model": "churn"}'
+        assert (await post("mallory", "", "jobs", body=job))[0] == 403
         code, data = await post("alice")
         assert code == 409 and "cannot approve it" in data["message"]  # her own request
         code, data = await post("bob")
@@ -278,3 +262,56 @@ class TestServer:
         assert code == 409 and "approved already by bob" in data["message"]
         last = journal_lines(jp_root_dir, "churn")[-2]
         assert (last["action"], last["who"], last["requester"]) == ("promote", "bob", "alice")
+
+
+def _post(port: int, path: str, user: str, token: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/nb-mlops/api/{path}",
+        data=b"{}",
+        method="POST",
+        headers={"Authorization": f"token {token}", "X-Test-User": user},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_a_real_jupyter_server_asks_the_configured_authorizer(
+    project: Path, tmp_path: Path
+) -> None:
+    """`jupyter server` started as a site would, with its own Authorizer in its configuration:
+    mallory is an approver for the project, but the site says no → 403; bob approves → 200."""
+    from jupyter_proc import start, stop
+
+    _configure(project, ACCESS.replace('"carol"]', '"carol", "mallory"]'))
+    cfg = load_config()
+    rid = promote(make_pipeline_run(cfg), model="churn", who="alice", cfg=cfg).entry_id or ""
+    config_dir = tmp_path / "jupyter-config"
+    config_dir.mkdir()
+    (config_dir / "jupyter_server_config.json").write_text(
+        json.dumps(
+            {
+                "ServerApp": {
+                    "jpserver_extensions": {"nb_mlops.server": True},
+                    "identity_provider_class": "approval_auth.HeaderUsers",
+                    "authorizer_class": "approval_auth.NoApprovingForMallory",
+                }
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NB_MLOPS_", "JUPYTER_"))}
+    env["JUPYTER_CONFIG_DIR"] = str(config_dir)
+    here = str(Path(__file__).parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    token = "approvals-test-token"
+    proc, port = start(project, token=token, env=env, lab=False, log=tmp_path / "jupyter.log")
+    try:
+        assert _post(port, f"approvals/{rid}/approve", "mallory", token)[0] == 403
+        code, data = _post(port, f"approvals/{rid}/approve", "bob", token)
+        assert code == 200 and data["status"] == "PROMOTED", data
+    finally:
+        stop(proc)
+    last = journal_lines(project, "churn")[-2]
+    assert (last["action"], last["who"], last["requester"]) == ("promote", "bob", "alice")

@@ -235,6 +235,8 @@ class JobsHandler(BaseHandler):
             raise BadRequest(
                 f"action must be one of {', '.join(ACTIONS)}, got {str(action)[:40]!r}"
             )
+        if action == "promote":
+            await self.authorize(PROMOTE_RESOURCE)  # before any work: a site may allow runs only
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise BadRequest("parameters must be a JSON object of name → value")
@@ -248,8 +250,6 @@ class JobsHandler(BaseHandler):
         model = body.get("model") or (spec.default_model if action == "promote" else None)
         if action == "promote" or model:
             model = _model_name(model)
-        if action == "promote":
-            await self.authorize(PROMOTE_RESOURCE)
         job = await asyncio.to_thread(
             self.state.jobs.create,
             notebook=notebook,
