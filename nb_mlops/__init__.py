@@ -37,6 +37,9 @@ _LAZY: dict[str, str] = {
     "promote": "nb_mlops.core.promotion",
     "rollback": "nb_mlops.core.promotion",
     "history": "nb_mlops.core.promotion",
+    "approve": "nb_mlops.core.promotion",
+    "reject": "nb_mlops.core.promotion",
+    "approvals": "nb_mlops.core.promotion",
     "lineage": "nb_mlops.core.lineage",
     "score": "nb_mlops.core.monitoring",
     "monitor": "nb_mlops.core.monitoring",
@@ -57,8 +60,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from nb_mlops.core.lineage import lineage as lineage
     from nb_mlops.core.monitoring import monitor as monitor
     from nb_mlops.core.monitoring import score as score
+    from nb_mlops.core.promotion import approvals as approvals
+    from nb_mlops.core.promotion import approve as approve
     from nb_mlops.core.promotion import history as history
     from nb_mlops.core.promotion import promote as promote
+    from nb_mlops.core.promotion import reject as reject
     from nb_mlops.core.promotion import rollback as rollback
     from nb_mlops.core.runs import runs as runs
     from nb_mlops.core.tracking import log as log

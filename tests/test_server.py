@@ -134,7 +134,8 @@ def test_every_route_has_authenticated_and_authorized(jp_serverapp: Any) -> None
     checked = 0
     for handler in registered:
         assert issubclass(handler, handlers.BaseHandler)
-        assert handler.auth_resource == "nb_mlops"
+        # the handler's resource, or a finer one a deployment's Authorizer can tell apart
+        assert handler.auth_resource in ("nb_mlops", "nb_mlops:promote", "nb_mlops:approve")
         for verb in ("get", "post", "put", "patch", "delete"):
             method = handler.__dict__.get(verb)
             if method is None:
@@ -159,6 +160,9 @@ ROUTE_CALLS = [
     ("POST", "models/demo-model/rollback", {"reason": "bad"}),
     ("GET", "models/demo-model/monitor", None),
     ("POST", "models/demo-model/retrain", {"data": "train@v1"}),
+    ("GET", "approvals", None),
+    ("POST", "approvals/0123456789abcdef/approve", {}),
+    ("POST", "approvals/0123456789abcdef/reject", {}),
 ]
 
 

@@ -11,6 +11,7 @@ export const JOB_STATUSES = [
   'RUNNING',
   'SUCCEEDED',
   'PROMOTED',
+  'PENDING_APPROVAL',
   'BLOCKED',
   'FAILED',
   'CANCELLED'
@@ -387,6 +388,8 @@ export function statusWord(status: string, trans: TranslationBundle): string {
       return trans.__('SUCCEEDED');
     case 'PROMOTED':
       return trans.__('PROMOTED');
+    case 'PENDING_APPROVAL':
+      return trans.__('PENDING_APPROVAL');
     case 'BLOCKED':
       return trans.__('BLOCKED');
     case 'FAILED':

@@ -10,6 +10,7 @@ import { Poll } from '@lumino/polling';
 import { Widget } from '@lumino/widgets';
 
 import * as api from './api';
+import { ApprovalsView } from './approvals';
 import { asText, clear, h, link } from './dom';
 import { describeError } from './errors';
 import {
@@ -79,6 +80,7 @@ export class MlopsPanel extends Widget {
   private readonly errorNode = h('div', { class: 'nbm-error' });
   /** The model's latest verdict, drift history and Retrain button. */
   readonly monitor: MonitorSection;
+  private readonly approvals: ApprovalsView;
 
   constructor(private readonly trans: TranslationBundle) {
     super();
@@ -106,8 +108,10 @@ export class MlopsPanel extends Widget {
       { class: 'jp-Button jp-mod-styled', type: 'button' },
       trans.__('Refresh')
     );
+    this.approvals = new ApprovalsView(trans, () => void this.loadHistory());
     refresh.addEventListener('click', () => {
       void this.loadHistory();
+      void this.approvals.load(this.model);
       void this.poll.refresh();
     });
     this.node.appendChild(h('h2', {}, trans.__('MLOps')));
@@ -121,6 +125,7 @@ export class MlopsPanel extends Widget {
     this.node.appendChild(this.historyNode);
     this.monitor = new MonitorSection(trans, job => this.track(job));
     this.node.appendChild(this.monitor.node);
+    this.node.appendChild(this.approvals.node);
     this.renderJobs();
     this.renderHistory();
   }
@@ -136,6 +141,7 @@ export class MlopsPanel extends Widget {
       this.history = null;
       void this.loadHistory();
       void this.monitor.setModel(model);
+      void this.approvals.load(model);
     }
   }
 

@@ -81,7 +81,9 @@ def promote(
     The run must be a successful pipeline run (not an interactive one) that logged a model. Every
     gate of [tool.nb_mlops.gates] is checked and shown; any FAIL blocks the promotion (exit 1,
     nothing changes in the registry) unless --force --reason TEXT is given. Every attempt is
-    journaled (see `nb-mlops history NAME`).
+    journaled (see `nb-mlops history NAME`). When the configuration sets
+    [tool.nb_mlops.promotion] require_approval = true, a passing run becomes a request that
+    another user approves (`nb-mlops approvals`, `nb-mlops approve ID`).
 
     \b
     Examples:
@@ -108,6 +110,8 @@ def promote(
     console = _console()
     console.print(_gate_table(decision))
     console.print(decision.summary(), markup=False)
+    if decision.status != "PROMOTED":
+        return  # a request waiting for an approver: the champion has not moved
     from nb_mlops.core.config import load_config
     from nb_mlops.core.runs import model_url, ui_url
 

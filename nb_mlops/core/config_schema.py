@@ -201,6 +201,35 @@ def _beat(where: str, value: Any) -> list[str]:
     return [] if value is False else _beat_table(where, value)
 
 
+def _users(where: str, value: Any) -> list[str]:
+    if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value):
+        return []
+    return [f'{where} must be a list of user names like ["alice", "bob"], got {_kind(value)}']
+
+
+PROMOTION_KEYS: dict[str, Key] = {
+    k.name: k
+    for k in (
+        Key("promoters", "users who may promote and roll back (default: anyone)", _users),
+        Key("approvers", "users who may approve another user's promotion request", _users),
+        Key("require_approval", "a promotion waits for an approver instead of moving", _flag),
+    )
+}
+_promotion_table = _table(
+    PROMOTION_KEYS, "key", '{ promoters = ["alice"], approvers = ["bob"], require_approval = true }'
+)
+
+
+def _promotion(where: str, value: Any) -> list[str]:
+    found = _promotion_table(where, value)
+    if not found and value.get("require_approval") and not value.get("approvers"):
+        # fail closed: an approval nobody may give would block every promotion silently
+        found.append(
+            f"{where}.require_approval = true needs {where}.approvers = [...] (who approves)"
+        )
+    return found
+
+
 # the built-in gates' settings; plugins' gates bring their own validator (`promotion.gates.register`)
 GATE_KEYS: dict[str, Key] = {
     k.name: k
@@ -267,6 +296,9 @@ TOP_KEYS: dict[str, Key] = {
             _names,
         ),
         Key("monitor", "drift and decay checks: thresholds, policy, alerts", _monitor),
+        Key(
+            "promotion", "who may promote and approve; whether promotions need approval", _promotion
+        ),
     )
 }
 

@@ -19,6 +19,9 @@ Every message says what was wrong, names the offending value, and says what to d
      │    └── StepFailed         a step failed (names the step and the cell)
      ├── PromotionError          promotion, registry and journal
      │    ├── GatesBlocked       one or more gates failed
+     │    ├── PermissionDenied   the user is not among the configured promoters or approvers
+     │    ├── ApprovalError      an approval request is stale, already decided or one's own
+     │    │    └── RequestNotFound no pending approval request of that id
      │    └── RollbackError      there is nothing (valid) to roll back to
      │         └── ModelNotFound no registered model of that name
      └── MonitorError            batch scoring, drift and decay checks, policies, alerts
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 __all__ = [
     "BuildError",
+    "ApprovalError",
     "ConfigError",
     "DataError",
     "GatesBlocked",
@@ -37,9 +41,11 @@ __all__ = [
     "NbMlopsError",
     "NoActiveRun",
     "ParameterError",
+    "PermissionDenied",
     "PipelineError",
     "PluginError",
     "PromotionError",
+    "RequestNotFound",
     "RollbackError",
     "SnapshotNotFound",
     "StepFailed",
@@ -116,6 +122,18 @@ class PromotionError(NbMlopsError):
 
 class GatesBlocked(PromotionError):
     """At least one promotion gate failed."""
+
+
+class PermissionDenied(PromotionError):
+    """The acting user is not in `[promotion] promoters` (or `approvers`) of the configuration."""
+
+
+class ApprovalError(PromotionError):
+    """An approval request cannot be decided: stale, already decided, or the requester's own."""
+
+
+class RequestNotFound(ApprovalError, LookupError):
+    """No approval request of that id."""
 
 
 class RollbackError(PromotionError):

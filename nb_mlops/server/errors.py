@@ -2,7 +2,7 @@
 
 `STATUS` is the table: the first row whose classes match the exception gives the status, from
 the most specific classes to the broadest. Validation → 400, refused → 403, not found → 404, a
-blocked promotion → 409, too large → 413, a tracking server that does not answer → 503; any
+blocked promotion or an approval already decided or stale → 409, too large → 413, a tracking server that does not answer → 503; any
 other `NbMlopsError` (raised on purpose, one line meant for the user) → 500 with its message;
 anything else → 500 with a generic message. Every message is scrubbed: no traceback, no path
 outside the root, no token, no database URI.
@@ -17,12 +17,15 @@ from typing import Any
 from tornado.web import HTTPError
 
 from nb_mlops.core.errors import (
+    ApprovalError,
     ConfigError,
     GatesBlocked,
     ModelNotFound,
     NbMlopsError,
+    PermissionDenied,
     PipelineError,
     PromotionError,
+    RequestNotFound,
     SnapshotNotFound,
     StoreUnavailable,
 )
@@ -55,9 +58,9 @@ class PayloadTooLarge(ValueError):
 
 # (exception classes, HTTP status); the first matching row wins, so subclasses come first
 STATUS: tuple[tuple[tuple[type[BaseException], ...], int], ...] = (
-    ((PathRefused,), 403),
-    ((NotFound, PathNotFound, JobNotFound, SnapshotNotFound, ModelNotFound), 404),
-    ((GatesBlocked,), 409),
+    ((PathRefused, PermissionDenied), 403),
+    ((NotFound, PathNotFound, JobNotFound, SnapshotNotFound, ModelNotFound, RequestNotFound), 404),
+    ((GatesBlocked, ApprovalError), 409),
     ((PayloadTooLarge,), 413),
     ((StoreUnavailable,), 503),
     ((BadRequest, ConfigError, PipelineError, PromotionError), 400),

@@ -4,7 +4,8 @@ monitoring (the drift history) and retraining.
 `app.NbMlopsApp` registers `ROUTES` and puts the shared `ServerState` in the web app's settings.
 
 Every handler is an `APIHandler` whose verbs carry `@tornado.web.authenticated` and `@authorized`
-(resource `nb_mlops`). Errors are mapped to statuses in one place (`errors.STATUS`, via
+(resource `nb_mlops`; acts on the champion ask for `nb_mlops:promote`, approving or rejecting a
+promotion request for `nb_mlops:approve`, so a deployment's own Authorizer decides who may). Errors are mapped to statuses in one place (`errors.STATUS`, via
 `write_error`). GET handlers never change state. Model history and rollback call
 `nb_mlops.core.promotion` in the server process; slow work (notebook parsing, MLflow queries,
 journal reads and writes) runs in a thread, off the event loop. Request bodies are streamed and
@@ -23,6 +24,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import tornado.web
+from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 
@@ -37,9 +39,19 @@ from nb_mlops.server.errors import (
 from nb_mlops.server.jobs import ACTIONS, JobService
 from nb_mlops.server.paths import relative_to_root, resolve_notebook
 
-__all__ = ["API", "AUTH_RESOURCE", "ROUTES", "STATE_KEY", "ServerState"]
+__all__ = [
+    "API",
+    "APPROVE_RESOURCE",
+    "AUTH_RESOURCE",
+    "PROMOTE_RESOURCE",
+    "ROUTES",
+    "STATE_KEY",
+    "ServerState",
+]
 
 AUTH_RESOURCE = "nb_mlops"
+PROMOTE_RESOURCE = "nb_mlops:promote"  # promote jobs and rollbacks
+APPROVE_RESOURCE = "nb_mlops:approve"  # approving and rejecting promotion requests
 API = "nb-mlops/api"
 STATE_KEY = "nb_mlops_state"  # the web app's setting holding the `ServerState`
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}\Z")
@@ -130,6 +142,14 @@ class BaseHandler(APIHandler):
         name = getattr(user, "name", None) or getattr(user, "username", None) or str(user)
         # The name goes into an environment variable and the journal: keep it printable.
         return re.sub(r"[^\w.@+\-]", "_", str(name))[:100] or "unknown"
+
+    async def authorize(self, resource: str, action: str = "write") -> None:
+        """Ask the server's Authorizer about a finer resource than the handler's (403 if no)."""
+        allowed = await ensure_async(
+            self.authorizer.is_authorized(self, self.current_user, action, resource)
+        )
+        if not allowed:
+            raise tornado.web.HTTPError(403, f"not authorised for {resource}")
 
     def reply(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -223,6 +243,8 @@ class JobsHandler(BaseHandler):
             raise BadRequest(
                 f"action must be one of {', '.join(ACTIONS)}, got {str(action)[:40]!r}"
             )
+        if action == "promote":
+            await self.authorize(PROMOTE_RESOURCE)  # before any work: a site may allow runs only
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise BadRequest("parameters must be a JSON object of name → value")
@@ -285,6 +307,8 @@ class HistoryHandler(BaseHandler):
 class RollbackHandler(BaseHandler):
     """POST models/{name}/rollback {"reason", "version"?}: move champion back; journaled."""
 
+    auth_resource = PROMOTE_RESOURCE
+
     @tornado.web.authenticated
     @authorized
     async def post(self, name: str) -> None:
@@ -339,6 +363,8 @@ class RetrainHandler(BaseHandler):
         promote = body.get("promote", False)
         if not isinstance(promote, bool):
             raise BadRequest("promote must be true or false")
+        if promote:
+            await self.authorize(PROMOTE_RESOURCE)  # as a promote job: before any work
         root = self.state.project_root
         await asyncio.to_thread(_check_retrain, root, name, data)
         job = await asyncio.to_thread(
@@ -405,6 +431,54 @@ def _check_retrain(project_root: Path, name: str, data: str) -> None:
         raise BadRequest(str(exc)) from None  # a snapshot that is not a table
 
 
+class ApprovalsHandler(BaseHandler):
+    """GET approvals?model=M: the promotion requests waiting for an approver, oldest first."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self) -> None:
+        model = self.get_query_argument("model", "") or None
+        if model is not None:
+            model = _model_name(model)
+        found = await asyncio.to_thread(_approvals, self.state.project_root, model)
+        self.reply({"requests": found})
+
+
+class DecideHandler(BaseHandler):
+    """POST approvals/{id}/approve|reject {"reason"?}: decide a request as the request's user."""
+
+    auth_resource = APPROVE_RESOURCE
+
+    @tornado.web.authenticated
+    @authorized
+    async def post(self, request_id: str, verb: str) -> None:
+        if not re.fullmatch(r"[0-9a-f]{6,32}", request_id):
+            raise BadRequest(f"invalid request id {request_id[:40]!r}: give its hex id")
+        reason = self.body().get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+            raise BadRequest("the reason must be a string of at most 1000 characters")
+        decision = await asyncio.to_thread(
+            _decide, self.state.project_root, verb, request_id, reason, self.user_name()
+        )
+        self.reply(decision)
+
+
+def _approvals(project_root: Path, model: str | None) -> list[dict[str, Any]]:
+    from nb_mlops.core.config import load_config
+    from nb_mlops.core.promotion import approvals
+
+    return [r.as_dict() for r in approvals(model, cfg=load_config(project_root))]
+
+
+def _decide(project_root: Path, verb: str, request_id: str, reason: str | None, who: str) -> Any:
+    """Approve or reject a promotion request as `who`; the decision as a JSON-ready mapping."""
+    from nb_mlops.core.config import load_config
+    from nb_mlops.core.promotion import approve, reject
+
+    act = approve if verb == "approve" else reject
+    return act(request_id, reason=reason, who=who, cfg=load_config(project_root)).as_dict()
+
+
 def _history(project_root: Path, name: str) -> list[dict[str, Any]]:
     """The promotion journal of `name`, oldest first, as JSON-ready entries."""
     from nb_mlops.core.config import load_config
@@ -432,4 +506,6 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
     (r"models/(?P<name>[^/]+)/rollback", RollbackHandler),
     (r"models/(?P<name>[^/]+)/monitor", MonitorHandler),
     (r"models/(?P<name>[^/]+)/retrain", RetrainHandler),
+    (r"approvals", ApprovalsHandler),
+    (r"approvals/(?P<request_id>[^/]+)/(?P<verb>approve|reject)", DecideHandler),
 ]

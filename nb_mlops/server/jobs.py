@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 ACTIVE = ("QUEUED", "RUNNING")
-TERMINAL = ("SUCCEEDED", "PROMOTED", "BLOCKED", "FAILED", "CANCELLED")
+TERMINAL = ("SUCCEEDED", "PROMOTED", "PENDING_APPROVAL", "BLOCKED", "FAILED", "CANCELLED")
 ACTIONS = ("run", "promote")  # what POST jobs starts from a notebook
 RETRAIN = "retrain"  # a job POST models/{name}/retrain starts: the champion's stored pipeline
 _JOB_ID = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{8}\Z")

@@ -210,7 +210,8 @@ def _promote(
     model = job["model"]
     note(f"promoting run {run_id} to {model}")
     try:
-        decision = promote(run_id, model=model, cfg=cfg)
+        # the journal names the server's authenticated user, not the account the server runs as
+        decision = promote(run_id, model=model, cfg=cfg, who=job.get("user") or None)
     except PromotionBlocked as blocked:
         found = blocked.decision.as_dict()
         return Outcome(
@@ -225,7 +226,7 @@ def _promote(
         return Outcome("FAILED", run_id=run_id, steps=steps, error=str(exc))
     found = decision.as_dict()
     return Outcome(
-        "PROMOTED",
+        decision.status,  # PROMOTED, or PENDING_APPROVAL: a request waiting for an approver
         run_id=run_id,
         steps=steps,
         gates=found["gates"],

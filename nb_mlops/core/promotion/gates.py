@@ -451,18 +451,20 @@ def _reproduced(run: RunFacts) -> GateResult:
             else "the pipeline did not reproduce the interactive metrics"
         )
         return GateResult(name, PASS if ok else FAIL, value, "true", detail)
+    ok = ok and report.get("matched") != "none"
+    return GateResult(name, PASS if ok else FAIL, value, "true", _reproduction_detail(report, ok))
+
+
+def _reproduction_detail(report: dict[str, Any], ok: bool) -> str:
+    """What the reproduction report says: the parameters matched, the first differing metric."""
     params = report.get("parameters") or "no parameters"
     tolerance = f"rel {report.get('rel_tol', 0):g} + abs {report.get('abs_tol', 0):g}"
     if report.get("matched") == "none":
         last = report.get("last_interactive") or "-"
-        return GateResult(
-            name,
-            FAIL,
-            value,
-            "true",
+        return (
             f"no interactive run of the notebook used these parameter values ({params}); the "
             f"newest one used {last}: track the notebook with these values (or run the "
-            "pipeline with the interactive ones), then promote",
+            "pipeline with the interactive ones), then promote"
         )
     against = f"interactive run {report.get('interactive_run_id')}"
     against += (
@@ -471,19 +473,16 @@ def _reproduced(run: RunFacts) -> GateResult:
         else " (it recorded no parameters)"
     )
     if ok:
-        detail = f"{report.get('compared', 0)} metric(s) agree with {against} within {tolerance}"
-        return GateResult(name, PASS, value, "true", detail)
-    metric = report.get("metric")
+        return f"{report.get('compared', 0)} metric(s) agree with {against} within {tolerance}"
     got = report.get("pipeline")
     shown = "missing" if got is None else f"{got:g}"
     more = report.get("differing", 1) - 1
-    detail = (
-        f"{metric}: pipeline {shown} vs interactive {report.get('interactive', 0):g} "
-        f"({against}), beyond the tolerance {tolerance}"
+    return (
+        f"{report.get('metric')}: pipeline {shown} vs interactive "
+        f"{report.get('interactive', 0):g} ({against}), beyond the tolerance {tolerance}"
         + (f"; {more} more metric(s) differ" if more > 0 else "")
         + " (reproduction.json lists every metric)"
     )
-    return GateResult(name, FAIL, value, "true", detail)
 
 
 def _data_verified(run: RunFacts, verify: DataVerifier | None) -> GateResult:

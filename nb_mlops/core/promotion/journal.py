@@ -20,10 +20,11 @@ from nb_mlops.core.config import Config
 from nb_mlops.core.files import append_line
 from nb_mlops.core.user import current_user
 
-__all__ = ["ACTIONS", "Journal", "JournalEntry", "now_iso"]
+__all__ = ["ACTIONS", "MOVES", "Journal", "JournalEntry", "journals", "now_iso"]
 
 # what an entry records: a move of the champion alias, or an attempt that changed nothing
-ACTIONS = ("promote", "forced-promote", "blocked", "rollback")
+ACTIONS = ("promote", "forced-promote", "blocked", "rollback", "request", "reject")
+MOVES = ("promote", "forced-promote", "rollback")
 STATES = ("pending", "done", "aborted")
 
 
@@ -40,7 +41,8 @@ class JournalEntry:
         id: unique id of the entry.
         when: UTC time the act started (ISO 8601).
         who: the user who acted.
-        action: promote | forced-promote | blocked | rollback.
+        action: promote | forced-promote | blocked | rollback | request (a promotion waiting for
+            an approver) | reject (a request turned down).
         model: registered model name.
         state: pending (write-ahead, alias maybe not moved yet) | done | aborted.
         from_version: champion before the act (None: there was none).
@@ -56,6 +58,8 @@ class JournalEntry:
         model_safety: how the model is stored and what loading it trusts (flavor, format,
             trusted_types, reason), as checked against `trusted_model_modules`.
         previous_champion_before: the `previous-champion` alias before the act (restored on abort).
+        requester: who asked for an approved promotion (request, its promote or reject entry).
+        request_id: the approval request a promote or reject entry decides.
         recovered: True when a pending entry was settled after a crash.
         settled_at: when the entry became done/aborted.
     """
@@ -82,6 +86,8 @@ class JournalEntry:
     model_sha256: str | None = None
     model_safety: dict[str, Any] = field(default_factory=dict)
     previous_champion_before: str | None = None
+    requester: str | None = None
+    request_id: str | None = None
     recovered: bool = False
     settled_at: str | None = None
 
@@ -100,8 +106,8 @@ class JournalEntry:
 
     @property
     def moves_champion(self) -> bool:
-        """True for acts that set the champion alias (everything but blocked attempts)."""
-        return self.action != "blocked"
+        """True for acts that set the champion alias (not blocked attempts, requests, rejections)."""
+        return self.action in MOVES
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,3 +192,16 @@ class Journal:
 
     def pending(self) -> list[JournalEntry]:
         return [entry for entry in self.entries() if entry.state == "pending"]
+
+
+def journals(cfg: Config) -> list[Journal]:
+    """The journal of every model that has one (for lists across models, such as approvals)."""
+    found = []
+    for path in sorted((cfg.store_dir / "journal").glob("*.jsonl")):
+        journal = Journal(cfg, path.stem)
+        journal.path = path
+        entries = journal.entries()
+        if entries:
+            journal.model = entries[0].model
+            found.append(journal)
+    return found

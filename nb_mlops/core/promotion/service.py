@@ -25,6 +25,7 @@ from nb_mlops.core.errors import (
     PromotionError,
     RollbackError,
 )
+from nb_mlops.core.promotion.access import check_promoter
 from nb_mlops.core.promotion.gates import (
     FAIL,
     DataVerifier,
@@ -58,6 +59,7 @@ from nb_mlops.core.promotion.registry import (
     verify_digest,
     version_location,
 )
+from nb_mlops.core.user import current_user
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -80,16 +82,19 @@ class Decision:
     """The outcome of a promotion, a gate check or a rollback.
 
     Attributes:
-        status: PROMOTED, BLOCKED, READY (checked, nothing changed) or ROLLED_BACK.
+        status: PROMOTED, BLOCKED, READY (checked, nothing changed), ROLLED_BACK,
+            PENDING_APPROVAL (a request waits for an approver) or REJECTED.
         model: registered model name.
-        action: promote | forced-promote | blocked | check | rollback.
+        action: promote | forced-promote | blocked | check | rollback | request | reject.
         run_id: the candidate pipeline run (rollback: the restored version's run).
         version: the champion version after the act (BLOCKED/READY: None or the existing version).
         previous_version: the champion before the act.
         gates: every gate result (empty for rollbacks).
         forced: True when failed gates were overridden with --force.
         reason: the reason given.
-        entry_id: the journal entry's id (None for READY).
+        entry_id: the journal entry's id (None for READY; a request's id is its entry's).
+        requester: who asked for an approved promotion (the acting user is the approver).
+        request_id: the approval request this decision settles.
     """
 
     status: str
@@ -106,6 +111,8 @@ class Decision:
     pipeline_hash: str | None = None
     model_source: str | None = None
     model_sha256: str | None = None
+    requester: str | None = None
+    request_id: str | None = None
 
     @property
     def failed(self) -> list[GateResult]:
@@ -127,9 +134,17 @@ class Decision:
             return (
                 f"PROMOTED: {self.model} version {self.version} is champion{forced}"
                 f" (was {self.previous_version or 'none'}; run {self.run_id})"
+                + (f"; requested by {self.requester}, approved" if self.requester else "")
             )
         if self.status == "ROLLED_BACK":
             return f"ROLLED_BACK: {self.model} champion {self.previous_version} → {self.version}"
+        if self.status == "PENDING_APPROVAL":
+            return (
+                f"PENDING_APPROVAL: request {self.entry_id} to make run {self.run_id} champion of "
+                f"{self.model} waits for an approver: `nb-mlops approve {self.entry_id}`"
+            )
+        if self.status == "REJECTED":
+            return f"REJECTED: request {self.request_id} for run {self.run_id} → {self.model}"
         if self.status == "READY":
             return f"READY: run {self.run_id} passes every gate for {self.model}"
         return (
@@ -214,94 +229,150 @@ def promote(
     source: str | None = None,
     cfg: Config | None = None,
     announce: bool = True,
+    who: str | None = None,
 ) -> Decision:
     """Make a pipeline run's model the `champion` of `model`, through the gates, with a journal entry.
 
     Args:
-        run_id: the pipeline run to promote (or give `latest`).
+        run_id: the pipeline run to promote (or give `latest`: the newest run of that pipeline).
         model: registered model name (created on first promotion).
-        latest: promote the newest run of this pipeline instead of `run_id`.
-        reason: why (required with `force`).
-        force: promote even when gates fail (journaled as forced, with the failed gates).
+        reason: why (required with `force`: promote even when gates fail, journaled as forced).
         source: an explicit model URI inside the run's artifacts (default: the model it logged).
         cfg: project configuration (default: the current project's).
-        announce: send the `promotion` event to the webhooks subscribed to it (the monitoring
-            policy sends its own, naming the check that triggered it).
+        announce: send the `promotion` event to the webhooks subscribed to it.
+        who: the acting user (default: `NB_MLOPS_USER`, else the OS user); must be one of
+            `[promotion] promoters` when that list is set.
 
     Returns:
-        The decision (status PROMOTED).
+        The decision: PROMOTED, or PENDING_APPROVAL (a request, `entry_id` its id) when the
+        configuration sets `require_approval`.
 
     Raises:
         PromotionBlocked: a gate failed and `force` is not set (journaled; registry unchanged).
+        PermissionDenied: `who` is not among the configured promoters.
         PromotionError: the run is not a successful pipeline run with a model, the source lies
             outside its artifacts, or the model's files changed since they were logged.
 
     Example:
-        >>> decision = nb_mlops.promote(latest="train", model="churn", reason="weekly")  # doctest: +SKIP
-        >>> decision.status, decision.version                                          # doctest: +SKIP
-        ('PROMOTED', '3')
+        >>> nb_mlops.promote(latest="train", model="churn", reason="weekly").version  # doctest: +SKIP
+        '3'
     """
     if force and not (reason and reason.strip()):
         raise PromotionError("--force needs --reason TEXT saying why the failed gates are accepted")
     cfg, client = _open(cfg)
+    who = who or current_user()
+    rules = check_promoter(cfg, who)
+    attempt = prepare(cfg, client, _resolve_run(client, run_id, latest), model, source)
+    attempt.reason, attempt.force, attempt.who = reason, force, who
+    with store.lock(cfg, f"promote-{model}"):
+        decision = promote_locked(attempt, ask=rules.require_approval)
+    if announce and decision.status == "PROMOTED":
+        _announce(cfg, "promotion", model, decision, run_id=decision.run_id, who=who)
+    return decision
+
+
+@dataclass
+class Attempt:
+    """What a promotion acts on, read before the model's lock is taken."""
+
+    cfg: Config
+    client: MlflowClient
+    model: str
+    candidate: Candidate
+    ref: ModelRef
+    safety: dict[str, Any]
+    journal: Journal
+    reason: str | None = None
+    force: bool = False
+    who: str | None = None
+    requester: str | None = None
+    request_id: str | None = None
+
+
+def prepare(
+    cfg: Config, client: MlflowClient, run_id: str, model: str, source: str | None
+) -> Attempt:
+    """Check the model name and the gates table, load the candidate run and its model."""
     check_model_name(model)
-    spec = parse_gates(cfg.gates)
+    parse_gates(cfg.gates)  # a bad gates table fails before anything is read
     settle()  # this process's own pending writes first
-    candidate = load_candidate(client, _resolve_run(client, run_id, latest))
+    candidate = load_candidate(client, run_id)
     ref = resolve_source(candidate, source)
     safety = model_safety(cfg, ref)
-    journal = Journal(cfg, model)
-    with store.lock(cfg, f"promote-{model}"):
-        _reconcile_locked(cfg, client, model, journal)
-        aliases = model_aliases(client, model)
-        current = aliases.get(CHAMPION) if aliases is not None else None
-        existing = (
-            find_version(client, model, candidate.run_id, ref) if aliases is not None else None
+    return Attempt(cfg, client, model, candidate, ref, safety, Journal(cfg, model))
+
+
+def promote_locked(attempt: Attempt, *, ask: bool = False) -> Decision:
+    """Under the model's lock: judge the gates, then journal a blocked attempt, a request for
+    approval (`ask`) or move the champion."""
+    a = attempt
+    _reconcile_locked(a.cfg, a.client, a.model, a.journal)
+    aliases = model_aliases(a.client, a.model)
+    current = aliases.get(CHAMPION) if aliases is not None else None
+    existing = (
+        find_version(a.client, a.model, a.candidate.run_id, a.ref) if aliases is not None else None
+    )
+    if existing is not None and str(existing.version) == current:
+        raise PromotionError(
+            f"run {a.candidate.run_id} is already the champion of {a.model} (version {current}); "
+            "nothing to do"
         )
-        if existing is not None and str(existing.version) == current:
-            raise PromotionError(
-                f"run {candidate.run_id} is already the champion of {model} (version {current}); nothing to do"
-            )
-        gates = evaluate_gates(
-            spec, candidate.facts, _champion(client, model, current), _data_verifier(cfg)
+    gates = evaluate_gates(
+        parse_gates(a.cfg.gates),
+        a.candidate.facts,
+        _champion(a.client, a.model, current),
+        _data_verifier(a.cfg),
+    )
+    failed = [g for g in gates if g.verdict == FAIL]
+    fields = _entry_fields(a.candidate, a.ref, gates, failed, a.reason, current)
+    fields.update(model_safety=a.safety, requester=a.requester, request_id=a.request_id)
+    if failed and not a.force:
+        entry = JournalEntry.new("blocked", a.model, who=a.who, state="done", **fields)
+        a.journal.append(entry)
+        _tag_blocked(a.client, a.candidate.run_id, a.model, failed)
+        raise PromotionBlocked(_decision("BLOCKED", entry, gates))
+    if ask:
+        fields["requester"] = a.who
+        entry = JournalEntry.new("request", a.model, who=a.who, state="done", **fields)
+        a.journal.append(entry)
+        return _decision("PENDING_APPROVAL", entry, gates)
+    return _move(a, aliases, existing, fields, gates)
+
+
+def _move(
+    a: Attempt,
+    aliases: dict[str, str] | None,
+    existing: Any,
+    fields: dict[str, Any],
+    gates: list[GateResult],
+) -> Decision:
+    """Register the version (unless it exists) and move `champion` to it, write-ahead journaled."""
+    digest = verify_digest(a.ref)
+    tags = {**_version_tags(a.candidate, a.ref, digest), **safety_tags(a.safety)}
+    version = (
+        str(existing.version)
+        if existing
+        else register_version(
+            a.client, a.model, a.candidate, a.ref, tags, exists=aliases is not None
         )
-        failed = [g for g in gates if g.verdict == FAIL]
-        fields = _entry_fields(candidate, ref, gates, failed, reason, current)
-        fields["model_safety"] = safety
-        if failed and not force:
-            entry = journal.append(JournalEntry.new("blocked", model, state="done", **fields))
-            _tag_blocked(client, candidate.run_id, model, failed)
-            raise PromotionBlocked(_decision("BLOCKED", entry, gates))
-        digest = verify_digest(ref)
-        version = (
-            str(existing.version)
-            if existing
-            else register_version(
-                client,
-                model,
-                candidate,
-                ref,
-                {**_version_tags(candidate, ref, digest), **safety_tags(safety)},
-                exists=aliases is not None,
-            )
-        )
-        entry = JournalEntry.new(
-            "forced-promote" if failed else "promote",
-            model,
-            state="pending",
-            to_version=version,
-            model_sha256=digest,
-            previous_champion_before=(aliases or {}).get(PREVIOUS),
-            **fields,
-        )
-        journal.append(entry)
-        _move_champion(client, model, version, current)
-        journal.settle(entry, "done")
-        _publish(client, model, entry, journal)
+    )
+    failed = bool(fields["failed_gates"])
+    entry = JournalEntry.new(
+        "forced-promote" if failed else "promote",
+        a.model,
+        who=a.who,
+        state="pending",
+        to_version=version,
+        model_sha256=digest,
+        previous_champion_before=(aliases or {}).get(PREVIOUS),
+        **fields,
+    )
+    a.journal.append(entry)
+    _move_champion(a.client, a.model, version, fields["from_version"])
+    a.journal.settle(entry, "done")
+    _publish(a.client, a.model, entry, a.journal)
     decision = _decision("PROMOTED", entry, gates)
-    decision.forced = bool(failed)
-    if announce:
-        _announce(cfg, "promotion", model, decision, run_id=candidate.run_id, who=entry.who)
+    decision.forced = failed
     return decision
 
 
@@ -322,7 +393,8 @@ def rollback(
         reason: why (required).
         cfg: project configuration.
         who: the user journaled as acting (default: `NB_MLOPS_USER`, else the OS user); a
-            server that rolls back for its users passes each request's user.
+            server that rolls back for its users passes each request's user. Must be one of
+            `[promotion] promoters` when that list is set (a rollback never waits for approval).
         announce: send the `rollback` event to the webhooks subscribed to it.
 
     Raises:
@@ -337,62 +409,83 @@ def rollback(
         raise RollbackError("rollback needs --reason TEXT saying why the champion is rolled back")
     cfg, client = _open(cfg)
     check_model_name(model)
-    journal = Journal(cfg, model)
+    who = who or current_user()
+    check_promoter(cfg, who)
     with store.lock(cfg, f"promote-{model}"):
-        _reconcile_locked(cfg, client, model, journal)
-        aliases = model_aliases(client, model)
-        if aliases is None:
-            raise ModelNotFound(
-                f"no model {model!r} in the registry: nothing to roll back; promote a run first"
-            )
-        current = aliases.get(CHAMPION)
-        if current is None:
-            raise RollbackError(f"model {model!r} has no champion: nothing to roll back")
-        target = _rollback_target(client, model, journal.entries(), current, to)
-        mv = get_version(client, model, target)
-        if mv is None:
-            raise RollbackError(
-                f"model {model!r} has no version {target}; see `nb-mlops history {model}`"
-            )
-        recorded = (mv.tags or {}).get(DIGEST_TAG)
-        actual = source_digest(version_location(client, mv)) if recorded else None
-        if recorded and actual != recorded:
-            raise RollbackError(
-                f"{model} version {target}: its files no longer match the digest recorded at promotion "
-                f"({recorded[:12]}…); refusing to restore changed artifacts"
-            )
-        tags = mv.tags or {}
-        entry = JournalEntry.new(
-            "rollback",
-            model,
-            who=who,
-            state="pending",
-            from_version=current,
-            to_version=target,
-            reason=reason,
-            candidate_run=mv.run_id,
-            pipeline=tags.get("nb_mlops.pipeline"),
-            pipeline_hash=tags.get("nb_mlops.pipeline_hash"),
-            notebook=tags.get("nb_mlops.notebook"),
-            notebook_sha256=tags.get("nb_mlops.notebook_sha256"),
-            git_commit=tags.get("nb_mlops.git_commit"),
-            data={
-                k[len("nb_mlops.data.") :]: v
-                for k, v in tags.items()
-                if k.startswith("nb_mlops.data.")
-            },
-            model_source=version_location(client, mv),
-            model_sha256=recorded,
-            previous_champion_before=aliases.get(PREVIOUS),
-        )
-        journal.append(entry)
-        _move_champion(client, model, target, current)
-        journal.settle(entry, "done")
-        _publish(client, model, entry, journal)
+        entry = _rollback_locked(cfg, client, model, to, str(reason), who)
     decision = _decision("ROLLED_BACK", entry, [])
     if announce:
         _announce(cfg, "rollback", model, decision, reason=str(reason), who=entry.who)
     return decision
+
+
+def _rollback_locked(
+    cfg: Config, client: MlflowClient, model: str, to: str | int | None, reason: str, who: str
+) -> JournalEntry:
+    """Under the model's lock: pick the version to restore and move `champion`, journaled."""
+    journal = Journal(cfg, model)
+    _reconcile_locked(cfg, client, model, journal)
+    aliases = model_aliases(client, model)
+    if aliases is None:
+        raise ModelNotFound(
+            f"no model {model!r} in the registry: nothing to roll back; promote a run first"
+        )
+    current = aliases.get(CHAMPION)
+    if current is None:
+        raise RollbackError(f"model {model!r} has no champion: nothing to roll back")
+    target = _rollback_target(client, model, journal.entries(), current, to)
+    mv = _restorable(client, model, target)
+    entry = JournalEntry.new(
+        "rollback",
+        model,
+        who=who,
+        state="pending",
+        from_version=current,
+        to_version=target,
+        reason=reason,
+        previous_champion_before=aliases.get(PREVIOUS),
+        **_restored_fields(client, mv),
+    )
+    journal.append(entry)
+    _move_champion(client, model, target, current)
+    journal.settle(entry, "done")
+    _publish(client, model, entry, journal)
+    return entry
+
+
+def _restorable(client: MlflowClient, model: str, target: str) -> Any:
+    """The version to restore, refused when missing or when its files changed since promotion."""
+    mv = get_version(client, model, target)
+    if mv is None:
+        raise RollbackError(
+            f"model {model!r} has no version {target}; see `nb-mlops history {model}`"
+        )
+    recorded = (mv.tags or {}).get(DIGEST_TAG)
+    actual = source_digest(version_location(client, mv)) if recorded else None
+    if recorded and actual != recorded:
+        raise RollbackError(
+            f"{model} version {target}: its files no longer match the digest recorded at promotion "
+            f"({recorded[:12]}…); refusing to restore changed artifacts"
+        )
+    return mv
+
+
+def _restored_fields(client: MlflowClient, mv: Any) -> dict[str, Any]:
+    """A rollback entry's provenance: what the restored version's tags recorded."""
+    tags = mv.tags or {}
+    return {
+        "candidate_run": mv.run_id,
+        "pipeline": tags.get("nb_mlops.pipeline"),
+        "pipeline_hash": tags.get("nb_mlops.pipeline_hash"),
+        "notebook": tags.get("nb_mlops.notebook"),
+        "notebook_sha256": tags.get("nb_mlops.notebook_sha256"),
+        "git_commit": tags.get("nb_mlops.git_commit"),
+        "data": {
+            k[len("nb_mlops.data.") :]: v for k, v in tags.items() if k.startswith("nb_mlops.data.")
+        },
+        "model_source": version_location(client, mv),
+        "model_sha256": tags.get(DIGEST_TAG),
+    }
 
 
 def _announce(cfg: Config, event: str, model: str, decision: Decision, **facts: Any) -> None:
@@ -661,6 +754,8 @@ def _decision(status: str, entry: JournalEntry, gates: list[GateResult]) -> Deci
         pipeline_hash=entry.pipeline_hash,
         model_source=entry.model_source,
         model_sha256=entry.model_sha256,
+        requester=entry.requester,
+        request_id=entry.request_id,
     )
 
 
