@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from approval_auth import HeaderUsers, NoApprovingForMallory
 from promotion_helpers import journal_lines, make_pipeline_run
+from webhook_receiver import webhook_receiver
 
 import nb_mlops
 from nb_mlops.cli import main
@@ -166,6 +167,46 @@ def test_promoters_alone_limit_who_promotes_without_approval(project: Path) -> N
     decision = promote(run, model="churn", who="alice")
     assert decision.status == "PROMOTED" and _champion("churn") == "1"
     assert journal_lines(project, "churn")[0]["who"] == "alice"
+
+
+def test_a_request_tells_the_approvers_webhook_and_the_approval_announces_the_promotion(
+    project: Path,
+) -> None:
+    with webhook_receiver() as rx:
+        # Given approval required and a webhook for requests and promotions
+        hook = f'webhooks = [{{ url = "{rx.url}", events = ["approval_requested", "promotion"] }}]'
+        _configure(project, ACCESS + f"\n[tool.nb_mlops.monitor.alerts]\nbackoff = 0.01\n{hook}\n")
+        run = make_pipeline_run()
+        # When alice promotes and bob approves
+        request = promote(run, model="churn", who="alice")
+        approve(str(request.entry_id), who="bob")
+        # Then the webhook heard the request (naming it) and then the promotion
+        heard = [r["body"] for r in rx.requests]
+        assert [b["event"] for b in heard] == ["approval_requested", "promotion"]
+        assert heard[0]["request_id"] == request.entry_id and heard[0]["who"] == "alice"
+        assert heard[1]["to_version"] == "1" and heard[1]["who"] == "bob"
+
+
+def test_a_policy_promotion_under_approval_is_a_pending_request_not_a_move(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nb_mlops.core.monitoring.policy import Action, Context, _promote
+    from nb_mlops.core.monitoring.settings import parse_settings
+
+    # Given approval required and a retrained run the monitoring policy wants to promote
+    _configure(project)
+    _as(monkeypatch, "alice")  # the user running the check: a promoter
+    run = make_pipeline_run()
+    cfg = load_config()
+    retrain = Action("retrain", "policy on_drift = retrain", run_id=run)
+    ctx = Context(model="churn", version="1", check_id="c" * 32, data="batch@v2", summary="drift")
+    # When the policy promotes it
+    [action] = _promote(retrain, ctx, parse_settings(cfg.settings.get("monitor")), cfg)
+    # Then it is a request waiting for an approver: pending, no version, no champion moved
+    assert (action.status, action.version) == ("pending", None), action.detail
+    assert action.detail.startswith("PENDING_APPROVAL: request")
+    assert [r.run_id for r in approvals("churn")] == [run]
+    assert [e.action for e in nb_mlops.history("churn")] == ["request"]
 
 
 def _approve_process(project: Path, user: str, rid: str) -> subprocess.Popen[str]:

@@ -74,6 +74,7 @@ def slack_message(payload: dict[str, Any]) -> dict[str, Any]:
         "retrain_blocked": ":no_entry:",
         "retrain_failed": ":x:",
         "promotion": ":rocket:",
+        "approval_requested": ":raised_hand:",
         "rollback": ":rewind:",
     }.get(str(payload.get("event")), ":bell:")
     text = f"{icon} nb_mlops {payload.get('event')}: {payload.get('summary')}"

@@ -49,7 +49,8 @@ class Action:
         name: alert | rollback | retrain | promote.
         reason: why, naming the policy key and the check.
         event: the alert's event (alerts only).
-        status: planned | done | failed | blocked (a promotion the gates refused).
+        status: planned | done | failed | blocked (a promotion the gates refused) | pending (a
+            promotion request waiting for an approver).
         detail: what happened, one line.
         run_id: the retraining run (retrain, promote).
         version: the champion after a rollback or promotion.
@@ -284,9 +285,13 @@ def _promote(action: Action, ctx: Context, settings: MonitorSettings, cfg: Confi
         promote.status, promote.detail = "failed", str(exc).splitlines()[0]
         event = "retrain_failed"
     else:
-        promote.status, promote.version = "done", decision.version
         promote.detail = decision.summary()
-        facts["to_version"] = decision.version
+        if decision.status == "PENDING_APPROVAL":  # `require_approval`: a request, not a move
+            promote.status, event = "pending", "approval_requested"
+            facts["request_id"] = decision.entry_id
+        else:
+            promote.status, promote.version = "done", decision.version
+            facts["to_version"] = decision.version
     if not _wants(settings, event):
         return [promote]
     return [promote, _alert(ctx, settings, event, promote.detail, **facts)]

@@ -37,7 +37,15 @@ STATISTICS: dict[str, tuple[float, str]] = {
     "missing": (0.05, "change of the missing-value share, absolute"),
 }
 ACTIONS = ("alert", "retrain", "none")
-EVENTS = ("drift", "decay", "retrain_blocked", "retrain_failed", "promotion", "rollback")
+EVENTS = (
+    "drift",
+    "decay",
+    "retrain_blocked",
+    "retrain_failed",
+    "promotion",
+    "approval_requested",
+    "rollback",
+)
 _TOP = ("label", "ignore", "drift_share", "psi_bins", "decay", "decay_metrics")
 _TABLES = ("thresholds", "alerts", "policy")
 _ALERT_KEYS = ("webhooks", "events", "timeout", "retries", "backoff")

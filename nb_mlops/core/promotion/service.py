@@ -268,6 +268,9 @@ def promote(
         decision = promote_locked(attempt, ask=rules.require_approval)
     if announce and decision.status == "PROMOTED":
         _announce(cfg, "promotion", model, decision, run_id=decision.run_id, who=who)
+    elif announce and decision.status == "PENDING_APPROVAL":  # the approvers' cue
+        facts = {"run_id": decision.run_id, "who": who, "request_id": decision.entry_id}
+        _announce(cfg, "approval_requested", model, decision, **facts)
     return decision
 
 
