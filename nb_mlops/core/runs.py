@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
+from nb_mlops.core.backend import MlflowTrackingBackend, RunRecord, open_backend, read_records
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.durable import settle
 from nb_mlops.core.errors import ConfigError, TrackingError
@@ -322,29 +323,14 @@ def run_row(run_id: str, cfg: Config | None = None) -> RunRow | None:
     """One run as a RunRow (e.g. the session's last run for `%mlops`), None if it is not stored."""
     cfg = cfg or load_config()
     settle()
-    if _sql_readable(cfg):
-        try:
-            con = _connect(cfg.db_path)
-            try:
-                found = con.execute(
-                    "SELECT run_uuid, name, status, start_time, end_time, experiment_id FROM runs "
-                    "WHERE run_uuid = ?",
-                    (run_id,),
-                ).fetchall()
-                return _rows(con, ui_url(cfg), found)[0] if found else None
-            finally:
-                con.close()
-        except sqlite3.Error:
-            pass
-    elif cfg.is_embedded and not cfg.db_path.exists():
-        return None
-    from nb_mlops.core.store import client
-
+    if cfg.is_embedded and not cfg.db_path.exists():
+        return None  # no store yet: nothing to find, and no reason to create one here
+    backend = open_backend(cfg)
     try:
-        run = client(cfg).get_run(run_id)
-    except Exception:  # MLflow raises its own RESOURCE_DOES_NOT_EXIST error for an unknown id
-        return None
-    return _row_from_mlflow(run, str(run.info.experiment_id), ui_url(cfg))
+        record = backend.get_run(run_id)
+    except sqlite3.Error:  # locked beyond the timeout, or a schema we do not know
+        record = MlflowTrackingBackend(cfg).get_run(run_id)
+    return None if record is None else _row_of(record, ui_url(cfg))
 
 
 def resolve_experiment(cfg: Config, experiment: str | None) -> tuple[str, bool]:
@@ -499,42 +485,22 @@ def _page_sql(
 
 def _rows(con: sqlite3.Connection, base: str, found: Sequence[Sequence[Any]]) -> list[RunRow]:
     """RunRows for (run_uuid, name, status, start_time, end_time, experiment_id) tuples."""
-    ids = [str(row[0]) for row in found]
-    params = _by_run(con, "SELECT run_uuid, key, value FROM params", ids)
-    tags = _by_run(con, "SELECT run_uuid, key, value FROM tags", ids)
-    metrics = _by_run(
-        con,
-        "SELECT run_uuid, key, CASE WHEN is_nan = 1 THEN NULL ELSE value END FROM latest_metrics",
-        ids,
+    return [_row_of(record, base) for record in read_records(con, found)]
+
+
+def _row_of(record: RunRecord, base: str) -> RunRow:
+    return RunRow(
+        run_id=record.run_id,
+        experiment_id=record.experiment_id,
+        name=record.name,
+        status=record.status,
+        start_time=record.start_time,
+        end_time=record.end_time,
+        params=record.params,
+        metrics=record.metrics,
+        tags=record.tags,
+        url=run_url(base, record.experiment_id, record.run_id),
     )
-    return [
-        RunRow(
-            run_id=run_id,
-            experiment_id=str(exp_id),
-            name=run_name or "",
-            status=status or "",
-            start_time=start,
-            end_time=end,
-            params=params.get(run_id, {}),
-            metrics={
-                k: (math.nan if v is None else float(v)) for k, v in metrics.get(run_id, {}).items()
-            },
-            tags={k: ("" if v is None else v) for k, v in tags.get(run_id, {}).items()},
-            url=run_url(base, str(exp_id), run_id),
-        )
-        for run_id, run_name, status, start, end, exp_id in found
-    ]
-
-
-def _by_run(con: sqlite3.Connection, select: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    # SQLite allows 32,766 bound variables; pages larger than a chunk are read in chunks.
-    for start in range(0, len(ids), 900):
-        chunk = ids[start : start + 900]
-        marks = ",".join("?" * len(chunk))
-        for run_id, key, value in con.execute(f"{select} WHERE run_uuid IN ({marks})", chunk):
-            out.setdefault(run_id, {})[key] = value
-    return out
 
 
 def _latest_experiment(cfg: Config) -> str | None:
