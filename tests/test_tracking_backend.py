@@ -190,3 +190,11 @@ def test_model_version_run(pair: tuple[TrackingBackend, MlflowClient]) -> None:
     version = client.create_model_version(name, f"{artifact_uri}/model", run_id=run_id)
     assert backend.model_version_run(name, str(version.version)) == run_id
     assert backend.model_version_run(name, "99") is None
+
+
+def test_the_backend_is_chosen_by_the_uri(project: Path) -> None:
+    """The fast path only for the project's own store at the schema revision its SQL knows; any
+    other SQLite file, or a server, goes through MlflowClient."""
+    with (project / "pyproject.toml").open("a") as config:
+        config.write(f'tracking_uri = "sqlite:///{project / "other.db"}"\n')
+    assert type(open_backend(load_config())) is MlflowTrackingBackend
