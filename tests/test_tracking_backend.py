@@ -21,6 +21,7 @@ from nb_mlops.core.backend import (
     open_backend,
 )
 from nb_mlops.core.config import load_config
+from nb_mlops.core.runs import parse_order_by
 from nb_mlops.core.store import ensure_store
 
 
@@ -198,3 +199,21 @@ def test_the_backend_is_chosen_by_the_uri(project: Path) -> None:
     with (project / "pyproject.toml").open("a") as config:
         config.write(f'tracking_uri = "sqlite:///{project / "other.db"}"\n')
     assert type(open_backend(load_config())) is MlflowTrackingBackend
+
+
+def test_ordered_page_and_experiment_names(pair: tuple[TrackingBackend, MlflowClient]) -> None:
+    backend, client = pair
+    name = _name("exp")
+    exp_id, location = backend.experiment(name)
+    start = _now()
+    for i, value in enumerate([0.5, float("nan"), 0.25]):
+        run_id, _ = backend.create_run(exp_id, location, f"r{i}", start + i, {})
+        backend.write([(run_id, "acc", value, start, 0)], [(run_id, "i", str(i))], [])
+    backend.create_run(exp_id, location, "no-acc", start + 9, {})
+    order = parse_order_by("metrics.acc", ascending=True)
+    assert order is not None
+    ours, more = backend.runs_page(exp_id, 10, 0, order)
+    theirs = client.search_runs([exp_id], max_results=10, order_by=[order.mlflow_clause()])
+    assert [r.run_id for r in ours] == [r.info.run_id for r in theirs]
+    assert [r.name for r in ours] == ["r2", "r0", "r1", "no-acc"] and more is False
+    assert name in backend.experiment_names()

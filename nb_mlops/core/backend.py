@@ -24,6 +24,8 @@ from nb_mlops.core.writer import ClientBackend, Metric, Pair, SqliteBackend
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+    from nb_mlops.core.runs import OrderBy
+
 __all__ = [
     "MlflowTrackingBackend",
     "RunRecord",
@@ -92,10 +94,14 @@ class TrackingBackend(Protocol):
         ...
 
     def runs_page(
-        self, experiment_id: str, limit: int, offset: int
+        self, experiment_id: str, limit: int, offset: int, order: OrderBy | None = None
     ) -> tuple[list[RunRecord], bool]:
-        """Active runs of an experiment, newest first: `limit` of them from `offset`, and whether
-        more follow."""
+        """Active runs of an experiment in `order` (default: newest first), as MLflow's
+        `search_runs` sorts them: `limit` of them from `offset`, and whether more follow."""
+        ...
+
+    def experiment_names(self) -> list[str]:
+        """Names of the store's experiments (at most 100 from a server), for error messages."""
         ...
 
     def model_version_run(self, name: str, version: str) -> str | None:
@@ -174,14 +180,20 @@ class MlflowTrackingBackend:
         return record_of(run)
 
     def runs_page(
-        self, experiment_id: str, limit: int, offset: int
+        self, experiment_id: str, limit: int, offset: int, order: OrderBy | None = None
     ) -> tuple[list[RunRecord], bool]:
         from nb_mlops.core.runs import _page_token
 
         found = self.client.search_runs(
-            [experiment_id], max_results=limit, page_token=_page_token(offset) if offset else None
+            [experiment_id],
+            max_results=limit,
+            order_by=[order.mlflow_clause()] if order else None,
+            page_token=_page_token(offset) if offset else None,
         )
         return [record_of(run) for run in found], bool(found.token)
+
+    def experiment_names(self) -> list[str]:
+        return [e.name for e in self.client.search_experiments(max_results=100)]
 
     def model_version_run(self, name: str, version: str) -> str | None:
         try:
@@ -276,16 +288,25 @@ class SqliteTrackingBackend:
         return records[0] if records else None
 
     def runs_page(
-        self, experiment_id: str, limit: int, offset: int
+        self, experiment_id: str, limit: int, offset: int, order: OrderBy | None = None
     ) -> tuple[list[RunRecord], bool]:
+        from nb_mlops.core.runs import _order_sql
+
+        join, order_sql, join_args = _order_sql(order)
         with read_only(self.cfg) as con:
             found = con.execute(
-                f"{_RUN_COLUMNS} WHERE experiment_id = ? AND lifecycle_stage = 'active' "
-                "ORDER BY start_time DESC, run_uuid LIMIT ? OFFSET ?",
-                (int(experiment_id), limit + 1, offset),
+                "SELECT r.run_uuid, r.name, r.status, r.start_time, r.end_time, r.experiment_id, "
+                f"r.artifact_uri FROM runs AS r {join} "
+                "WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active' "
+                f"ORDER BY {order_sql} LIMIT ? OFFSET ?",
+                [*join_args, int(experiment_id), limit + 1, offset],
             ).fetchall()
             records = read_records(con, found[:limit])
         return records, len(found) > limit
+
+    def experiment_names(self) -> list[str]:
+        with read_only(self.cfg) as con:
+            return [str(row[0]) for row in con.execute("SELECT name FROM experiments")]
 
     def model_version_run(self, name: str, version: str) -> str | None:
         with read_only(self.cfg) as con:
