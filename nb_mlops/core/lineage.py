@@ -8,6 +8,7 @@ promotion), its pipeline run and the journal: three store reads, no model loadin
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -120,31 +121,15 @@ def lineage(ref: str, *, cfg: Config | None = None) -> Lineage:
         >>> nb_mlops.lineage("churn").pipeline["hash"]  # doctest: +SKIP
         '5f0c…'
     """
-    from mlflow.exceptions import MlflowException
-
     name, alias, version = parse_ref(ref)
     cfg = store.ensure_store(cfg or load_config())
     settle()  # this process's own pending writes first
     client = store.client(cfg)
-    try:
-        if version is None:
-            mv = client.get_model_version_by_alias(name, str(alias))
-        else:
-            mv = client.get_model_version(name, version)
-    except MlflowException as exc:
-        what = f"alias @{alias}" if version is None else f"version {version}"
-        raise PromotionError(
-            f"model {name!r} has no {what}; see `nb-mlops history {name}` (promote a run first)"
-        ) from exc
-    tags = dict(mv.tags or {})
+    mv = _model_version(client, name, alias, version)
+    tags: dict[str, str] = dict(mv.tags or {})
     run_id = tags.get("nb_mlops.pipeline_run_id") or mv.run_id
-    run = None
-    if run_id:
-        try:
-            run = client.get_run(run_id)
-        except MlflowException:
-            run = None
-    run_tags = dict(run.data.tags) if run else {}
+    run = _run_or_none(client, run_id)
+    run_tags: dict[str, str] = dict(run.data.tags) if run else {}
 
     def tag(*keys: str) -> str | None:
         for key in keys:
@@ -153,6 +138,82 @@ def lineage(ref: str, *, cfg: Config | None = None) -> Lineage:
                 return value
         return None
 
+    return Lineage(
+        model=name,
+        version=str(mv.version),
+        aliases=sorted(mv.aliases or []),
+        model_source=version_location(client, mv),
+        model_sha256=tags.get("nb_mlops.model_sha256"),
+        pipeline_run=_pipeline_run(run_id, run, run_tags),
+        pipeline={
+            "name": tag("nb_mlops.pipeline"),
+            "hash": tag("nb_mlops.pipeline_hash"),
+            "artifacts": f"{run.info.artifact_uri}/pipeline" if run else None,
+        },
+        notebook=_notebook_of(tag),
+        data=_data_used(tags, run_tags),
+        environment={
+            "python": tag("nb_mlops.python"),
+            "env_sha256": tag("nb_mlops.env_sha256"),
+            "requirements": _requirements(version_location(client, mv)),
+        },
+        parameters=dict(run.data.params) if run else {},
+        metrics={k: float(v) for k, v in run.data.metrics.items()} if run else {},
+        promotion=_last_promotion(cfg, name, str(mv.version)),
+    )
+
+
+def _notebook_of(tag: Callable[..., str | None]) -> dict[str, str | None]:
+    """The notebook and the git state the run was made from (a pipeline's tags, else a run's)."""
+    return {
+        "path": tag("nb_mlops.notebook", "mlflow.source.name"),
+        "sha256": tag("nb_mlops.notebook_sha256"),
+        "git_commit": tag("nb_mlops.git_commit", "nb_mlops.git.commit", "mlflow.source.git.commit"),
+        "git_branch": tag("nb_mlops.git_branch", "nb_mlops.git.branch"),
+        "git_dirty": tag("nb_mlops.git_dirty", "nb_mlops.git.dirty"),
+    }
+
+
+def _model_version(client: Any, name: str, alias: str | None, version: str | None) -> Any:
+    """The model version a reference names, or PromotionError saying what is missing."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if version is None:
+            return client.get_model_version_by_alias(name, str(alias))
+        return client.get_model_version(name, version)
+    except MlflowException as exc:
+        what = f"alias @{alias}" if version is None else f"version {version}"
+        raise PromotionError(
+            f"model {name!r} has no {what}; see `nb-mlops history {name}` (promote a run first)"
+        ) from exc
+
+
+def _run_or_none(client: Any, run_id: str | None) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        return None
+
+
+def _pipeline_run(run_id: str | None, run: Any, run_tags: dict[str, str]) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "status": run_tags.get("nb_mlops.status") or (run.info.status if run else None),
+        "mode": run_tags.get("nb_mlops.mode"),
+        "experiment_id": run.info.experiment_id if run else None,
+        "start_time": run.info.start_time if run else None,
+        "end_time": run.info.end_time if run else None,
+        "artifact_uri": run.info.artifact_uri if run else None,
+    }
+
+
+def _data_used(tags: dict[str, str], run_tags: dict[str, str]) -> list[dict[str, Any]]:
+    """The data versions the model was trained and evaluated on (the version's tags win)."""
     eval_names = set(filter(None, (tags.get("nb_mlops.eval_data") or "").split(",")))
     data_tags = {
         **{k: v for k, v in run_tags.items() if k.startswith("nb_mlops.data.")},
@@ -170,46 +231,7 @@ def lineage(ref: str, *, cfg: Config | None = None) -> Lineage:
                 "eval": snapshot in eval_names,
             }
         )
-    found = Lineage(
-        model=name,
-        version=str(mv.version),
-        aliases=sorted(mv.aliases or []),
-        model_source=version_location(client, mv),
-        model_sha256=tags.get("nb_mlops.model_sha256"),
-        pipeline_run={
-            "run_id": run_id,
-            "status": run_tags.get("nb_mlops.status") or (run.info.status if run else None),
-            "mode": run_tags.get("nb_mlops.mode"),
-            "experiment_id": run.info.experiment_id if run else None,
-            "start_time": run.info.start_time if run else None,
-            "end_time": run.info.end_time if run else None,
-            "artifact_uri": run.info.artifact_uri if run else None,
-        },
-        pipeline={
-            "name": tag("nb_mlops.pipeline"),
-            "hash": tag("nb_mlops.pipeline_hash"),
-            "artifacts": f"{run.info.artifact_uri}/pipeline" if run else None,
-        },
-        notebook={
-            "path": tag("nb_mlops.notebook", "mlflow.source.name"),
-            "sha256": tag("nb_mlops.notebook_sha256"),
-            "git_commit": tag(
-                "nb_mlops.git_commit", "nb_mlops.git.commit", "mlflow.source.git.commit"
-            ),
-            "git_branch": tag("nb_mlops.git_branch", "nb_mlops.git.branch"),
-            "git_dirty": tag("nb_mlops.git_dirty", "nb_mlops.git.dirty"),
-        },
-        data=data,
-        environment={
-            "python": tag("nb_mlops.python"),
-            "env_sha256": tag("nb_mlops.env_sha256"),
-            "requirements": _requirements(version_location(client, mv)),
-        },
-        parameters=dict(run.data.params) if run else {},
-        metrics={k: float(v) for k, v in run.data.metrics.items()} if run else {},
-        promotion=_last_promotion(cfg, name, str(mv.version)),
-    )
-    return found
+    return data
 
 
 def _requirements(source: str) -> list[str]:

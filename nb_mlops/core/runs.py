@@ -18,6 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
+from nb_mlops.core.backend import (
+    MlflowTrackingBackend,
+    RunRecord,
+    TrackingBackend,
+    open_backend,
+)
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.durable import settle
 from nb_mlops.core.errors import ConfigError, TrackingError
@@ -305,46 +311,30 @@ def runs(
     offset = _parse_page_token(page_token)
     name, explicit = resolve_experiment(cfg, experiment)
     explicit = explicit and not missing_ok
-    if _sql_readable(cfg):
-        try:
-            return _page_sql(cfg, name, explicit, order, limit, offset, page_token)
-        except sqlite3.Error:
-            pass  # locked beyond the timeout, or a schema we do not know: MLflow's own path
-    elif cfg.is_embedded and not cfg.db_path.exists():
+    if cfg.is_embedded and not cfg.db_path.exists():
         # No store yet, so no runs: say so without creating one as a side effect of looking.
         if explicit:
             _raise_not_found(name, [])
         return RunsPage(name, None, order, limit, offset=offset, page_token=page_token)
-    return _page_mlflow(cfg, name, explicit, order, limit, offset, page_token)
+    page = _Page(cfg, name, explicit, order, limit, offset, page_token)
+    try:
+        return page.read(open_backend(cfg))
+    except sqlite3.Error:  # locked beyond the timeout, or a schema we do not know
+        return page.read(MlflowTrackingBackend(cfg))
 
 
 def run_row(run_id: str, cfg: Config | None = None) -> RunRow | None:
     """One run as a RunRow (e.g. the session's last run for `%mlops`), None if it is not stored."""
     cfg = cfg or load_config()
     settle()
-    if _sql_readable(cfg):
-        try:
-            con = _connect(cfg.db_path)
-            try:
-                found = con.execute(
-                    "SELECT run_uuid, name, status, start_time, end_time, experiment_id FROM runs "
-                    "WHERE run_uuid = ?",
-                    (run_id,),
-                ).fetchall()
-                return _rows(con, ui_url(cfg), found)[0] if found else None
-            finally:
-                con.close()
-        except sqlite3.Error:
-            pass
-    elif cfg.is_embedded and not cfg.db_path.exists():
-        return None
-    from nb_mlops.core.store import client
-
+    if cfg.is_embedded and not cfg.db_path.exists():
+        return None  # no store yet: nothing to find, and no reason to create one here
+    backend = open_backend(cfg)
     try:
-        run = client(cfg).get_run(run_id)
-    except Exception:  # MLflow raises its own RESOURCE_DOES_NOT_EXIST error for an unknown id
-        return None
-    return _row_from_mlflow(run, str(run.info.experiment_id), ui_url(cfg))
+        record = backend.get_run(run_id)
+    except sqlite3.Error:  # locked beyond the timeout, or a schema we do not know
+        record = MlflowTrackingBackend(cfg).get_run(run_id)
+    return None if record is None else _row_of(record, ui_url(cfg))
 
 
 def resolve_experiment(cfg: Config, experiment: str | None) -> tuple[str, bool]:
@@ -446,95 +436,61 @@ def _order_sql(order: OrderBy | None) -> tuple[str, str, list[Any]]:
     return join, f"{flag}, s.value {direction}, r.start_time DESC, r.run_uuid", [order.key]
 
 
-def _experiment_id_sql(con: sqlite3.Connection, name: str) -> str | None:
-    row = con.execute(
-        "SELECT experiment_id FROM experiments WHERE name = ? "
-        "ORDER BY workspace = 'default' DESC LIMIT 1",
-        (name,),
-    ).fetchone()
-    return None if row is None else str(row[0])
+@dataclass(frozen=True)
+class _Page:
+    """What `runs()` asks for, read through either backend."""
 
+    cfg: Config
+    name: str
+    explicit: bool
+    order: OrderBy | None
+    limit: int
+    offset: int
+    page_token: str | None
 
-def _page_sql(
-    cfg: Config,
-    name: str,
-    explicit: bool,
-    order: OrderBy | None,
-    limit: int,
-    offset: int,
-    page_token: str | None,
-) -> RunsPage:
-    base = ui_url(cfg)
-    con = _connect(cfg.db_path)
-    try:
-        exp_id = _experiment_id_sql(con, name)
+    def read(self, backend: TrackingBackend) -> RunsPage:
+        source = "sql" if backend.direct else "mlflow"
+        exp_id = backend.find_experiment(self.name)
         if exp_id is None:
-            if explicit:
-                _raise_not_found(name, [r[0] for r in con.execute("SELECT name FROM experiments")])
-            return RunsPage(name, None, order, limit, offset=offset, page_token=page_token)
-        join, order_sql, join_args = _order_sql(order)
-        found = con.execute(
-            "SELECT r.run_uuid, r.name, r.status, r.start_time, r.end_time "
-            f"FROM runs AS r {join} "
-            "WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active' "
-            f"ORDER BY {order_sql} LIMIT ? OFFSET ?",
-            [*join_args, int(exp_id), limit + 1, offset],
-        ).fetchall()
-        page, more = found[:limit], len(found) > limit
-        rows = _rows(con, base, [(*row, exp_id) for row in page])
-    finally:
-        con.close()
-    return RunsPage(
-        experiment=name,
-        experiment_id=exp_id,
-        order=order,
-        limit=limit,
-        rows=rows,
-        offset=offset,
-        next_page_token=_page_token(offset + limit) if more else None,
-        page_token=page_token,
-        source="sql",
-    )
-
-
-def _rows(con: sqlite3.Connection, base: str, found: Sequence[Sequence[Any]]) -> list[RunRow]:
-    """RunRows for (run_uuid, name, status, start_time, end_time, experiment_id) tuples."""
-    ids = [str(row[0]) for row in found]
-    params = _by_run(con, "SELECT run_uuid, key, value FROM params", ids)
-    tags = _by_run(con, "SELECT run_uuid, key, value FROM tags", ids)
-    metrics = _by_run(
-        con,
-        "SELECT run_uuid, key, CASE WHEN is_nan = 1 THEN NULL ELSE value END FROM latest_metrics",
-        ids,
-    )
-    return [
-        RunRow(
-            run_id=run_id,
-            experiment_id=str(exp_id),
-            name=run_name or "",
-            status=status or "",
-            start_time=start,
-            end_time=end,
-            params=params.get(run_id, {}),
-            metrics={
-                k: (math.nan if v is None else float(v)) for k, v in metrics.get(run_id, {}).items()
-            },
-            tags={k: ("" if v is None else v) for k, v in tags.get(run_id, {}).items()},
-            url=run_url(base, str(exp_id), run_id),
+            if self.explicit:
+                _raise_not_found(self.name, backend.experiment_names())
+            return RunsPage(
+                self.name,
+                None,
+                self.order,
+                self.limit,
+                offset=self.offset,
+                page_token=self.page_token,
+                source=source,
+            )
+        records, more = backend.runs_page(exp_id, self.limit, self.offset, self.order)
+        base = ui_url(self.cfg)
+        return RunsPage(
+            experiment=self.name,
+            experiment_id=exp_id,
+            order=self.order,
+            limit=self.limit,
+            rows=[_row_of(record, base) for record in records],
+            offset=self.offset,
+            next_page_token=_page_token(self.offset + self.limit) if more else None,
+            page_token=self.page_token,
+            source=source,
         )
-        for run_id, run_name, status, start, end, exp_id in found
-    ]
 
 
-def _by_run(con: sqlite3.Connection, select: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    # SQLite allows 32,766 bound variables; pages larger than a chunk are read in chunks.
-    for start in range(0, len(ids), 900):
-        chunk = ids[start : start + 900]
-        marks = ",".join("?" * len(chunk))
-        for run_id, key, value in con.execute(f"{select} WHERE run_uuid IN ({marks})", chunk):
-            out.setdefault(run_id, {})[key] = value
-    return out
+def _row_of(record: RunRecord, base: str) -> RunRow:
+    return RunRow(
+        run_id=record.run_id,
+        experiment_id=record.experiment_id,
+        name=record.name,
+        status=record.status,
+        start_time=record.start_time,
+        end_time=record.end_time,
+        params=record.params,
+        metrics=record.metrics,
+        tags=record.tags,
+        url=run_url(base, record.experiment_id, record.run_id),
+    )
 
 
 def _latest_experiment(cfg: Config) -> str | None:
@@ -566,9 +522,6 @@ def _raise_not_found(name: str, known: Sequence[str]) -> None:
     raise ExperimentNotFound(f"experiment {name!r} not found; known experiments: {listed}")
 
 
-# --- the MLflow path: any other store ----------------------------------------------------------
-
-
 def _page_mlflow(
     cfg: Config,
     name: str,
@@ -578,50 +531,6 @@ def _page_mlflow(
     offset: int,
     page_token: str | None,
 ) -> RunsPage:
-    from nb_mlops.core.store import client
-
-    base = ui_url(cfg)
-    mlflow_client = client(cfg)
-    experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is None:
-        if explicit:
-            known = [e.name for e in mlflow_client.search_experiments(max_results=100)]
-            _raise_not_found(name, known)
-        return RunsPage(
-            name, None, order, limit, offset=offset, page_token=page_token, source="mlflow"
-        )
-    exp_id = str(experiment.experiment_id)
-    found = mlflow_client.search_runs(
-        [exp_id],
-        max_results=limit,
-        order_by=[order.mlflow_clause()] if order else None,
-        page_token=_page_token(offset) if offset else None,
-    )
-    rows = [_row_from_mlflow(run, exp_id, base) for run in found]
-    token = found.token
-    return RunsPage(
-        experiment=name,
-        experiment_id=exp_id,
-        order=order,
-        limit=limit,
-        rows=rows,
-        offset=offset,
-        next_page_token=token.decode() if isinstance(token, bytes) else token,
-        page_token=page_token,
-        source="mlflow",
-    )
-
-
-def _row_from_mlflow(run: Any, exp_id: str, base: str) -> RunRow:
-    return RunRow(
-        run_id=run.info.run_id,
-        experiment_id=exp_id,
-        name=run.info.run_name or "",
-        status=run.info.status,
-        start_time=run.info.start_time,
-        end_time=run.info.end_time,
-        params=dict(run.data.params),
-        metrics={k: float(v) for k, v in run.data.metrics.items()},
-        tags=dict(run.data.tags),
-        url=run_url(base, exp_id, run.info.run_id),
-    )
+    """The page read through MlflowClient whatever the store (held equal to the direct read)."""
+    page = _Page(cfg, name, explicit, order, limit, offset, page_token)
+    return page.read(MlflowTrackingBackend(cfg))

@@ -37,6 +37,18 @@ def install(owner: Callable[[str], Writer | None]) -> None:
     # seen through Any: MLflow's autologging internals carry no types
     flavor: Any = importlib.import_module("mlflow.sklearn")
     utils: Any = importlib.import_module("mlflow.sklearn.utils")
+    client_class = _deferring_client(owner)
+    flavor.MlflowAutologgingQueueingClient = client_class
+    # read by `mlflow.sklearn._autolog` through a local import: patch before autolog() runs
+    utils._log_estimator_content = _deferred_content(
+        utils._log_estimator_content, owner, client_class
+    )
+
+
+def _deferring_client(owner: Callable[[str], Writer | None]) -> Any:
+    """MLflow's autologging client, with the values of our runs sent to our writer."""
+    import importlib
+
     base: Any = importlib.import_module("mlflow.utils.autologging_utils.client")
 
     class DeferringClient(base.MlflowAutologgingQueueingClient):  # type: ignore[misc]
@@ -75,7 +87,14 @@ def install(owner: Callable[[str], Writer | None]) -> None:
             self._pending_ops_by_run_id = theirs
             return super().flush(synchronous)
 
-    original: Any = utils._log_estimator_content
+    return DeferringClient
+
+
+def _deferred_content(
+    original: Any, owner: Callable[[str], Writer | None], client_class: Any
+) -> Callable[..., dict[str, Any]]:
+    """`_log_estimator_content` that, for our runs, computes the post-fit training metrics on the
+    writer thread, on copies of the estimator and the data, instead of in the user's cell."""
 
     def deferred_content(
         autologging_client: Any,
@@ -89,6 +108,7 @@ def install(owner: Callable[[str], Writer | None]) -> None:
         model_id: str | None = None,
         dataset: Any = None,
     ) -> dict[str, Any]:
+        rest = {"prefix": prefix, "pos_label": pos_label, "model_id": model_id, "dataset": dataset}
         writer = owner(run_id)
         copies = _copies((X, y_true, sample_weight)) if writer is not None else None
         if writer is None or copies is None or y_true is None:
@@ -96,33 +116,27 @@ def install(owner: Callable[[str], Writer | None]) -> None:
                 autologging_client=autologging_client,
                 estimator=estimator,
                 run_id=run_id,
-                prefix=prefix,
                 X=X,
                 y_true=y_true,
                 sample_weight=sample_weight,
-                pos_label=pos_label,
-                model_id=model_id,
-                dataset=dataset,
+                **rest,
             )
             return result
         fitted = copy.deepcopy(estimator)
         _share(estimator, fitted)
 
         def later() -> None:
-            client = DeferringClient()
+            client = client_class()
             client.fixed = (run_id, writer)
             try:
                 original(
                     autologging_client=client,
                     estimator=fitted,
                     run_id=run_id,
-                    prefix=prefix,
                     X=copies[0],
                     y_true=copies[1],
                     sample_weight=copies[2],
-                    pos_label=pos_label,
-                    model_id=model_id,
-                    dataset=dataset,
+                    **rest,
                 )
             except Exception as exc:  # noqa: BLE001 - as MLflow's autolog: warn, keep the run
                 _log.warning("training metrics of run %s not recorded: %s", run_id, exc)
@@ -131,9 +145,7 @@ def install(owner: Callable[[str], Writer | None]) -> None:
         writer.call(later, f"training metrics of run {run_id}")
         return {}  # only read for MLflow's "no training labels" warning, and y_true is set
 
-    flavor.MlflowAutologgingQueueingClient = DeferringClient
-    # read by `mlflow.sklearn._autolog` through a local import: patch before autolog() runs
-    utils._log_estimator_content = deferred_content
+    return deferred_content
 
 
 # the copies made of estimators fitted in the current cell, by object id, with the fingerprint

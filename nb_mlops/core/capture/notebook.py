@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,25 @@ def hidden_state(nb: NotebookFile, history: list[str], current: str) -> dict[str
             "the tracked cell is not in the saved notebook (unsaved edits?): save the notebook "
             "so the recorded copy matches what ran"
         )
+    warnings.extend(_order_warnings(above, runs, len(past)))
+    stray = _stray_inputs(nb, past)
+    if stray:
+        shown = ", ".join(f"In[{n}]" for n in stray[:5]) + (" …" if len(stray) > 5 else "")
+        warnings.append(
+            f"{len(stray)} input(s) ran that are not in the saved notebook ({shown}): "
+            "their effects are hidden state"
+        )
+    return {
+        "warnings": warnings,
+        "tracked_cell": None if position is None else nb.cells[position].index,
+        "unsaved": position is None,
+        "not_in_notebook": len(stray),
+    }
+
+
+def _order_warnings(above: Sequence[Cell], runs: dict[str, list[int]], n_past: int) -> list[str]:
+    """Cells above the tracked one that never ran, were edited since, or ran out of order."""
+    warnings: list[str] = []
     latest_above: tuple[int, int] | None = None  # (In number, cell index) of the latest run so far
     for cell in above:
         if not cell.source.strip():
@@ -206,7 +226,7 @@ def hidden_state(nb: NotebookFile, history: list[str], current: str) -> dict[str
         label = f"cell {cell.index}"
         if not ran:
             n = cell.execution_count
-            if n is not None and 0 < n < len(past):
+            if n is not None and 0 < n < n_past:
                 warnings.append(
                     f"{label} was edited after it ran: In[{n}] differs from the saved source"
                 )
@@ -221,8 +241,13 @@ def hidden_state(nb: NotebookFile, history: list[str], current: str) -> dict[str
             )
         if latest_above is None or last > latest_above[0]:
             latest_above = (last, cell.index)
+    return warnings
+
+
+def _stray_inputs(nb: NotebookFile, past: list[str]) -> list[int]:
+    """In numbers of inputs (magics aside) whose source is no cell of the saved notebook."""
     known = {_norm(c.source) for c in nb.cells}
-    stray = [
+    return [
         n
         for n, source in enumerate(past)
         if n
@@ -230,15 +255,3 @@ def hidden_state(nb: NotebookFile, history: list[str], current: str) -> dict[str
         and _norm(source) not in known
         and not source.lstrip().startswith("%")
     ]
-    if stray:
-        shown = ", ".join(f"In[{n}]" for n in stray[:5]) + (" …" if len(stray) > 5 else "")
-        warnings.append(
-            f"{len(stray)} input(s) ran that are not in the saved notebook ({shown}): "
-            "their effects are hidden state"
-        )
-    return {
-        "warnings": warnings,
-        "tracked_cell": None if position is None else nb.cells[position].index,
-        "unsaved": position is None,
-        "not_in_notebook": len(stray),
-    }
