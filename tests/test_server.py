@@ -146,7 +146,7 @@ def test_every_route_has_authenticated_and_authorized(jp_serverapp: Any) -> None
                 f"{handler.__name__}.{verb} lacks @authorized"
             )
             checked += 1
-    assert checked == 9
+    assert checked == 11
     assert all(issubclass(h, tornado.web.RequestHandler) for h in registered)
 
 
