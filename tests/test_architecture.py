@@ -321,3 +321,19 @@ def test_the_module_level_import_graph_has_no_cycle() -> None:
     # Then no module imports itself back through others
     cycle = _cycle(graph)
     assert not cycle, "import cycle: " + " imports ".join(cycle)
+
+
+MAX_FUNCTION_LINES = 59
+
+
+def test_every_function_of_the_package_is_shorter_than_sixty_lines() -> None:
+    """From `def` to its last line, docstring included (ruff's C901 keeps complexity at most 15)."""
+    package = Path(nb_mlops.__file__).parent
+    long = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(package)}:{node.lineno} {node.name} ({lines})")
+    assert not long, "split these functions:\n" + "\n".join(long)
