@@ -21,7 +21,7 @@ from nb_mlops.core.errors import DataError, SnapshotNotFound
 __all__ = ["check_pins", "dumps", "install", "parse_pin", "parse_pins", "pinned", "pins_json"]
 
 _PINS: dict[str, tuple[str, int]] = {}
-PIN_SYNTAX = "NAME=OTHER@vN (or NAME@vN)"
+PIN_SYNTAX = "NAME=OTHER@vN or NAME@vN"
 
 
 def parse_pin(text: str) -> tuple[str, str]:
@@ -36,7 +36,7 @@ def parse_pin(text: str) -> tuple[str, str]:
     try:
         parse_pins({name: ref})
     except DataError as exc:
-        raise DataError(f"{text!r} is not {PIN_SYNTAX}: {exc}") from None
+        raise DataError(f"{str(exc).rstrip('.')} (--data takes {PIN_SYNTAX})") from None
     return name.strip(), ref.strip()
 
 
@@ -48,8 +48,11 @@ def parse_pins(data: Mapping[str, str] | None) -> dict[str, tuple[str, int]]:
     """
     found: dict[str, tuple[str, int]] = {}
     for name, ref in (data or {}).items():
-        check_name(name.strip() if isinstance(name, str) else name)
-        target, version = parse_ref(ref)
+        try:
+            check_name(name.strip() if isinstance(name, str) else name)
+            target, version = parse_ref(ref)
+        except DataError as exc:
+            raise DataError(f"data pin {name}={ref}: {exc}") from None
         if version is None:
             raise DataError(f"data pin {name}={ref}: name a version, e.g. {target}@v1")
         found[name.strip()] = (target, version)
