@@ -154,3 +154,14 @@ def test_parse_pin_forms() -> None:
     for bad in ("train", "train=batch", "=x@v1", "train=batch@v0"):
         with pytest.raises(DataError, match="NAME=OTHER@vN or NAME@vN"):
             parse_pin(bad)
+
+
+def test_retrain_pins_point_the_restored_name_at_the_new_data() -> None:
+    from nb_mlops.pipeline.retrain import retrain_pins
+
+    assert retrain_pins("batch@v2", "train@v1") == {"train": "batch@v2"}
+    assert retrain_pins("train@v2", "train@v1") == {"train": "train@v2"}
+    assert retrain_pins("batch@v2", None) == {"batch": "batch@v2"}
+    assert retrain_pins("batch", "train@v1") == {}  # no version: nothing to pin
+    # a champion trained re-pointed (train → batch@v1) is re-pointed on the name it restores
+    assert retrain_pins("batch@v2", "batch@v1", {"train": "batch@v1"}) == {"train": "batch@v2"}
