@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from monitor_helpers import make_frame
 from nbutil import new_notebook
@@ -35,27 +36,50 @@ def _config(root: Path, url: str, accuracy: str) -> None:
     )
 
 
+def _promoted_champion(project: Path) -> None:
+    """A notebook that trains on the latest `train` snapshot, built, run and promoted."""
+    snapshot(make_frame(2_000, seed=0), "train", context="train", wait=True)
+    notebook = new_notebook(
+        project / "churn.ipynb",
+        [
+            ("C = 1.0", ["parameters"]),
+            "import nb_mlops\ndf = nb_mlops.restore('train')\nX, y = df[['x', 'y']], df['target']",
+            FIT,
+        ],
+    )
+    build_pipeline(notebook)
+    first = run_pipeline("churn")
+    assert first.status == "SUCCEEDED", first.error
+    nb_mlops.promote(first.run_id, model="churn", reason="first")
+    assert [d["ref"] for d in nb_mlops.lineage("churn").data] == ["train@v1"]
+
+
+def _check_retrain_run(result: Any) -> None:
+    """The retraining run: a production run of the stored pipeline, linked to the check, and
+    re-pointed: the steps' restore('train') read the new data, batch@v1, not train@v1."""
+    retrain = result.actions[1]
+    run = store.client(load_config()).get_run(str(retrain.run_id))
+    assert run.data.tags["nb_mlops.mode"] == "production"
+    assert run.data.tags["nb_mlops.monitor.trigger"] == result.run_id
+    assert run.data.tags["nb_mlops.monitor.data"] == "batch@v1"
+    assert run.data.tags["nb_mlops.monitor.reference"] == "train@v1"
+    assert json.loads(run.data.tags["nb_mlops.data_pins"]) == {"train": "batch@v1"}
+    assert run.data.tags["nb_mlops.data.batch"].startswith("v1:")
+    assert "nb_mlops.data.train" not in run.data.tags
+    assert "as the pipeline names them" not in str(retrain.detail)
+    # and the new champion's lineage names the new data and the retraining run
+    found = nb_mlops.lineage("churn")
+    assert found.version == "2" and found.pipeline_run["run_id"] == retrain.run_id
+    assert [d["ref"] for d in found.data] == ["batch@v1"]
+
+
 def test_drift_retrains_the_production_pipeline_and_promotes_through_the_gates(
     project: Path,
 ) -> None:
     with webhook_receiver() as rx:
         _config(project, rx.url, ">= 0.6")
         # Given a notebook that trains on the latest `train` snapshot, built, run and promoted
-        snapshot(make_frame(2_000, seed=0), "train", context="train", wait=True)
-        notebook = new_notebook(
-            project / "churn.ipynb",
-            [
-                ("C = 1.0", ["parameters"]),
-                "import nb_mlops\ndf = nb_mlops.restore('train')\n"
-                "X, y = df[['x', 'y']], df['target']",
-                FIT,
-            ],
-        )
-        build_pipeline(notebook)
-        first = run_pipeline("churn")
-        assert first.status == "SUCCEEDED", first.error
-        nb_mlops.promote(first.run_id, model="churn", reason="first")
-        assert [d["ref"] for d in nb_mlops.lineage("churn").data] == ["train@v1"]
+        _promoted_champion(project)
 
         # When shifted data arrives under another name, `batch`, and the champion is checked
         snapshot(make_frame(2_000, shift=1.0, share=0.7, seed=5), "batch", wait=True)
@@ -70,23 +94,7 @@ def test_drift_retrains_the_production_pipeline_and_promotes_through_the_gates(
             ("promote", None, "done"),
             ("alert", "promotion", "done"),
         ]
-        retrain = result.actions[1]
-        client = store.client(load_config())
-        run = client.get_run(str(retrain.run_id))
-        # the retraining run is a production run of the stored pipeline, linked to the check
-        assert run.data.tags["nb_mlops.mode"] == "production"
-        assert run.data.tags["nb_mlops.monitor.trigger"] == result.run_id
-        assert run.data.tags["nb_mlops.monitor.data"] == "batch@v1"
-        assert run.data.tags["nb_mlops.monitor.reference"] == "train@v1"
-        # re-pointed: the steps' restore('train') read the new data, batch@v1, not train@v1
-        assert json.loads(run.data.tags["nb_mlops.data_pins"]) == {"train": "batch@v1"}
-        assert run.data.tags["nb_mlops.data.batch"].startswith("v1:")
-        assert "nb_mlops.data.train" not in run.data.tags
-        assert "as the pipeline names them" not in str(retrain.detail)
-        # and the new champion's lineage names the new data and the retraining run
-        found = nb_mlops.lineage("churn")
-        assert found.version == "2" and found.pipeline_run["run_id"] == retrain.run_id
-        assert [d["ref"] for d in found.data] == ["batch@v1"]
+        _check_retrain_run(result)
         # and the promotion journal names the policy and the check
         last = nb_mlops.history("churn")[-1]
         assert last.action == "promote" and last.reason is not None
@@ -113,7 +121,7 @@ def test_drift_retrains_the_production_pipeline_and_promotes_through_the_gates(
         ]
         assert nb_mlops.lineage("churn").version == "2"
         # the champion's steps restore `train` (its pins said so): `train` read batch@v2
-        again = client.get_run(str(blocked.actions[2].run_id))
+        again = store.client(load_config()).get_run(str(blocked.actions[2].run_id))
         assert json.loads(again.data.tags["nb_mlops.data_pins"]) == {"train": "batch@v2"}
         assert again.data.tags["nb_mlops.data.batch"].startswith("v2:")
         assert rx.bodies()[-1]["event"] == "retrain_blocked"
