@@ -4,7 +4,9 @@ promotes through the gates (or is blocked by them), with alerts and journals nam
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from monitor_helpers import make_frame
 from nbutil import new_notebook
@@ -34,34 +36,57 @@ def _config(root: Path, url: str, accuracy: str) -> None:
     )
 
 
+def _promoted_champion(project: Path) -> None:
+    """A notebook that trains on the latest `train` snapshot, built, run and promoted."""
+    snapshot(make_frame(2_000, seed=0), "train", context="train", wait=True)
+    notebook = new_notebook(
+        project / "churn.ipynb",
+        [
+            ("C = 1.0", ["parameters"]),
+            "import nb_mlops\ndf = nb_mlops.restore('train')\nX, y = df[['x', 'y']], df['target']",
+            FIT,
+        ],
+    )
+    build_pipeline(notebook)
+    first = run_pipeline("churn")
+    assert first.status == "SUCCEEDED", first.error
+    nb_mlops.promote(first.run_id, model="churn", reason="first")
+    assert [d["ref"] for d in nb_mlops.lineage("churn").data] == ["train@v1"]
+
+
+def _check_retrain_run(result: Any) -> None:
+    """The retraining run: a production run of the stored pipeline, linked to the check, and
+    re-pointed: the steps' restore('train') read the new data, batch@v1, not train@v1."""
+    retrain = result.actions[1]
+    run = store.client(load_config()).get_run(str(retrain.run_id))
+    assert run.data.tags["nb_mlops.mode"] == "production"
+    assert run.data.tags["nb_mlops.monitor.trigger"] == result.run_id
+    assert run.data.tags["nb_mlops.monitor.data"] == "batch@v1"
+    assert run.data.tags["nb_mlops.monitor.reference"] == "train@v1"
+    assert json.loads(run.data.tags["nb_mlops.data_pins"]) == {"train": "batch@v1"}
+    assert run.data.tags["nb_mlops.data.batch"].startswith("v1:")
+    assert "nb_mlops.data.train" not in run.data.tags
+    assert "as the pipeline names them" not in str(retrain.detail)
+    # and the new champion's lineage names the new data and the retraining run
+    found = nb_mlops.lineage("churn")
+    assert found.version == "2" and found.pipeline_run["run_id"] == retrain.run_id
+    assert [d["ref"] for d in found.data] == ["batch@v1"]
+
+
 def test_drift_retrains_the_production_pipeline_and_promotes_through_the_gates(
     project: Path,
 ) -> None:
     with webhook_receiver() as rx:
         _config(project, rx.url, ">= 0.6")
         # Given a notebook that trains on the latest `train` snapshot, built, run and promoted
-        snapshot(make_frame(2_000, seed=0), "train", context="train", wait=True)
-        notebook = new_notebook(
-            project / "churn.ipynb",
-            [
-                ("C = 1.0", ["parameters"]),
-                "import nb_mlops\ndf = nb_mlops.restore('train')\n"
-                "X, y = df[['x', 'y']], df['target']",
-                FIT,
-            ],
-        )
-        build_pipeline(notebook)
-        first = run_pipeline("churn")
-        assert first.status == "SUCCEEDED", first.error
-        nb_mlops.promote(first.run_id, model="churn", reason="first")
-        assert [d["ref"] for d in nb_mlops.lineage("churn").data] == ["train@v1"]
+        _promoted_champion(project)
 
-        # When shifted data arrives as the next version of `train`, and the champion is checked
-        snapshot(make_frame(2_000, shift=1.0, share=0.7, seed=5), "train", wait=True)
-        result = nb_mlops.monitor("churn", data="train")
+        # When shifted data arrives under another name, `batch`, and the champion is checked
+        snapshot(make_frame(2_000, shift=1.0, share=0.7, seed=5), "batch", wait=True)
+        result = nb_mlops.monitor("churn", data="batch")
 
         # Then it drifted against the training version, and the policy retrained and promoted
-        assert (result.verdict, result.reference, result.data) == ("drift", "train@v1", "train@v2")
+        assert (result.verdict, result.reference, result.data) == ("drift", "train@v1", "batch@v1")
         steps = [(a.name, a.event, a.status) for a in result.actions]
         assert steps == [
             ("alert", "drift", "done"),
@@ -69,19 +94,7 @@ def test_drift_retrains_the_production_pipeline_and_promotes_through_the_gates(
             ("promote", None, "done"),
             ("alert", "promotion", "done"),
         ]
-        retrain = result.actions[1]
-        client = store.client(load_config())
-        run = client.get_run(str(retrain.run_id))
-        # the retraining run is a production run of the stored pipeline, linked to the check
-        assert run.data.tags["nb_mlops.mode"] == "production"
-        assert run.data.tags["nb_mlops.monitor.trigger"] == result.run_id
-        assert run.data.tags["nb_mlops.monitor.data"] == "train@v2"
-        assert run.data.tags["nb_mlops.monitor.reference"] == "train@v1"
-        assert run.data.tags["nb_mlops.data.train"].startswith("v2:")
-        # and the new champion's lineage names the new data and the retraining run
-        found = nb_mlops.lineage("churn")
-        assert found.version == "2" and found.pipeline_run["run_id"] == retrain.run_id
-        assert [d["ref"] for d in found.data] == ["train@v2"]
+        _check_retrain_run(result)
         # and the promotion journal names the policy and the check
         last = nb_mlops.history("churn")[-1]
         assert last.action == "promote" and last.reason is not None
@@ -94,8 +107,8 @@ def test_drift_retrains_the_production_pipeline_and_promotes_through_the_gates(
 
         # When the gates cannot pass and more shifted data arrives
         _config(project, rx.url, ">= 0.9999")
-        snapshot(make_frame(2_000, shift=-1.0, share=0.2, seed=6), "train", wait=True)
-        blocked = nb_mlops.monitor("churn", data="train")
+        snapshot(make_frame(2_000, shift=-1.0, share=0.2, seed=6), "batch", wait=True)
+        blocked = nb_mlops.monitor("churn", data="batch")
         # Then the retrained run is blocked by the gates, the champion stays, an alert says so
         # (the champion also decayed on these labelled rows: that is alerted too)
         assert blocked.verdict == "decay"
@@ -107,5 +120,9 @@ def test_drift_retrains_the_production_pipeline_and_promotes_through_the_gates(
             ("alert", "retrain_blocked", "done"),
         ]
         assert nb_mlops.lineage("churn").version == "2"
+        # the champion's steps restore `train` (its pins said so): `train` read batch@v2
+        again = store.client(load_config()).get_run(str(blocked.actions[2].run_id))
+        assert json.loads(again.data.tags["nb_mlops.data_pins"]) == {"train": "batch@v2"}
+        assert again.data.tags["nb_mlops.data.batch"].startswith("v2:")
         assert rx.bodies()[-1]["event"] == "retrain_blocked"
         assert nb_mlops.history("churn")[-1].action == "blocked"

@@ -370,6 +370,23 @@ class _Progress:
             self.live.stop()
 
 
+def _data_pins(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    """`--data NAME=OTHER@vN` / `--data NAME@vN` (repeatable) → {NAME: OTHER@vN}, or None."""
+    from nb_mlops.core.data.pins import parse_pin
+    from nb_mlops.core.errors import DataError
+
+    pins: dict[str, str] = {}
+    for text in value:
+        try:
+            name, ref = parse_pin(text)
+        except DataError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+        if pins.get(name, ref) != ref:
+            raise click.BadParameter(f"{name} is pinned twice", ctx=ctx, param=param)
+        pins[name] = ref
+    return pins or None
+
+
 @pipeline.command(cls=_RunCommand)
 @click.argument("name", required=False)
 @click.option(
@@ -458,24 +475,22 @@ class _Progress:
 @click.option(
     "--promote", is_flag=True, help="With --production: promote the run's model if the gates pass."
 )
+@click.option(
+    "--data",
+    multiple=True,
+    metavar="NAME=OTHER@vN",
+    callback=_data_pins,
+    help="Pin a snapshot (repeatable): the steps' restore(NAME) / %restore NAME read OTHER@vN "
+    "instead of the latest NAME; `--data NAME@vN` pins NAME to version N. Checked before any "
+    "step starts; recorded on the run (tag nb_mlops.data_pins) and part of the step cache key.",
+)
 def run(
     name: str | None,
-    pairs: tuple[str, ...],
-    raw: tuple[str, ...],
-    files: tuple[Path, ...],
-    yamls: tuple[str, ...],
-    b64: tuple[str, ...],
     help_notebook: bool,
-    executor: str,
-    max_parallel: int | None,
-    no_cache: bool,
-    resume: str | None,
-    timeout: float | None,
-    cell_timeout: float | None,
-    status_file: Path | None,
-    as_json: bool,
     production: str | None,
     promote: bool,
+    as_json: bool,
+    **options: Any,
 ) -> None:
     """Run pipeline NAME (a name under pipelines/, or a folder): DAG order, independent steps in
     parallel, unchanged steps from the cache, everything tracked in MLflow.
@@ -483,38 +498,31 @@ def run(
     Exit status 1 when a step fails; the message names the step and the cell. The parameter
     options are papermill's (-p NAME VALUE, -r, -f, -y, -b, --help-notebook, --execution-timeout):
     a papermill command's options work unchanged; values are checked against the declared types
-    before anything runs.
+    before anything runs. --data re-points the steps' `restore(NAME)` to another snapshot version.
 
     \b
     nb-mlops pipeline run train -p C=0.5 -f params.yaml --max-parallel 2
     nb-mlops pipeline run train -p C 0.5 -y 'cols: [a, b]'
+    nb-mlops pipeline run train --data train=batch@v3
+    nb-mlops pipeline run --production churn --data train@v2
     nb-mlops pipeline run train --resume 3f2a... --json
     """
-    given = _Given(pairs, raw, files, yamls, b64)
+    given = _Given(*(options.pop(key) for key in ("pairs", "raw", "files", "yamls", "b64")))
     if help_notebook:
         if not name:
             raise click.UsageError("--help-notebook lists the parameters of pipeline NAME")
         _help_notebook(name)
         return
     if production:
-        _run_production(production, name, given, executor, promote, as_json)
+        executor, data = options["executor"], options["data"]
+        _run_production(production, name, given, executor, promote, as_json, data)
         return
     if promote:
         raise click.UsageError("--promote goes with --production MODEL")
     if not name:
         raise click.UsageError("give a pipeline NAME (or folder), or --production MODEL")
-    _run_local(
-        name,
-        given,
-        as_json,
-        executor=executor,
-        max_parallel=max_parallel,
-        cache=not no_cache,
-        resume=resume,
-        timeout=timeout,
-        cell_timeout=cell_timeout,
-        status_file=status_file,
-    )
+    options["cache"] = not options.pop("no_cache")
+    _run_local(name, given, as_json, **options)
 
 
 def _run_local(name: str, given: _Given, as_json: bool, **options: Any) -> None:
@@ -554,6 +562,7 @@ def _run_production(
     executor: str,
     promote: bool,
     as_json: bool,
+    data: dict[str, str] | None = None,
 ) -> None:
     from nb_mlops.pipeline import load_pipeline
     from nb_mlops.pipeline.production import fetch_production_pipeline, run_production
@@ -562,7 +571,9 @@ def _run_production(
     if given:  # checked against the stored pipeline before anything runs
         folder, _ = fetch_production_pipeline(model)
         values = given.values(load_pipeline(folder).parameters)
-    result = run_production(model, values, executor=executor, promote=promote, from_strings=False)
+    result = run_production(
+        model, values, executor=executor, promote=promote, from_strings=False, data=data
+    )
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2, default=str))
     else:

@@ -49,16 +49,24 @@ def env_fingerprint() -> str:
     return h.hexdigest()
 
 
-def cache_key(code_sha256: str, params: dict[str, Any], inputs: dict[str, str], env: str) -> str:
-    """The key of one step execution: sha256 over its code, parameters, input digests, environment.
+def cache_key(
+    code_sha256: str,
+    params: dict[str, Any],
+    inputs: dict[str, str],
+    env: str,
+    data: dict[str, str] | None = None,
+) -> str:
+    """The key of one step execution: sha256 over its code, parameters, input digests, environment
+    and the run's data pins (`data`: a re-pointed run never meets a step computed on other data;
+    without pins the key is what it always was).
 
     Key order counts: a step sees a dict parameter in the order it was given (parameters come in
     declaration order, inputs sorted by name, so equal runs still meet).
     """
-    payload = json.dumps(
-        {"code": code_sha256, "params": params, "inputs": inputs, "env": env},
-        ensure_ascii=True,
-    )
+    fields: dict[str, Any] = {"code": code_sha256, "params": params, "inputs": inputs, "env": env}
+    if data:
+        fields["data"] = dict(sorted(data.items()))
+    payload = json.dumps(fields, ensure_ascii=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -371,6 +371,10 @@ def setup(
 
         size = int(limit) * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (size, size))
+    if ctx.get("data_pins"):  # a re-pointed run: `restore(NAME)` reads the pinned version
+        from nb_mlops.core.data.pins import install
+
+        install(ctx["data_pins"])
     current = Step(step, ctx, inputs, outputs)
     _RECORDER.start(_own_folders(ctx, inputs, current.outputs_dir))
     session.add_listener(_note_step_input)

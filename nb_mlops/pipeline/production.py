@@ -33,6 +33,7 @@ def run_production(
     reason: str | None = None,
     cache: bool = False,
     from_strings: bool = True,
+    data: Mapping[str, str] | None = None,
     cfg: Config | None = None,
     **run_options: Any,
 ) -> PipelineRun:
@@ -46,6 +47,8 @@ def run_production(
         reason: journaled with the promotion when `promote` is set.
         cache: reuse cached steps (off by default: a production run recomputes).
         from_strings: strings in `params` are command-line text (`"0.5"` is 0.5), else typed.
+        data: data pins, NAME → OTHER@vN: the steps' `restore(NAME)` read OTHER@vN (a retrain
+            on new data); without, they read what the pipeline names.
         cfg: project configuration.
         run_options: passed to `run_pipeline` (timeout, cell_timeout, max_parallel, ...).
 
@@ -73,6 +76,7 @@ def run_production(
         tags=_tags(info),
         cache=cache,
         from_strings=from_strings,
+        data=data,
         cfg=cfg,
         **run_options,
     )

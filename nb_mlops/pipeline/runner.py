@@ -40,6 +40,7 @@ from nb_mlops.pipeline.spec import Pipeline, load_pipeline, pipeline_hash
 __all__ = ["PipelineInterrupted", "PipelineRun", "StepState", "find_run_dir", "run_pipeline"]
 
 STATE_FILE = "state.json"
+PINS_TAG = "nb_mlops.data_pins"  # the parent run's data pins, JSON {NAME: OTHER@vN}
 _PARAM_LIMIT = 6000  # MLflow's param value limit
 
 
@@ -81,6 +82,7 @@ class PipelineRun:
     metrics: dict[str, float] = field(default_factory=dict)
     reproduced: bool | None = None
     experiment_id: str | None = None
+    data_pins: dict[str, str] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> bool:
@@ -103,6 +105,7 @@ class PipelineRun:
             "steps": {name: s.as_dict() for name, s in self.steps.items()},
             "metrics": self.metrics,
             "reproduced": self.reproduced,
+            "data_pins": self.data_pins,
         }
 
 
@@ -184,8 +187,10 @@ class _Run:
         tags: Mapping[str, str] | None,
         status_file: Path | None,
         progress: Callable[[dict[str, Any]], None] | None,
+        data_pins: dict[str, str] | None = None,
     ) -> None:
         self.cfg, self.spec, self.params = cfg, spec, params
+        self.data_pins = dict(data_pins or {})  # snapshot NAME → OTHER@vN its restores read
         self.mode = mode
         self.rec = rec
         self.experiment = cfg.experiment or spec.notebook_path.stem
@@ -224,9 +229,10 @@ class _Run:
 
     def start(self) -> None:
         """Create the parent MLflow run, the run folder, its first state and its live marker."""
-        self.run_id = self.rec.create_run(
-            self.exp_id, self.spec.name, {**self.base_tags, **self.extra_tags}
-        )
+        tags = {**self.base_tags, **self.extra_tags}
+        if self.data_pins:
+            tags[PINS_TAG] = json.dumps(self.data_pins, sort_keys=True)
+        self.run_id = self.rec.create_run(self.exp_id, self.spec.name, tags)
         self.run_dir = self.cfg.runs_dir / self.spec.name / self.run_id
         mark_live(self.cfg, self.run_id, self.owner, self.run_dir / STATE_FILE)
         (self.run_dir / "values").mkdir(parents=True, exist_ok=True)
@@ -257,6 +263,7 @@ class _Run:
             "duration": round(time.monotonic() - self.t0, 3),
             "run_dir": str(self.run_dir),
             "params": self.params,
+            "data_pins": self.data_pins,
             "owner": self.owner,
             "experiment_id": self.exp_id,
             "error": self.error,
@@ -316,6 +323,7 @@ class _Run:
             metrics=metrics,
             reproduced=reproduced,
             experiment_id=self.exp_id,
+            data_pins=self.data_pins,
         )
 
     # --- steps -------------------------------------------------------------------------------
@@ -332,7 +340,11 @@ class _Run:
 
     def key(self, step: str) -> str:
         return step_cache.cache_key(
-            self.code_sha[step], self.params, self.input_digests(step), step_cache.env_fingerprint()
+            self.code_sha[step],
+            self.params,
+            self.input_digests(step),
+            step_cache.env_fingerprint(),
+            self.data_pins,
         )
 
     def create_step_run(self, step: str, extra: dict[str, str] | None = None) -> str:
@@ -385,6 +397,8 @@ class _Run:
             "env": env,
             "memory_limit_mb": memory,
         }
+        if self.data_pins:
+            context["data_pins"] = self.data_pins
         return StepTask(
             pipeline=self.spec.name,
             step=step,
@@ -581,6 +595,30 @@ def _values(
     return validate(spec.parameters, params)
 
 
+def _data_pins(
+    cfg: Config, data: Mapping[str, str] | None, prior: dict[str, Any] | None
+) -> dict[str, str]:
+    """The run's data pins, checked against the store: a resumed run keeps the ones it had (its
+    finished steps were computed on that data)."""
+    from nb_mlops.core.data.pins import check_pins, pins_json
+    from nb_mlops.core.errors import DataError
+
+    try:
+        pins = pins_json(data)
+        if prior is not None:
+            before = dict(prior.get("data_pins") or {})
+            if data is not None and pins != before:
+                raise PipelineError(
+                    f"run {prior.get('run_id')} ran with data pins {before or 'none'}, not "
+                    f"{pins}: resume it without --data, or start a new run"
+                )
+            pins = before
+        check_pins(pins, cfg)
+    except DataError as exc:
+        raise PipelineError(str(exc)) from None
+    return pins
+
+
 def _open_run(
     cfg: Config,
     spec: Pipeline,
@@ -591,9 +629,11 @@ def _open_run(
     tags: Mapping[str, str] | None,
     status_file: str | os.PathLike[str] | None,
     progress: Callable[[dict[str, Any]], None] | None,
+    data: Mapping[str, str] | None,
 ) -> tuple[_Run, dict[str, Any] | None]:
     """The new run (not started yet), and the resumed run's state as it is once the runs of
     dead runners are settled."""
+    data_pins = _data_pins(cfg, data, prior)  # before anything runs
     extra_tags = dict(tags or {})
     rec = Recorder(cfg)
     settle_dead_runs(cfg, rec)  # runs of runners that died: KILLED, and resumable
@@ -611,6 +651,7 @@ def _open_run(
         tags=extra_tags,
         status_file=Path(status_file) if status_file else None,
         progress=progress,
+        data_pins=data_pins,
     )
     return run, prior
 
@@ -655,6 +696,7 @@ def run_pipeline(
     timeout: float | None = None,
     cell_timeout: float | None = None,
     from_strings: bool = False,
+    data: Mapping[str, str] | None = None,
     cfg: Config | None = None,
 ) -> PipelineRun:
     """Run a built pipeline and record it in MLflow.
@@ -674,6 +716,7 @@ def run_pipeline(
             `step_timeout`, default none).
         cell_timeout: seconds per cell (config `cell_timeout`, default none).
         from_strings: `params` values that are strings are CLI text, coerced losslessly.
+        data: data pins, NAME → OTHER@vN: each step's `restore(NAME)` reads OTHER@vN instead.
         cfg: the project configuration (default: found from the cwd).
 
     Returns:
@@ -681,7 +724,7 @@ def run_pipeline(
 
     Raises:
         ParameterError: bad parameter names or values (nothing has run).
-        PipelineError: no such pipeline or run to resume, or an unknown executor.
+        PipelineError: no such pipeline, run to resume or pinned data; an unknown executor.
 
     Example:
         >>> run = run_pipeline("quickstart", {"C": 0.5})      # doctest: +SKIP
@@ -693,5 +736,7 @@ def run_pipeline(
     prior = _prior_for(cfg, spec, resume)
     values = _values(spec, params, prior, from_strings)
     options = Options.of(cfg, executor, max_parallel, cache, timeout, cell_timeout)
-    run, prior = _open_run(cfg, spec, values, prior, resume, mode, tags, status_file, progress)
+    run, prior = _open_run(
+        cfg, spec, values, prior, resume, mode, tags, status_file, progress, data
+    )
     return _drive(run, Scheduler(run, prior, options))

@@ -20,6 +20,7 @@ from urllib.parse import quote
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.data import pending
 from nb_mlops.core.data.names import check_name, format_ref, parse_ref, suggest_name
+from nb_mlops.core.data.pins import pinned
 from nb_mlops.core.data.refs import DataStore, open_store
 from nb_mlops.core.errors import DataError, IntegrityError, SnapshotNotFound
 from nb_mlops.core.session import DataUse, note_data_use
@@ -426,6 +427,18 @@ def _run_version(cfg: Config, name: str, run_id: str) -> tuple[int, str]:
     return int(version.lstrip("v")), digest
 
 
+def _wanted(
+    name: str | Snapshot, version: int | None, run_id: str | None
+) -> tuple[str, int | None]:
+    """(name, version) a restore reads: a pipeline step's data pin re-points a restore by name."""
+    if isinstance(name, Snapshot):
+        return name.name, version or name.version
+    base, version = parse_ref(name, version)
+    if version is None and run_id is None:
+        return pinned(base) or (base, None)
+    return base, version
+
+
 def restore(
     name: str | Snapshot,
     version: int | None = None,
@@ -439,7 +452,8 @@ def restore(
 
     Args:
         name: `NAME`, `NAME@vN`, or a `Snapshot`.
-        version: the version (default: the latest, or the one `run_id` used).
+        version: the version (default: the latest, or the one `run_id` used; in a pipeline
+            step run with data pins, `NAME` reads its pinned version: `core.data.pins`).
         run_id: an MLflow run: restore exactly the version that run recorded (`nb_mlops.data.NAME`).
         to: where to write a file or folder (default: its original path inside the project).
         force: overwrite existing files that differ.
@@ -448,10 +462,7 @@ def restore(
     Example:
         >>> df = nb_mlops.restore("train@v3")            # doctest: +SKIP
     """
-    if isinstance(name, Snapshot):
-        base, version = name.name, version or name.version
-    else:
-        base, version = parse_ref(name, version)
+    base, version = _wanted(name, version, run_id)
     cfg = cfg or load_config()
     pending.wait_all()
     store = open_store(cfg)
