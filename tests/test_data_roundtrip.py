@@ -329,3 +329,21 @@ def test_row_hashes_do_not_depend_on_blocks_or_slices(monkeypatch: pytest.Monkey
     np.testing.assert_array_equal(frames.row_hashes(table), whole)
     np.testing.assert_array_equal(frames.row_hashes(table.slice(1_234, 5_000)), whole[1_234:6_234])
     assert len(np.unique(whole)) == len(whole)
+
+
+def test_the_same_frame_under_the_same_name_in_two_projects_is_stored_in_both(
+    project: Path, tmp_path: Path
+) -> None:
+    """One process (a test run, a server) may snapshot into several projects: a write still
+    pending in one store says nothing about another store."""
+    from nb_mlops.core.config import load_config
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "pyproject.toml").write_text('[project]\nname = "other"\n\n[tool.nb_mlops]\n')
+    frame = pd.DataFrame({"x": np.arange(20_000), "y": np.arange(20_000) * 0.5})
+    first = snapshot(frame, "shared-name")  # no wait: its write may still be pending
+    second = snapshot(frame, "shared-name", cfg=load_config(other))
+    assert first.new and second.new and second.version == 1
+    pd.testing.assert_frame_equal(restore("shared-name@v1", cfg=load_config(other)), frame)
+    pd.testing.assert_frame_equal(restore("shared-name@v1"), frame)

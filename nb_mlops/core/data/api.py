@@ -313,7 +313,7 @@ def _take(
     """Fingerprint `obj`, reserve its version and queue the durable write (see `pending`)."""
     digest, fields, staged, prep = _fingerprint(store, obj, is_path)
     on_disk = store.latest(name)
-    job = pending.latest_pending(name)
+    job = pending.latest_pending(name, str(store.root))
     if job is not None and on_disk is not None and job.version <= on_disk:
         job = None
     if job is not None and job.digest == digest:
@@ -338,7 +338,7 @@ def _take(
         raise
     fields, objects, chunks, complete = plan
     meta = _meta(fields, context, message, lineage=lineage)
-    job = pending.PendingWrite(name, version, digest, objects, chunks, meta)
+    job = pending.PendingWrite(name, version, digest, objects, chunks, meta, str(store.root))
 
     def work() -> dict[str, Any]:
         try:

@@ -61,7 +61,7 @@ def snapshot_file(store: DataStore, src: Path) -> tuple[dict[str, Any], Path | N
     if (
         oid
         and cached.get("stat") == _stat_key(st)
-        and (store.objects.exists(oid) or pending.will_exist(oid=oid))
+        and (store.objects.exists(oid) or pending.will_exist(str(store.root), oid=oid))
     ):
         size = st.st_size
     else:

@@ -48,6 +48,8 @@ class PendingWrite:
         objects: object ids this write will create (for "will it exist" checks of later snapshots).
         chunks: logical chunk digests this write will index.
         meta: the manifest fields known before the write (kind, rows, schema, profile, chunking...).
+        store: the data store's root: one process may write to several projects' stores, and a
+            write to one says nothing about a snapshot of the same name or object in another.
     """
 
     def __init__(
@@ -58,8 +60,9 @@ class PendingWrite:
         objects: Iterable[str] = (),
         chunks: Iterable[str] = (),
         meta: dict[str, Any] | None = None,
+        store: str = "",
     ) -> None:
-        self.name, self.version, self.digest = name, version, digest
+        self.name, self.version, self.digest, self.store = name, version, digest, store
         self.objects, self.chunks = set(objects), set(chunks)
         self.meta = meta or {}
         self.future: Future[dict[str, Any]] = Future()
@@ -110,22 +113,23 @@ def submit(job: PendingWrite, work: Callable[[], dict[str, Any]]) -> PendingWrit
     return job
 
 
-def latest_pending(name: str) -> PendingWrite | None:
-    """The newest not-failed write of `name` still tracked in this process."""
+def latest_pending(name: str, store: str) -> PendingWrite | None:
+    """The newest not-failed write of `name` to `store` still tracked in this process."""
     with _lock:
         for job in reversed(_jobs):
-            if job.name == name and not job.failed():
+            if job.name == name and job.store == store and not job.failed():
                 return job
     return None
 
 
-def will_exist(oid: str | None = None, chunk: str | None = None) -> bool:
-    """True when an unfinished or finished write of this process creates the object / chunk."""
+def will_exist(store: str, oid: str | None = None, chunk: str | None = None) -> bool:
+    """True when an unfinished or finished write of this process creates the object / chunk in
+    `store`."""
     with _lock:
         return any(
             (oid is not None and oid in job.objects) or (chunk is not None and chunk in job.chunks)
             for job in _jobs
-            if not job.failed()
+            if job.store == store and not job.failed()
         )
 
 
