@@ -864,26 +864,30 @@ async def test_retrain_runs_the_champions_pipeline_as_a_job_and_promotes_it(
     """POST models/{name}/retrain starts a job that reruns the champion's stored pipeline
     (what `nb-mlops pipeline run --production` runs), tags it with the data, and promotes it
     through the gates when asked."""
-    import pandas as pd
+
+    from sklearn.datasets import load_iris
 
     from nb_mlops.core import store
     from nb_mlops.core.config import load_config
     from nb_mlops.core.data import snapshot
 
-    # Given a champion promoted by a job, and a new batch snapshotted
+    # Given a champion trained by a job on the snapshot `train`, and a new batch snapshotted
+    cfg = load_config(jp_root_dir)
+    iris = load_iris(as_frame=True).frame
+    snapshot(iris, "train", wait=True, cfg=cfg)
     new_notebook(
         jp_root_dir / "nb" / "model.ipynb",
         [
             (
-                "import nb_mlops\nfrom sklearn.datasets import load_iris\n"
-                "from sklearn.linear_model import LogisticRegression",
+                "import nb_mlops\nfrom sklearn.linear_model import LogisticRegression",
                 ["imports"],
             ),
             ("C: float = 1.0", ["parameters"]),
             (
-                "%%track\nX, y = load_iris(return_X_y=True)\n"
+                "%%track\ndf = nb_mlops.restore('train')\n"
+                "X, y = df.drop(columns='target'), df['target']\n"
                 "model = LogisticRegression(C=C, max_iter=300).fit(X, y)\n"
-                "nb_mlops.log(accuracy=model.score(X, y))",
+                "nb_mlops.log(accuracy=model.score(X, y), rows=len(df))",
                 ["step:train"],
             ),
         ],
@@ -892,8 +896,7 @@ async def test_retrain_runs_the_champions_pipeline_as_a_job_and_promotes_it(
     response = await jp_fetch(*API, "jobs", method="POST", body=json.dumps(body))
     first = await _wait_final(jp_fetch, json.loads(response.body)["id"], timeout=300)
     assert first["status"] == "PROMOTED", first["log_tail"]
-    cfg = load_config(jp_root_dir)
-    snapshot(pd.DataFrame({"a": [1.0, 2.0]}), "batch", wait=True, cfg=cfg)
+    snapshot(iris.iloc[::5].reset_index(drop=True), "batch", wait=True, cfg=cfg)
 
     # When a retrain on it is posted, promotion asked
     body = {"data": "batch@v1", "promote": True}
@@ -907,8 +910,18 @@ async def test_retrain_runs_the_champions_pipeline_as_a_job_and_promotes_it(
     # Then the job ran a production run of the stored pipeline, tagged with the data, promoted
     assert final["status"] == "PROMOTED", final["log_tail"]
     assert final["model_version"] == "2" and final["run_id"] != first["run_id"]
-    tags = store.client(cfg).get_run(final["run_id"]).data.tags
-    assert tags["nb_mlops.mode"] == "production"
-    assert tags["nb_mlops.monitor.data"] == "batch@v1"
+    run = store.client(cfg).get_run(final["run_id"])
+    assert run.data.tags["nb_mlops.mode"] == "production"
+    assert run.data.tags["nb_mlops.monitor.data"] == "batch@v1"
+    # And it trained on the batch: the champion's training input `train` was pointed at it
+    assert json.loads(run.data.tags["nb_mlops.data_pins"]) == {"train": "batch@v1"}
+    client = store.client(cfg)
+    (step,) = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
+    tracked = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{step.info.run_id}'"
+    )
+    assert [r.data.metrics["rows"] for r in tracked] == [30]
     listed = json.loads((await jp_fetch(*API, "jobs")).body)["jobs"]
     assert listed[0]["id"] == job["id"] and listed[0]["data"] == "batch@v1"

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nb_mlops.core.config import Config
-from nb_mlops.core.errors import MonitorError
+from nb_mlops.core.errors import MonitorError, NbMlopsError
 
 __all__ = ["RETRAINER", "RetrainOutcome", "promote_retrained", "retrain", "rollback_champion"]
 
@@ -70,11 +70,15 @@ def retrain(
 
     Args:
         data: `NAME@vN` of the new data.
-        reference: `NAME@vN` of the champion's training data (the input `data` replaces).
+        reference: `NAME@vN` of the champion's training data (the input `data` replaces);
+            default: the training snapshot its lineage names (as a check finds it), so a retrain
+            asked for by hand (JupyterLab's Retrain now) re-points the same input a policy would.
 
     Raises:
         NbMlopsError: the pipeline cannot be fetched or started (a failed run does not raise).
     """
+    if reference is None:
+        reference = _training_reference(model, data, cfg)
     found = _retrainer()(model, data, reference=reference, trigger=trigger, reason=reason, cfg=cfg)
     return RetrainOutcome(
         run_id=found.get("run_id"),
@@ -82,6 +86,20 @@ def retrain(
         error=found.get("error"),
         repointed=bool(found.get("repointed")),
     )
+
+
+def _training_reference(model: str, data: str, cfg: Config) -> str | None:
+    """The champion's training snapshot, or None when its lineage names none (the retrainer then
+    pins `data`'s own name)."""
+    from nb_mlops.core.data.names import parse_ref
+    from nb_mlops.core.monitoring import models
+    from nb_mlops.core.monitoring.check import training_reference
+
+    try:
+        version = models.resolve(model, cfg=cfg)
+        return training_reference(version, parse_ref(data)[0], cfg=cfg)
+    except NbMlopsError:  # no champion, no recorded data: the retrainer says what is missing
+        return None
 
 
 def promote_retrained(model: str, run_id: str, *, reason: str, cfg: Config) -> Any:
