@@ -165,3 +165,19 @@ def test_retrain_pins_point_the_restored_name_at_the_new_data() -> None:
     assert retrain_pins("batch", "train@v1") == {}  # no version: nothing to pin
     # a champion trained re-pointed (train → batch@v1) is re-pointed on the name it restores
     assert retrain_pins("batch@v2", "batch@v1", {"train": "batch@v1"}) == {"train": "batch@v2"}
+
+
+def test_a_cached_step_that_restored_the_latest_version_reruns_when_a_newer_one_exists(
+    pinned_project: Path,
+) -> None:
+    # Given an unpinned run whose steps restored the latest `train` (v2, sum 10), cached
+    first = run_pipeline("pins")
+    _ran(first, 10.0)
+    assert all(s.cached for s in run_pipeline("pins").steps.values())
+    # When a newer version of `train` is snapshotted
+    snapshot(_frame(7.0, 7.0), "train", wait=True)
+    # Then the steps that read `train` run again, on the new version, and cache again
+    fresh = run_pipeline("pins")
+    _ran(fresh, 14.0)
+    assert not any(s.cached for s in fresh.steps.values())
+    assert all(s.cached for s in run_pipeline("pins").steps.values())

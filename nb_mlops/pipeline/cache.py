@@ -123,6 +123,20 @@ def changed_reads(marker: dict[str, Any]) -> list[str]:
     return changed
 
 
+def newer_snapshots(cfg: Config, marker: dict[str, Any]) -> list[str]:
+    """The snapshots a step restored by name (latest version, as its marker records them) that
+    have a newer version since: the step would read other data now."""
+    restored = marker.get("restores") or {}
+    if not restored:
+        return []
+    from nb_mlops.core.data import pending
+    from nb_mlops.core.data.refs import open_store
+
+    pending.wait_all()
+    store = open_store(cfg)
+    return [name for name, version in sorted(restored.items()) if store.latest(name) != version]
+
+
 def link_values(src: Path, dst: Path, marker: dict[str, Any]) -> None:
     """Make the value files of a cached step (in `src`) those of this run (in `dst`): hard links
     (value files are never edited), copies where links are impossible."""
@@ -150,7 +164,9 @@ def lookup(cfg: Config, key: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     marker = entry.get("marker", {})
-    if changed_reads(marker) or not verify_outputs(Path(entry["values_dir"]), marker):
+    if changed_reads(marker) or newer_snapshots(cfg, marker):
+        return None
+    if not verify_outputs(Path(entry["values_dir"]), marker):
         return None
     return entry
 

@@ -83,6 +83,16 @@ def _set_rng(generator: str, state: Any) -> None:
         torch.set_rng_state(state)
 
 
+def _restored_by_name() -> dict[str, int]:
+    """Snapshots this step restored by name → the (latest) version each read; {} when the step
+    restored none (the data package is then not even imported)."""
+    if "nb_mlops.core.data.pins" not in sys.modules:
+        return {}
+    from nb_mlops.core.data.pins import latest_reads
+
+    return latest_reads()
+
+
 def _files_digest(folder: Path, files: list[str]) -> tuple[str, dict[str, Any]]:
     """One digest for a step's saved values, and each file's digest (None above DIGEST_LIMIT,
     then checked by stat) with its stat."""
@@ -249,6 +259,7 @@ class Step:
             "files": entries,
             "metrics": found,
             "reads": _RECORDER.collect(),
+            "restores": _restored_by_name(),
         }
         write_atomic(
             self.outputs_dir / DONE_FILE, json.dumps(marker, sort_keys=True).encode(), durable=True

@@ -20,7 +20,7 @@ from urllib.parse import quote
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.data import pending
 from nb_mlops.core.data.names import check_name, format_ref, parse_ref, suggest_name
-from nb_mlops.core.data.pins import pinned
+from nb_mlops.core.data.pins import note_latest, pinned
 from nb_mlops.core.data.refs import DataStore, open_store
 from nb_mlops.core.errors import DataError, IntegrityError, SnapshotNotFound
 from nb_mlops.core.session import DataUse, note_data_use
@@ -473,6 +473,8 @@ def restore(
             raise DataError(f"run {run_id} used {format_ref(base, used)}, not v{version}")
         version = used
     manifest = store.manifest(base, version)
+    if version is None:  # the latest: a step cache must know which one that was
+        note_latest(base, manifest["version"])
     ref = format_ref(base, manifest["version"])
     if expected is not None and manifest["digest"] != expected:
         raise IntegrityError(

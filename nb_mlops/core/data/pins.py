@@ -7,6 +7,10 @@ step's context; the step kernel's setup puts them here with `install`, and `rest
 A module-level setting rather than an environment variable: it is set once per step kernel, is
 not inherited by the processes a step starts, and a notebook session never carries one by chance.
 Only restores by name are re-pointed: `NAME@vN` and `run_id=` restores read what they name.
+
+The other half of the hook: an unpinned restore by name reads whatever version is latest, so
+`restore` notes here which version it read (`note_latest`); the step kernel puts that into its
+completion marker and the step cache refuses the step once a newer version of a name exists.
 """
 
 from __future__ import annotations
@@ -18,9 +22,20 @@ from nb_mlops.core.config import Config
 from nb_mlops.core.data.names import check_name, format_ref, parse_ref
 from nb_mlops.core.errors import DataError, SnapshotNotFound
 
-__all__ = ["check_pins", "dumps", "install", "parse_pin", "parse_pins", "pinned", "pins_json"]
+__all__ = [
+    "check_pins",
+    "dumps",
+    "install",
+    "latest_reads",
+    "note_latest",
+    "parse_pin",
+    "parse_pins",
+    "pinned",
+    "pins_json",
+]
 
 _PINS: dict[str, tuple[str, int]] = {}
+_LATEST: dict[str, int] = {}  # restores by name in this process → the version they read
 PIN_SYNTAX = "NAME=OTHER@vN or NAME@vN"
 
 
@@ -98,6 +113,16 @@ def install(data: Mapping[str, str] | None) -> None:
 def pinned(name: str) -> tuple[str, int] | None:
     """(snapshot name, version) that `restore(name)` reads here, or None when not pinned."""
     return _PINS.get(name)
+
+
+def note_latest(name: str, version: int) -> None:
+    """An unpinned `restore(name)` read `version`, the latest at that moment."""
+    _LATEST[name] = version
+
+
+def latest_reads() -> dict[str, int]:
+    """Each name this process restored by name (unpinned) → the version it read."""
+    return dict(_LATEST)
 
 
 def dumps(data: Mapping[str, str] | None) -> str:
