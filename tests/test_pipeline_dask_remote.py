@@ -146,9 +146,7 @@ def _recorded(uri: str, run_id: str) -> dict[str, object]:
 
     client = MlflowClient(uri, uri)
     parent = client.get_run(run_id)
-    found = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'"
-    )
+    found = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
     children = {r.data.tags["nb_mlops.step"]: r for r in found}
 
     def shown(run: object) -> tuple[dict[str, str], dict[str, float], str]:
