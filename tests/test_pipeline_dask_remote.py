@@ -23,7 +23,16 @@ from nb_mlops.pipeline import build_pipeline, run_pipeline
 from nb_mlops.pipeline import shipped as shipped_module
 from tests.nbutil import new_notebook
 
+# the moto server standing in for S3 (without moto, its test fails for want of the fixture)
+with contextlib.suppress(pytest.skip.Exception):
+    from tests.test_data_s3 import endpoint  # noqa: F401
+
 STEPS = ("make", "use", "report")
+AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +58,7 @@ def _worker_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NB_MLOPS_", "MLFLOW_"))}
     env["PYTHONPATH"] = str(Path(nb_mlops.__file__).resolve().parent.parent)
     env["DASK_DISTRIBUTED__WORKER__DAEMON"] = "False"
-    return env
+    return {**env, **AWS}  # the credentials of the S3 stand-in, as a worker would have its own
 
 
 def _scheduler(folder: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
@@ -193,3 +202,46 @@ def test_a_data_store_workers_cannot_reach_is_a_clear_error(
     # Then the run stops with one line saying what to configure
     with pytest.raises(PipelineError, match=r"cannot see this project's folder .* data_store"):
         run_pipeline("alone", executor=cluster[0])
+
+
+@pytest.fixture
+def s3_team(
+    project: Path, server: TeamStore, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Path, str]]:
+    """The project tracked on the team server, its data store a bucket of the S3 stand-in."""
+    pytest.importorskip("s3fs")
+    import boto3
+
+    for key, value in AWS.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="nbm-dask-remote")
+    with (project / "pyproject.toml").open("a") as config:
+        config.write(
+            f'tracking_uri = "{server.uri}"\ndata_store = "s3://nbm-dask-remote/team"\n'
+            f'data_store_endpoint = "{endpoint}"\n'
+        )
+    session.clear()
+    tracking.set_experiment(None)
+    yield project, endpoint
+    tracking.flush()
+    tracking.set_experiment(None)
+    session.clear()
+
+
+def test_remote_workers_pass_values_through_an_s3_store(
+    s3_team: tuple[Path, str], server: TeamStore, cluster: tuple[str, list[Path]]
+) -> None:
+    import boto3
+
+    project, endpoint = s3_team
+    _pipeline(project)
+    run = run_pipeline("remote", {"n": 5}, executor=cluster[0], cache=False)
+    assert run.status == "SUCCEEDED", run.error
+    assert run.metrics["total"] == 20.0
+    assert set(_recorded(server.uri, run.run_id)) == {"parent", *STEPS}
+    listed = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(
+        Bucket="nbm-dask-remote", Prefix=f"team/runs/{run.run_id}/values/"
+    )
+    keys = {o["Key"].split("/")[-2] for o in listed.get("Contents", [])}
+    assert keys == set(STEPS)
+    assert not [p for f in cluster[1] for p in f.rglob(".nb_mlops")]

@@ -87,7 +87,7 @@ def _local_task(job: ShippedStep, root: Path) -> StepTask:
 
 def run_shipped(job: ShippedStep) -> ShippedResult:
     """Run a shipped step on this machine (a Dask worker); never raises for a failing step."""
-    with tempfile.TemporaryDirectory(prefix="nb-mlops-step-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="nb-mlops-step-", ignore_cleanup_errors=True) as tmp:
         root = Path(tmp)
         (root / job.config_name).write_text(job.config_text)
         store = ValueStore(job.store, job.settings, job.run_id)
