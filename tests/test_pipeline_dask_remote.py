@@ -245,3 +245,34 @@ def test_remote_workers_pass_values_through_an_s3_store(
     keys = {o["Key"].split("/")[-2] for o in listed.get("Contents", [])}
     assert keys == set(STEPS)
     assert not [p for f in cluster[1] for p in f.rglob(".nb_mlops")]
+
+
+def test_values_changed_in_the_shared_store_are_refused(tmp_path: Path) -> None:
+    from nb_mlops.core.errors import IntegrityError
+    from nb_mlops.pipeline.reads import file_digest
+    from nb_mlops.pipeline.valuestore import ValueStore, shared_location
+
+    # Given a step's values put in a shared folder store
+    made = tmp_path / "made"
+    made.mkdir()
+    (made / "values.pkl").write_bytes(b"the values")
+    entry = {"digest": file_digest(made / "values.pkl"), "size": 10}
+    marker = {"files": {"values.pkl": entry}}
+    store = ValueStore(str(tmp_path / "shared"), {}, "r1")
+    store.put("make", made, marker)
+    assert store.has("make", marker)
+    store.get("make", tmp_path / "back", marker)
+    assert (tmp_path / "back" / "values.pkl").read_bytes() == b"the values"
+    # When its bytes change there, a read refuses them
+    (tmp_path / "shared" / "runs" / "r1" / "values" / "make" / "values.pkl").write_bytes(
+        b"other byte"
+    )
+    with pytest.raises(IntegrityError, match="values of step 'make' .* do not match"):
+        store.get("make", tmp_path / "again", marker)
+    assert not (tmp_path / "again" / "values.pkl").exists()
+    # and only stores other machines can reach count as shared
+    root = tmp_path / "proj"
+    assert shared_location({"data_store": "s3://b/p/"}, root) == "s3://b/p"
+    assert shared_location({"data_store": str(root / ".nb_mlops" / "data")}, root) is None
+    assert shared_location({"data_store": "relative/data"}, root) is None
+    assert shared_location({}, root) is None
