@@ -16,6 +16,7 @@ import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, Protocol
 
 from nb_mlops.core import plugins
@@ -298,18 +299,34 @@ class DaskExecutor:
             self.client = Client(address, timeout=30, set_as_default=False)
         except (OSError, ValueError) as exc:
             raise PipelineError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
+        from nb_mlops.pipeline.shipped import plan
+
+        try:
+            # workers that cannot see the project get the step shipped: `shipped.py`
+            self.shipper = plan(self.client, env, Path(log).parent if log else Path(cwd), address)
+        except BaseException:
+            self.client.close()
+            raise
 
     def warm(self, count: int) -> None:
         return None
 
     def submit(self, task: StepTask, on_cell: OnCell, done: Done) -> None:
+        from nb_mlops.pipeline.shipped import run_shipped
+
+        shipper = self.shipper
+        job: Any = task if shipper is None else shipper.pack(task)
         future = self.client.submit(
-            run_step, task, pure=False, key=f"nb-mlops-{task.step}-{id(task)}"
+            run_step if shipper is None else run_shipped,
+            job,
+            pure=False,
+            key=f"nb-mlops-{task.step}-{id(task)}",
         )
 
         def finished(fut: Any) -> None:
             try:
-                done(fut.result())
+                out = fut.result()
+                done(out if shipper is None else shipper.unpack(task, out))
             except BaseException as exc:
                 done(_failed(task, exc))
 
