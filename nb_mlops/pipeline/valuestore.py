@@ -45,10 +45,10 @@ class ValueStore:
         self.fs: Any = None
         if "://" in location:
             from nb_mlops.core.config import Config
-            from nb_mlops.core.data.remote import _filesystem
+            from nb_mlops.core.data.remote import filesystem
 
             cfg = Config(Path("."), None, "", "", "", None, settings={**settings})
-            self.fs = _filesystem(cfg, location.partition("://")[0])
+            self.fs = filesystem(cfg, location.partition("://")[0])
 
     def _key(self, step: str, name: str) -> str:
         if self.fs is not None:

@@ -37,10 +37,10 @@ from nb_mlops.core.data.objects import MissingObject, ObjectStore, hash_file
 from nb_mlops.core.data.refs import DataStore, write_json_atomic
 from nb_mlops.core.errors import DataError, IntegrityError
 
-__all__ = ["Remote", "RemoteDataStore", "RemoteObjects"]
+__all__ = ["Remote", "RemoteDataStore", "RemoteObjects", "filesystem"]
 
 
-def _filesystem(cfg: Config, protocol: str) -> Any:
+def filesystem(cfg: Config, protocol: str) -> Any:
     """The fsspec filesystem of the URL: endpoint from config, else AWS's usual environment."""
     if protocol not in ("s3", "s3a"):
         raise DataError(
@@ -64,7 +64,7 @@ class Remote:
     def __init__(self, cfg: Config, url: str) -> None:
         self.url = url
         protocol, _, path = url.partition("://")
-        self.fs = _filesystem(cfg, protocol)
+        self.fs = filesystem(cfg, protocol)
         self.base = path.strip("/")
 
     @contextlib.contextmanager
