@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from nbutil import new_notebook
+from nbutil import execute, new_notebook
 from team_store import TeamStore, team_store
 
 import nb_mlops
@@ -117,13 +118,73 @@ def test_tracked_fit_with_data_lands_on_the_server_and_in_the_runs_view(
     assert printed["runs"][0]["url"] == page.rows[0].url
 
 
+def _outputs(nb: Any, index: int) -> tuple[str, dict[str, str]]:
+    """Cell `index`'s printed text, and its one display's data by MIME type (empty when none);
+    by id, as written (papermill inserts a parameters cell)."""
+    (cell,) = [c for c in nb.cells if c.get("id") == f"cell-{index}"]
+    outputs = cell.get("outputs", [])
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    shown = [dict(o.data) for o in outputs if o.output_type == "display_data"]
+    return text, shown[0] if shown else {}
+
+
+def test_a_kernel_tracks_a_cell_that_restored_a_snapshot_and_lists_the_server_runs(
+    team: Path, server: TeamStore
+) -> None:
+    # Given a snapshot, and a notebook that restores it, tracks a cell and uses `%mlops`
+    frame = pd.DataFrame({"a": [float(i) for i in range(40)]})
+    snap = nb_mlops.snapshot(frame, "team_kernel", context="train", wait=True)
+    notebook = new_notebook(
+        team / "teamkernel.ipynb",
+        [
+            "%load_ext nb_mlops",  # 0
+            ("C = 1.0", ["parameters"]),  # 1
+            "import nb_mlops\nrows = nb_mlops.restore('team_kernel')",  # 2
+            "%%track -n kfit -t team=blue\nnb_mlops.log(rows=len(rows), C=C)",  # 3
+            "from nb_mlops.core import tracking\ntracking.flush()\n"
+            "print('RUN', tracking.last_run_id())",  # 4
+            "%mlops",  # 5
+            "%mlops runs --metric rows",  # 6
+        ],
+    )
+    out = team / "teamkernel.out.ipynb"
+    # When papermill runs it in a real kernel
+    result = execute(
+        notebook,
+        output=out,
+        parameters={"PAPERMILL_INPUT_PATH": str(notebook), "PAPERMILL_OUTPUT_PATH": str(out)},
+    )
+    printed, _ = _outputs(result, 4)
+    run_id = printed.split("RUN", 1)[1].split()[0]
+    # Then the server holds the tracked cell's run, in the notebook's experiment, with the
+    # snapshot it restored as a dataset input and a tag
+    client = _server(server)
+    got = client.get_run(run_id)
+    assert (got.info.status, got.info.run_name) == ("FINISHED", "kfit")
+    assert client.get_experiment(got.info.experiment_id).name == "teamkernel"
+    assert got.data.metrics == {"rows": 40.0, "C": 1.0} and got.data.tags["team"] == "blue"
+    assert got.data.tags["nb_mlops.data.team_kernel"] == f"v1:{snap.digest}"
+    (used,) = got.inputs.dataset_inputs
+    assert "nbmlops://team_kernel@v1" in used.dataset.source
+    pd.testing.assert_frame_equal(nb_mlops.restore("team_kernel", run_id=run_id), frame)
+    # And `%mlops` names the team server (not an embedded store), `%mlops runs` lists its run
+    status, _ = _outputs(result, 5)
+    assert f"store       {server.uri}" in status and "(embedded)" not in status
+    assert run_id in status
+    shown = _outputs(result, 6)[1]
+    assert "kfit" in shown["text/plain"]
+    assert (
+        f"{server.uri}/#/experiments/{got.info.experiment_id}/runs/{run_id}" in shown["text/html"]
+    )
+
+
 def _notebook(root: Path, name: str) -> Path:
     return new_notebook(
         root / f"{name}.ipynb",
         [
             ("C = 1.0", ["parameters"]),
-            "import numpy as np\nimport nb_mlops\nrng = np.random.RandomState(0)\n"
-            "X = rng.randn(200, 3)\ny = (X[:, 0] > 0).astype(int)",
+            "import nb_mlops\nrows = nb_mlops.restore('team_rows')\n"
+            "X = rows[['a', 'b', 'c']].to_numpy()\ny = rows['y'].to_numpy()",
             "%%track -n fit\nfrom sklearn.linear_model import LogisticRegression\n"
             "model = LogisticRegression(C=C).fit(X, y)\nnb_mlops.log(accuracy=model.score(X, y))",
         ],
@@ -149,7 +210,11 @@ def test_pipeline_runs_promotes_and_rolls_back_on_the_server(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     client = _server(server)
-    # Given a notebook built into a pipeline and run twice in real kernels
+    # Given a notebook that restores a snapshot, built into a pipeline and run twice in real kernels
+    rng = np.random.RandomState(0)
+    rows = pd.DataFrame(rng.randn(200, 3), columns=["a", "b", "c"])
+    rows["y"] = (rows["a"] > 0).astype(int)
+    snap = nb_mlops.snapshot(rows, "team_rows", context="train", wait=True)
     notebook = _notebook(team, "teamchurn")
     build_pipeline(notebook)
     first = run_pipeline("teamchurn", {"C": 0.5})
@@ -168,6 +233,9 @@ def test_pipeline_runs_promotes_and_rolls_back_on_the_server(
     assert step.info.status == "FINISHED"
     (fit,) = client.search_runs(experiments, f"tags.mlflow.parentRunId = '{step.info.run_id}'")
     assert fit.info.run_name == "fit" and fit.data.metrics["accuracy"] > 0.9
+    # and the snapshot the step restored, on the tracked cell and copied onto the pipeline run
+    assert fit.data.tags["nb_mlops.data.team_rows"] == f"v1:{snap.digest}"
+    assert parent.data.tags["nb_mlops.data.team_rows"] == f"v1:{snap.digest}"
 
     # When the first run is promoted through a passing gate
     _gates(team, ">= 0.9")
@@ -214,6 +282,7 @@ def test_pipeline_runs_promotes_and_rolls_back_on_the_server(
     assert found["pipeline"]["hash"] == parent.data.tags["nb_mlops.pipeline_hash"]
     assert found["notebook"]["path"] == str(notebook.resolve())
     assert found["parameters"] == {"C": "0.5"}
+    assert [(d["ref"], d["digest"]) for d in found["data"]] == [("team_rows@v1", snap.digest)]
 
     # When a teammate, in another checkout on the same server (no local journal), rolls back
     teammate = tmp_path / "teammate"
