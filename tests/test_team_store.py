@@ -14,13 +14,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from monitor_helpers import fit_model, make_champion, make_frame
 from nbutil import execute, new_notebook
+from promotion_helpers import journal_lines, make_pipeline_run
 from team_store import TeamStore, team_store
 
 import nb_mlops
 from nb_mlops.cli import main
 from nb_mlops.core import session, tracking
 from nb_mlops.core.config import load_config
+from nb_mlops.core.data import snapshot
 from nb_mlops.core.promotion import PromotionBlocked
 from nb_mlops.pipeline import build_pipeline, run_pipeline
 
@@ -295,3 +298,82 @@ def test_pipeline_runs_promotes_and_rolls_back_on_the_server(
     assert (theirs.version, theirs.previous_version) == (champion, "1")
     assert _aliases(client, "team-churn") == {"champion": champion, "previous-champion": "1"}
     assert [e.action for e in nb_mlops.history("team-churn")] == ["rollback"]
+
+
+APPROVAL = """
+[tool.nb_mlops.gates]
+metrics = { accuracy = ">= 0.5" }
+
+[tool.nb_mlops.promotion]
+promoters = ["alice"]
+approvers = ["bob"]
+require_approval = true
+"""
+
+
+def test_a_promotion_request_is_approved_by_another_user_on_the_server(
+    team: Path, server: TeamStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a project on the server whose promotions need an approver's word
+    with (team / "pyproject.toml").open("a") as config:
+        config.write(APPROVAL)
+    client = _server(server)
+    run = make_pipeline_run(load_config(), experiment="team-approvals")
+    # When alice promotes a run: a request, gates checked, nothing registered on the server
+    monkeypatch.setenv("NB_MLOPS_USER", "alice")
+    request = nb_mlops.promote(run, model="team-approved", reason="weekly")
+    assert request.status == "PENDING_APPROVAL" and request.gates[0].verdict == "PASS"
+    assert client.search_model_versions("name = 'team-approved'") == []
+    assert [r.id for r in nb_mlops.approvals("team-approved")] == [request.entry_id]
+    # and she, not an approver, cannot approve it
+    with pytest.raises(nb_mlops.NbMlopsError, match="'alice' may not approve"):
+        nb_mlops.approve(str(request.entry_id))
+    # When bob approves it
+    monkeypatch.setenv("NB_MLOPS_USER", "bob")
+    done = nb_mlops.approve(str(request.entry_id), reason="gates look right")
+    # Then the version is registered on the server and is its champion, journaled with both users
+    assert (done.status, done.version, done.requester) == ("PROMOTED", "1", "alice")
+    assert _aliases(client, "team-approved") == {"champion": "1"}
+    assert client.get_model_version("team-approved", "1").run_id == run
+    assert nb_mlops.approvals("team-approved") == []
+    assert [e.action for e in nb_mlops.history("team-approved")] == ["request", "promote"]
+    last = journal_lines(team, "team-approved")[-2]  # (the last line commits it)
+    assert (last["action"], last["who"], last["requester"]) == ("promote", "bob", "alice")
+    assert nb_mlops.lineage("team-approved").pipeline_run["run_id"] == run
+
+
+def test_the_champion_scores_and_a_drift_check_is_a_run_on_the_server(
+    team: Path, server: TeamStore
+) -> None:
+    # Given a champion whose model is stored through the server's artifact proxy
+    cfg = load_config()
+    parent, version = make_champion(
+        make_frame(2_000, seed=0), model_name="team-watch", snapshot_name="team_watch", cfg=cfg
+    )
+    client = _server(server)
+    assert _aliases(client, "team-watch") == {"champion": version}
+    assert client.get_model_version("team-watch", version).source.startswith(
+        ("mlflow-artifacts:", "models:/")
+    )
+    snapshot(make_frame(2_000, shift=0.8, share=0.7, seed=12), "team_batch", wait=True)
+    # When it scores a batch: the predictions are the model's, the score run is on the server
+    scored = nb_mlops.score("team-watch@champion", data="team_batch")
+    batch = make_frame(2_000, shift=0.8, share=0.7, seed=12)
+    expected = fit_model(make_frame(2_000, seed=0)).predict(batch[["x", "y", "c", "k"]])
+    assert scored.predictions["prediction"].tolist() == expected.tolist()
+    run = client.get_run(scored.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["nb_mlops.mode"] == "score"
+    assert run.data.tags["nb_mlops.score.version"] == version
+    # When the champion is checked on the shifted batch
+    result = nb_mlops.monitor("team-watch", data="team_batch")
+    # Then it drifted against its training snapshot, found through lineage on the server
+    assert (result.verdict, result.exit_code, result.reference) == ("drift", 3, "team_watch@v1")
+    check = client.get_run(str(result.run_id))
+    assert check.info.status == "FINISHED"
+    assert check.data.tags["nb_mlops.mode"] == "monitor"
+    assert check.data.tags["nb_mlops.monitor.verdict"] == "drift"
+    assert check.data.metrics["drift.x.drifted"] == 1.0
+    # and the check's report is an artifact of that run, on the server
+    names = {f.path for f in client.list_artifacts(str(result.run_id))}
+    assert names, "the check run has no artifacts"
+    assert nb_mlops.lineage("team-watch").pipeline_run["run_id"] == parent
