@@ -6,10 +6,14 @@ read back with a plain MlflowClient. One server serves the module; each test has
 from __future__ import annotations
 
 import json
+import os
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jupyter_proc
 import numpy as np
 import pandas as pd
 import pytest
@@ -279,7 +283,7 @@ def test_pipeline_runs_promotes_and_rolls_back_on_the_server(
     ]
 
     # And the lineage walks from the champion back to its pipeline run, notebook and parameters
-    found = nb_mlops.lineage("team-churn").as_dict()
+    found = nb_mlops.lineage("team-churn@champion").as_dict()
     assert found["pipeline_run"]["run_id"] == first.run_id
     assert found["pipeline"]["name"] == "teamchurn"
     assert found["pipeline"]["hash"] == parent.data.tags["nb_mlops.pipeline_hash"]
@@ -377,3 +381,78 @@ def test_the_champion_scores_and_a_drift_check_is_a_run_on_the_server(
     names = {f.path for f in client.list_artifacts(str(result.run_id))}
     assert names, "the check run has no artifacts"
     assert nb_mlops.lineage("team-watch").pipeline_run["run_id"] == parent
+
+
+TOKEN = "team-store-token"
+
+
+def _api(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/nb-mlops/api/{path}",
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"token {TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"{}")
+
+
+def _final(port: int, job_id: str, timeout: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = _api(port, "GET", f"jobs/{job_id}")
+        if job["status"] not in ("QUEUED", "RUNNING"):
+            return dict(job)
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout:g} s")
+
+
+def test_a_promote_job_of_the_server_extension_registers_on_the_team_server(
+    server: TeamStore, tmp_path: Path
+) -> None:
+    # Given a Jupyter server (the extension on) whose project's store is the team server
+    root = tmp_path / "jroot"
+    root.mkdir()
+    (root / "pyproject.toml").write_text(
+        f'[project]\nname = "demo"\n\n[tool.nb_mlops]\nmodel = "team-job"\n'
+        f'tracking_uri = "{server.uri}"\nregistry_uri = "{server.uri}"\n\n'
+        '[tool.nb_mlops.gates]\nmetrics = { accuracy = ">= 0.5" }\n'
+    )
+    new_notebook(
+        root / "nb" / "model.ipynb",
+        [
+            ("C: float = 1.0", ["parameters"]),
+            (
+                "import nb_mlops\nfrom sklearn.datasets import load_iris\n"
+                "from sklearn.linear_model import LogisticRegression",
+                ["step:train"],
+            ),
+            "%%track\nX, y = load_iris(return_X_y=True)\n"
+            "model = LogisticRegression(C=C, max_iter=300).fit(X, y)\n"
+            "nb_mlops.log(accuracy=model.score(X, y))",
+        ],
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NB_MLOPS_", "JUPYTER_"))}
+    env["JUPYTER_CONFIG_DIR"] = str(tmp_path / "jupyter-config")
+    proc, port = jupyter_proc.start(
+        root, token=TOKEN, env=env, lab=False, log=tmp_path / "jupyter.log"
+    )
+    try:
+        # When a promote job is posted
+        body = {"path": "nb/model.ipynb", "action": "promote", "parameters": {"C": 0.5}}
+        job = _api(port, "POST", "jobs", body)
+        final = _final(port, job["id"])
+        history = _api(port, "GET", "models/team-job/history")
+    finally:
+        jupyter_proc.stop(proc)
+    # Then it ended PROMOTED, and the team registry holds the version as champion
+    assert final["status"] == "PROMOTED", final.get("log_tail")
+    assert final["model_version"] == "1"
+    client = _server(server)
+    assert _aliases(client, "team-job") == {"champion": "1"}
+    assert client.get_model_version("team-job", "1").run_id == final["run_id"]
+    # from a pipeline run on the server, with the job's parameters
+    parent = client.get_run(final["run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.params == {"C": "0.5"}
+    assert parent.data.tags["nb_mlops.mode"] == "pipeline"
+    assert [(e["action"], e["to_version"]) for e in history["entries"]] == [("promote", "1")]
