@@ -39,10 +39,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamStore]:
 
 
 @pytest.fixture
-def team(project: Path, server: TeamStore) -> Path:
-    """The project pointed at the team server, with a fresh tracking session."""
+def team(project: Path, server: TeamStore, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The project pointed at the team server, with a fresh tracking session, and MLflow's
+    process-wide URIs unset as in a fresh process (an earlier test's tracked cell sets them):
+    nothing here may lean on them."""
     with (project / "pyproject.toml").open("a") as config:
         config.write(f'tracking_uri = "{server.uri}"\nregistry_uri = "{server.uri}"\n')
+    from nb_mlops.core.tracking.context import _proc
+
+    monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)
+    monkeypatch.setattr("mlflow.tracking._model_registry.utils._registry_uri", None)
+    monkeypatch.setattr(_proc, "mlflow_uris", None)
     session.clear()
     tracking.set_experiment(None)
     yield project
@@ -347,13 +354,16 @@ def test_a_promotion_request_is_approved_by_another_user_on_the_server(
 
 
 def test_the_champion_scores_and_a_drift_check_is_a_run_on_the_server(
-    team: Path, server: TeamStore
+    team: Path, server: TeamStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a champion whose model is stored through the server's artifact proxy
     cfg = load_config()
     parent, version = make_champion(
         make_frame(2_000, seed=0), model_name="team-watch", snapshot_name="team_watch", cfg=cfg
     )
+    # (the helper set MLflow's process-wide URI: unset it, as in a fresh scoring process)
+    monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     client = _server(server)
     assert _aliases(client, "team-watch") == {"champion": version}
     assert client.get_model_version("team-watch", version).source.startswith(
