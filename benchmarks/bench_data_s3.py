@@ -121,7 +121,8 @@ def measure(work: Path, endpoint: str, size_mb: int) -> tuple[float, float]:
     snapshot(work / "warm.txt", "warm", wait=True)
     # the peer before and after ours, its best time kept; each side starts with no dirty pages
     # waiting for the disk
-    ours, peers = 0.0, []
+    ours = 0.0
+    peers: list[float] = []
     for turn in ("peer", "ours", "peer"):
         subprocess.run(["sync"], check=True)
         if turn == "ours":
