@@ -1,7 +1,9 @@
 """The features against a team store: an `mlflow server` on PostgreSQL, named by `tracking_uri` and
 `registry_uri` in `[tool.nb_mlops]`. Tracked runs, the runs view, data lineage, a pipeline built from
-a notebook and run in real kernels, gated promotion and rollback: what the server holds afterwards is
-read back with a plain MlflowClient. One server serves the module; each test has its own names."""
+a notebook and run in real kernels, a notebook with `%%track` and `%mlops` in a real kernel, gated
+promotion and rollback, approvals, a promote job of the Jupyter server extension, scoring and drift
+checks: what the server holds afterwards is read back with a plain MlflowClient. One server serves
+the module; each test has its own names."""
 
 from __future__ import annotations
 
