@@ -128,6 +128,31 @@ def environment_kept() -> Iterator[None]:
                 os.environ[name] = value
 
 
+def point_mlflow_at(tracking_uri: str, registry_uri: str) -> None:
+    """Point MLflow's fluent API (autolog) at a store without writing `os.environ`.
+
+    MLflow's setters export the URIs, which `environment_kept` then takes back; but a change to
+    `os.environ` while another thread iterates it (requests reading the proxy variables for an HTTP
+    call to a tracking server, e.g. our writer's) raises KeyError in that thread. So the setters'
+    module globals are set directly, and the setters are used only if MLflow renamed them.
+    """
+    import importlib
+
+    import mlflow
+
+    registry_utils: Any = importlib.import_module("mlflow.tracking._model_registry.utils")
+    tracking_utils: Any = importlib.import_module("mlflow.tracking._tracking_service.utils")
+    if hasattr(tracking_utils, "_tracking_uri") and hasattr(registry_utils, "_registry_uri"):
+        if tracking_utils._tracking_uri != tracking_uri:
+            tracking_utils._tracking_uri = tracking_uri
+            tracking_utils.reset()  # the tracer provider keeps the URI it exports traces to
+        registry_utils._registry_uri = registry_uri
+        return
+    with environment_kept():
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(registry_uri)
+
+
 def artifact_location_for(cfg: Config, experiment: str) -> str | None:
     """Where a new experiment keeps its artifacts: `<artifact_root>/<experiment>` on the embedded
     store (MLflow would pick `./mlruns` under the cwd), the server's default otherwise."""

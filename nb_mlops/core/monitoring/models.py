@@ -128,7 +128,7 @@ def load(version: ModelVersion, *, cfg: Config) -> LoadedModel:
 
     if version.sha256:
         try:
-            actual = source_digest(version.source)
+            actual = source_digest(version.source, cfg.tracking_uri)
         except PromotionError as exc:
             raise MonitorError(f"{version.ref}: {exc}") from exc
         if actual != version.sha256:

@@ -396,8 +396,9 @@ def files_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def source_digest(uri: str) -> str:
-    """The digest of the model folder at `uri` (downloaded to a temp folder when remote)."""
+def source_digest(uri: str, tracking_uri: str | None = None) -> str:
+    """The digest of the model folder at `uri` (downloaded to a temp folder when remote; an
+    `mlflow-artifacts:` URI is resolved against `tracking_uri`, the store's server)."""
     local = source_path(uri)
     if local is not None:
         if not local.is_dir():
@@ -408,13 +409,15 @@ def source_digest(uri: str) -> str:
     import mlflow.artifacts
 
     with tempfile.TemporaryDirectory(prefix="nb_mlops-model-") as tmp:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri
+        )
         return files_digest(Path(path))
 
 
-def verify_digest(ref: ModelRef) -> str:
+def verify_digest(ref: ModelRef, tracking_uri: str | None = None) -> str:
     """Hash the model's files; refuse them when a digest was recorded at logging time and differs."""
-    actual = source_digest(ref.source)
+    actual = source_digest(ref.source, tracking_uri)
     if ref.recorded_sha256 and ref.recorded_sha256 != actual:
         raise PromotionError(
             f"model files at {ref.source} do not match the digest recorded when they were logged "
@@ -553,7 +556,7 @@ def _link_logged_model(client: MlflowClient, model_id: str, model: str, version:
 # --- model safety ---------------------------------------------------------------------------------
 
 
-def read_mlmodel(source: str) -> dict[str, Any]:
+def read_mlmodel(source: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """The MLmodel file of a model folder, as data (read as YAML text, never loading the model)."""
     import yaml
 
@@ -566,7 +569,9 @@ def read_mlmodel(source: str) -> dict[str, Any]:
 
             with tempfile.TemporaryDirectory(prefix="nb_mlops-mlmodel-") as tmp:
                 path = mlflow.artifacts.download_artifacts(
-                    artifact_uri=source.rstrip("/") + "/MLmodel", dst_path=tmp
+                    artifact_uri=source.rstrip("/") + "/MLmodel",
+                    dst_path=tmp,
+                    tracking_uri=tracking_uri,
                 )
                 text = Path(path).read_text()
         data = yaml.safe_load(text)
@@ -588,7 +593,7 @@ def model_safety(cfg: Config, ref: ModelRef) -> dict[str, Any]:
         PromotionError: the model is a pickle, or asks its loader to trust a type the policy does
             not admit, or has no flavor whose loading can be checked.
     """
-    flavors = read_mlmodel(ref.source).get("flavors") or {}
+    flavors = read_mlmodel(ref.source, cfg.tracking_uri).get("flavors") or {}
     trust = model_format.policy(cfg)
     trust_all = model_format.ANY in trust.entries
     project = _json_dict(ref.tags.get(model_format.PROJECT_TAG))

@@ -350,7 +350,7 @@ def _move(
     gates: list[GateResult],
 ) -> Decision:
     """Register the version (unless it exists) and move `champion` to it, write-ahead journaled."""
-    digest = verify_digest(a.ref)
+    digest = verify_digest(a.ref, a.cfg.tracking_uri)
     tags = {**_version_tags(a.candidate, a.ref, digest), **safety_tags(a.safety)}
     version = (
         str(existing.version)
@@ -464,7 +464,8 @@ def _restorable(client: MlflowClient, model: str, target: str) -> Any:
             f"model {model!r} has no version {target}; see `nb-mlops history {model}`"
         )
     recorded = (mv.tags or {}).get(DIGEST_TAG)
-    actual = source_digest(version_location(client, mv)) if recorded else None
+    location = version_location(client, mv)
+    actual = source_digest(location, client.tracking_uri) if recorded else None
     if recorded and actual != recorded:
         raise RollbackError(
             f"{model} version {target}: its files no longer match the digest recorded at promotion "

@@ -15,7 +15,7 @@ from nb_mlops.core.backend import SqliteTrackingBackend, TrackingBackend, open_b
 from nb_mlops.core.capture import autolog as autolog_capture
 from nb_mlops.core.config import Config
 from nb_mlops.core.errors import StillPending, TrackingError
-from nb_mlops.core.store import ensure_store, environment_kept, install_sqlite_pragmas
+from nb_mlops.core.store import ensure_store, install_sqlite_pragmas, point_mlflow_at
 from nb_mlops.core.tracking.context import Run, _proc
 from nb_mlops.core.user import current_user
 from nb_mlops.core.writer import Writer, raise_unavailable
@@ -144,9 +144,7 @@ def _mlflow_ready(cfg: Config) -> Any:
     if _proc.mlflow_uris != uris:
         ensure_store(cfg)
         install_sqlite_pragmas()  # before MLflow opens an engine
-        with environment_kept():
-            mlflow.set_tracking_uri(cfg.tracking_uri)
-            mlflow.set_registry_uri(cfg.registry_uri)
+        point_mlflow_at(cfg.tracking_uri, cfg.registry_uri)
         _proc.mlflow_uris = uris
     return mlflow
 
