@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 import pytest
+
+# A shell without job control starts background commands with SIGINT ignored, and an ignored
+# signal stays ignored in every process started from here: the interrupt tests (Ctrl-C to a
+# runner's group, the interrupt button of `%pipeline run`) need it delivered as in a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _OVERRIDES = (
     "MLFLOW_TRACKING_URI",
