@@ -191,6 +191,7 @@ class Outbox:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             failures = self._failures
+            self._cond.notify_all()  # a sender backing off from a failure retries now
             while self._queue or self._busy:
                 left = None if deadline is None else deadline - time.monotonic()
                 if self._failures != failures or (left is not None and left <= 0):
@@ -249,7 +250,7 @@ class Outbox:
                     self._failures += 1
                 self._cond.notify_all()
                 if failure is not None:
-                    self._cond.wait(backoff)  # a new flush or entry does not hurry a down server
+                    self._cond.wait(backoff)  # a flush or a new entry retries at once
                     backoff = min(backoff * 2, _MAX_BACKOFF)
 
     def _attempt(self, item: tuple[Any, ...]) -> str | None:

@@ -122,7 +122,9 @@ def _start(
     _log_user_params(run, analysis or nb, namespace)
     # autolog patches sklearn: needed when sklearn is loaded, or the cell is about to load it
     sklearn_on = autolog and ("sklearn" in sys.modules or "sklearn" in (cell or ""))
-    fluent = _push_fluent(cfg, run, start_ms, need=sklearn_on or "mlflow" in (cell or ""))
+    # on a server only when the cell needs it: the fluent run's id waits for the server
+    need = sklearn_on or "mlflow" in (cell or "")
+    fluent = _push_fluent(cfg, run, start_ms, need=need) if need or not st.outbox else None
     if sklearn_on:
         _setup_autolog(cfg)
         _autolog_integration()["disable"] = False
