@@ -3,7 +3,7 @@ until the server acknowledged it.
 
 On a server a cell must not wait for HTTP round trips, yet what it logged must survive the process.
 So a run's values and its end are appended to a journal in `.nb_mlops/outbox/` (one whole, fsynced
-JSON line per entry: `nb_mlops.core.files.append_line`) and a sender thread sends them in order.
+JSON line per entry: `nb_mlops.core.files.append_fd`) and a sender thread sends them in order.
 The sender records its progress in a second journal (`<name>.done`): the server id of each local
 run key, and how many requests of each entry were acknowledged. A journal is removed once all of
 its entries are acknowledged.
@@ -22,6 +22,7 @@ tracked cell, a read of runs, or `nb_mlops.flush()`) replays it.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import threading
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nb_mlops.core.errors import StoreError
-from nb_mlops.core.files import append_line
+from nb_mlops.core.files import append_fd, append_line, fsync_dir
 from nb_mlops.core.writer import MAX_PARAM_VALUE, MAX_TAG_VALUE, Metric, Pair
 
 if TYPE_CHECKING:
@@ -102,8 +103,9 @@ def _lines(path: Path) -> list[dict[str, Any]]:
 
 
 def _lock(path: Path) -> int | None:
-    """An fd holding an exclusive lock on `path`, or None when another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    """An fd (appending) holding an exclusive lock on `path`, or None when another process
+    holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -129,6 +131,7 @@ class Outbox:
         path = folder / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
         fd = _lock(path)
         assert fd is not None  # a fresh name
+        fsync_dir(folder)
         self.own = _Journal(path, fd)
         self._cond = threading.Condition()
         self._append_lock = threading.Lock()
@@ -136,6 +139,7 @@ class Outbox:
         self._busy = False
         self._creates: dict[str, dict[str, Any]] = {}  # run key → how to create it
         self._ids: dict[str, tuple[str, str]] = {}  # run key → (run id, artifact uri)
+        self._serial = itertools.count()  # entry ids: the run key and this number
         self._tried: set[str] = set()  # keys a create was sent for (it may have reached it)
         self.failure: str | None = None
         self._failures = 0  # attempts that failed, ever
@@ -153,9 +157,14 @@ class Outbox:
 
     def append(self, key: str, values: dict[str, Any]) -> None:
         """Append one entry for run `key` (fsynced), then queue it for sending."""
-        entry = {"id": uuid.uuid4().hex, "key": key, "create": self._creates.get(key), **values}
+        entry = {
+            "id": f"{key}.{next(self._serial)}",
+            "key": key,
+            "create": self._creates.get(key),
+            **values,
+        }
         with self._append_lock:
-            append_line(self.own.path, json.dumps(entry).encode() + b"\n")
+            append_fd(self.own.fd, json.dumps(entry).encode() + b"\n")
             self.own.appended += 1
         with self._cond:
             self._queue.append(("entry", self.own, entry))
