@@ -21,6 +21,7 @@ tracked cell, a read of runs, or `nb_mlops.flush()`) replays it.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import itertools
 import json
@@ -146,6 +147,14 @@ class Outbox:
         self._thread = threading.Thread(target=self._loop, name="nb_mlops-outbox", daemon=True)
         self._thread.start()
         self.adopted = self.adopt()  # entries dead processes left: replayed first
+        atexit.register(self._tidy)
+
+    def _tidy(self) -> None:
+        """At exit (after the exit's flush): drop this process's journal when it holds nothing
+        unacknowledged, so finished sessions leave no files behind."""
+        with self._append_lock:
+            if self.own.sent == self.own.appended:
+                self.own.remove()
 
     # --- the cell's side --------------------------------------------------------------------
     def prepare(self, key: str, create: dict[str, Any]) -> None:
