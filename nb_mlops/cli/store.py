@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from nb_mlops.core.config import load_config
+from nb_mlops.core.config import Config, load_config
 
 
 @click.group()
@@ -15,19 +15,29 @@ def store() -> None:
 @store.command("check")
 def check_cmd() -> None:
     """Check the tracking database in milliseconds: exit 1 with one line saying what is wrong
-    (empty, foreign, damaged, truncated, read-only) and what to do."""
+    (empty, foreign, damaged, truncated, read-only) and what to do. On a tracking server: send
+    what killed processes of the project left in its outbox (.nb_mlops/outbox)."""
     from nb_mlops.core.errors import StoreError
     from nb_mlops.core.store import check_database
 
     cfg = load_config()
     if not cfg.is_embedded:
-        click.echo(f"ok: a tracking server ({cfg.tracking_uri}); nothing to check here")
+        _check_server(cfg)
         return
     problem = check_database(cfg.db_path)
     if problem is not None:
         raise StoreError(problem)
     state = "ok" if cfg.db_path.exists() else "ok (not created yet)"
     click.echo(f"{state}: {cfg.db_path}")
+
+
+def _check_server(cfg: Config) -> None:
+    """A server: send what dead processes of the project left in its outbox, and wait."""
+    from nb_mlops.core.tracking.stores import replay_outbox
+
+    sent = replay_outbox(cfg) if cfg.tracking_uri.startswith(("http://", "https://")) else 0
+    note = f"; {sent} outbox entr{'y' if sent == 1 else 'ies'} sent" if sent else ""
+    click.echo(f"ok: a tracking server ({cfg.tracking_uri}){note}")
 
 
 @store.command("init")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 
@@ -17,7 +18,14 @@ def current_user() -> str:
     user = os.environ.get(USER_VARIABLE)
     if user:
         return user
+    names = (os.environ.get(k) for k in ("LOGNAME", "USER", "LNAME", "USERNAME"))
+    return next((name for name in names if name), None) or _os_user(os.getuid())
+
+
+@functools.cache
+def _os_user(uid: int) -> str:
+    """The passwd name of `uid`, looked up once (a lookup may read /etc/passwd: milliseconds)."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry
-        return f"uid-{os.getuid()}"
+        return f"uid-{uid}"

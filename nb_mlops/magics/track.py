@@ -141,16 +141,18 @@ def _summarise(shell: Any, run: Any) -> None:
     from nb_mlops.core.capture import models as capture_models
     from nb_mlops.widgets.run_summary import RunSummary
 
-    summary = RunSummary(run.name, run.run_id, run.status, _run_link(run))
+    # on a server the id may still be on its way: the summary never waits for it
+    run_id = run.known_id or "(id pending)"
+    summary = RunSummary(run.name, run_id, run.status, _run_link(run) if run.known_id else "")
     if getattr(shell, "kernel", None) is None:  # terminal IPython: no widgets, no HTML
-        summary.models = capture_models.status(run.run_id)
+        summary.models = capture_models.status(run.key)
         print(summary.text())
         return
     from IPython.display import display
 
     summary.widget()
-    capture_models.watch_status(run.run_id, summary.update)  # before reading: no change missed
-    summary.update(capture_models.status(run.run_id))
+    capture_models.watch_status(run.key, summary.update)  # before reading: no change missed
+    summary.update(capture_models.status(run.key))
     display(summary)  # type: ignore[no-untyped-call]
 
 

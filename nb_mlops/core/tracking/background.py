@@ -28,7 +28,7 @@ def _note_error(run: Run, exc: BaseException) -> None:
     assert run._store is not None
     run._store.writer.call(
         lambda: _put_artifact(run, "error/traceback.txt", data),
-        f"traceback of run {run.run_id}",
+        f"traceback of run {run.key}",
         result=False,
     )
 
@@ -38,13 +38,14 @@ def _note_input(run: Run, use: session.DataUse) -> None:
     assert run._store is not None
     cfg = run._store.cfg
     run._store.writer.call(
-        lambda: _log_input(cfg, run, use), f"input {use.name} of {run.run_id}", result=False
+        lambda: _log_input(cfg, run, use), f"input {use.name} of {run.key}", result=False
     )
 
 
 def _put_artifact(run: Run, relpath: str, data: bytes) -> None:
     """Write one artifact file: straight into the run's folder on a local artifact root, else
     through MLflow's artifact repository."""
+    run_id = run.run_id  # on a server: its artifact_uri is known once it is created
     parsed = urllib.parse.urlparse(run.artifact_uri)
     if parsed.scheme in ("file", ""):
         write_atomic(Path(urllib.parse.unquote(parsed.path)) / relpath, data)
@@ -57,14 +58,12 @@ def _put_artifact(run: Run, relpath: str, data: bytes) -> None:
         local.write_bytes(data)
         assert run._store is not None
         parent = str(Path(relpath).parent)
-        client(run._store.cfg).log_artifact(
-            run.run_id, str(local), None if parent == "." else parent
-        )
+        client(run._store.cfg).log_artifact(run_id, str(local), None if parent == "." else parent)
 
 
 def _write_tags(run: Run, tags: dict[str, str]) -> None:
     assert run._store is not None
-    run._store.writer.backend.write([], [], [(run.run_id, k, v) for k, v in tags.items()])
+    run._store.writer.backend.write([], [], [(run.key, k, v) for k, v in tags.items()])
 
 
 def _capture(

@@ -17,6 +17,7 @@ from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.errors import TrackingError
 
 if TYPE_CHECKING:
+    from nb_mlops.core.outbox import Outbox
     from nb_mlops.core.tracking.stores import _Store
 
 USER_PARAMS_TAG = "nb_mlops.params"
@@ -30,15 +31,19 @@ _NO_RUN = (
 class Run:
     """A tracked run (what `track()` yields).
 
+    On a tracking server the run is created in the background: `run_id` (and `artifact_uri`)
+    wait for the server's answer the first time they are read; logging never does.
+
     Attributes:
-        run_id: the MLflow run id.
+        key: the run's key in this process's queue: its run id, or on a server (until the
+            server created it) a local id, its tag `nb_mlops.outbox_id`.
         experiment_id: its experiment.
         name: the run name.
         parent_run_id: the run it is nested under, or None.
         status: RUNNING, then FINISHED, FAILED or KILLED.
     """
 
-    run_id: str
+    key: str
     experiment_id: str
     name: str
     artifact_uri: str
@@ -46,13 +51,36 @@ class Run:
     status: str = "RUNNING"
     _store: _Store | None = field(default=None, repr=False)
     _steps: dict[str, int] = field(default_factory=dict, repr=False)
+    _outbox: Outbox | None = field(default=None, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        """The MLflow run id (on a server: waits until the server created the run)."""
+        if self._outbox is None:
+            return self.key
+        run_id, artifact_uri = self._outbox.resolve(self.key)
+        if not self.artifact_uri:
+            self.artifact_uri = artifact_uri
+        return run_id
+
+    @run_id.setter
+    def run_id(self, value: str) -> None:
+        self.key, self._outbox = value, None
+
+    @property
+    def known_id(self) -> str | None:
+        """The run id when known now, without waiting (None: the server has not answered)."""
+        if self._outbox is None:
+            return self.key
+        found = self._outbox.known(self.key)
+        return None if found is None else found[0]
 
     @property
     def pending(self) -> list[str]:
         """What is still being saved for this run after its block ended (e.g. `["model"]`);
         [] once it is completely stored. The run reads RUNNING, tag `nb_mlops.pending`, until
         then."""
-        return [] if self._store is None else self._store.writer.pending_work(self.run_id)
+        return [] if self._store is None else self._store.writer.pending_work(self.key)
 
     def log(self, step: int | None = None, **metrics: float) -> None:
         """Log metrics to this run (see `nb_mlops.log`)."""
@@ -60,12 +88,12 @@ class Run:
 
     def set_tag(self, key: str, value: object) -> None:
         assert self._store is not None
-        self._store.writer.tag(self.run_id, key, str(value))
+        self._store.writer.tag(self.key, key, str(value))
 
     def log_params(self, params: dict[str, Any]) -> None:
         assert self._store is not None
         for key, value in params.items():
-            self._store.writer.param(self.run_id, key, nbcap.format_param(value))
+            self._store.writer.param(self.key, key, nbcap.format_param(value))
 
 
 def _log_to(run: Run, step: int | None, metrics: dict[str, float]) -> None:
@@ -85,7 +113,7 @@ def _log_to(run: Run, step: int | None, metrics: dict[str, float]) -> None:
             steps[key] = s + 1
         else:
             s = int(step)
-        put(run.run_id, key, number, ts, s)
+        put(run.key, key, number, ts, s)
 
 
 class _Process:
@@ -96,7 +124,7 @@ class _Process:
         self.stores: dict[tuple[str, str], _Store] = {}
         self.stack: list[Run] = []
         self.env_runs: dict[str, Run] = {}
-        self.last_run_id: str | None = None
+        self.last_run: Run | None = None  # its id may still be on its way from a server
         self.experiment_override: str | None = None
         self.namespace: dict[str, Any] | None = None
         self.history: Callable[[], list[str]] | None = None
@@ -197,7 +225,7 @@ def current_experiment_name(cfg: Config | None = None) -> str:
 
 def last_run_id() -> str | None:
     """The id of the last run this session started (finished or not)."""
-    return _proc.last_run_id
+    return None if _proc.last_run is None else _proc.last_run.run_id
 
 
 def active_run_id() -> str | None:

@@ -20,7 +20,7 @@ def _env_run() -> Run | None:
     found = _proc.env_runs.get(run_id)
     if found is None:
         st = _store_for(load_config())
-        found = Run(run_id=run_id, experiment_id="", name="", artifact_uri="", _store=st)
+        found = Run(key=run_id, experiment_id="", name="", artifact_uri="", _store=st)
         _proc.env_runs[run_id] = found
     return found
 

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,9 @@ def _start(
     _raise_warm_up_error()
     cfg = load_config()
     st = _store_for(cfg)
-    st.writer.flush()  # the previous run is persisted before this one starts
+    if st.outbox is None:
+        st.writer.flush()  # the previous run is persisted before this one starts
+    # (on a server it is in the outbox already: durable, on its way)
     parent = _parent_run(nested)
     exp_name = current_experiment_name(cfg)
     exp_id, artifact_location = _experiment_of(st, exp_name, parent)
@@ -113,20 +116,22 @@ def _start(
     tags.update({k: str(v) for k, v in user_tags.items()})
     run = _create_run(st, exp_id, artifact_location, run_name, start_ms, tags, parent)
     _proc.stack.append(run)
-    _proc.last_run_id = run.run_id
-    st.writer.bind(run.run_id)  # background work queued from here on belongs to this run
+    _proc.last_run = run
+    st.writer.bind(run.key)  # background work queued from here on belongs to this run
 
     _log_user_params(run, analysis or nb, namespace)
     # autolog patches sklearn: needed when sklearn is loaded, or the cell is about to load it
     sklearn_on = autolog and ("sklearn" in sys.modules or "sklearn" in (cell or ""))
-    fluent = _push_fluent(cfg, run, start_ms, need=sklearn_on or "mlflow" in (cell or ""))
+    # on a server only when the cell needs it: the fluent run's id waits for the server
+    need = sklearn_on or "mlflow" in (cell or "")
+    fluent = _push_fluent(cfg, run, start_ms, need=need) if need or not st.outbox else None
     if sklearn_on:
         _setup_autolog(cfg)
         _autolog_integration()["disable"] = False
     models = capture_models.Watch(namespace) if autolog else None
     st.writer.call(
         lambda: _capture(cfg, run, nb, analysis, history, cell or ""),
-        f"capture of run {run.run_id}",
+        f"capture of run {run.key}",
         result=False,
     )
     on_data = _listen_for_inputs(run)
@@ -147,7 +152,7 @@ def _parent_run(nested: bool | None) -> str | None:
     """The run a new run nests under: the innermost tracked run, else a pipeline step's run."""
     if nested is False:
         return None
-    parent = _proc.stack[-1].run_id if _proc.stack else os.environ.get("NB_MLOPS_RUN_ID")
+    parent = _proc.stack[-1].key if _proc.stack else os.environ.get("NB_MLOPS_RUN_ID")
     if nested and not parent:
         raise TrackingError("nested=True needs an active tracked run or pipeline step")
     return parent
@@ -156,7 +161,7 @@ def _parent_run(nested: bool | None) -> str | None:
 def _experiment_of(st: _Store, exp_name: str, parent: str | None) -> tuple[str, str]:
     """(experiment_id, artifact_location) of a new run."""
     top = _proc.stack[-1] if _proc.stack else None
-    if top is not None and parent == top.run_id:
+    if top is not None and parent == top.key:
         # nested: same experiment as the parent, whose artifact_uri is <location>/<id>/artifacts
         return top.experiment_id, top.artifact_uri.rsplit("/", 2)[0]
     return st.experiment(exp_name)
@@ -171,7 +176,13 @@ def _create_run(
     tags: dict[str, str],
     parent: str | None,
 ) -> Run:
-    """Create the run now, in the store (a direct insert on the embedded store)."""
+    """Create the run now, in the store (a direct insert on the embedded store); on a server,
+    in the background: the run gets a local key now, and its id when the server answers."""
+    if st.outbox is not None:
+        key = uuid.uuid4().hex
+        create = {"experiment_id": exp_id, "name": run_name, "start_ms": start_ms, "tags": tags}
+        st.outbox.prepare(key, create)
+        return Run(key, exp_id, run_name, "", parent, _store=st, _outbox=st.outbox)
     run_id, artifact_uri = st.backend.create_run(
         exp_id, artifact_location, run_name, start_ms, tags
     )
@@ -219,7 +230,7 @@ class _Finisher:
             if self.sklearn_on:
                 _autolog_integration()["disable"] = True
             if self.models is not None:
-                self.models.finish(cfg, self.st.writer, run.run_id, lambda: _as_active(cfg, run))
+                self.models.finish(cfg, self.st.writer, run.key, lambda: _as_active(cfg, run))
             if exc is not None:
                 _note_error(run, exc)
         finally:
@@ -233,9 +244,9 @@ class _Finisher:
 def _end(st: _Store, run: Run, status: str, exc: BaseException | None) -> None:
     """Commit the run's values and status now; raise what could not be saved — or, when the
     block raised, add it to that exception as a note (the user's error stays the one raised)."""
-    st.writer.unbind(run.run_id)
+    st.writer.unbind(run.key)
     try:
-        st.writer.finish_run(run.run_id, status, int(time.time() * 1000))
+        st.writer.finish_run(run.key, status, int(time.time() * 1000))
     except StoreError as failure:
         run.status = "FAILED"
         if exc is None:

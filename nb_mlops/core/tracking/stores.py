@@ -11,10 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nb_mlops.core import durable
-from nb_mlops.core.backend import SqliteTrackingBackend, TrackingBackend, open_backend
+from nb_mlops.core.backend import (
+    MlflowTrackingBackend,
+    SqliteTrackingBackend,
+    TrackingBackend,
+    open_backend,
+)
 from nb_mlops.core.capture import autolog as autolog_capture
 from nb_mlops.core.config import Config
 from nb_mlops.core.errors import StillPending, TrackingError
+from nb_mlops.core.outbox import Outbox, OutboxBackend
 from nb_mlops.core.store import ensure_store, install_sqlite_pragmas, point_mlflow_at
 from nb_mlops.core.tracking.context import Run, _proc
 from nb_mlops.core.user import current_user
@@ -29,6 +35,7 @@ class _Store:
     writer: Writer
     backend: TrackingBackend
     experiments: dict[str, tuple[str, str]] = field(default_factory=dict)
+    outbox: Outbox | None = None  # on a tracking server: where ended runs wait to be sent
 
     def experiment(self, name: str) -> tuple[str, str]:
         """(experiment_id, artifact_location), creating the experiment if needed."""
@@ -84,20 +91,52 @@ def _store_for(cfg: Config) -> _Store:
         backend = open_backend(cfg, before_mlflow=_await_warm_up)
         if isinstance(backend, SqliteTrackingBackend):
             backend.kill_orphans()  # runs of kernels that died without ending them
-        found = _Store(cfg=cfg, writer=Writer(backend, _retry_seconds(cfg)), backend=backend)
+        outbox = _outbox_for(cfg, backend)
+        writes = backend if outbox is None else OutboxBackend(outbox)
+        writer = Writer(writes, _retry_seconds(cfg))
+        found = _Store(cfg=cfg, writer=writer, backend=backend, outbox=outbox)
         _proc.stores[key] = found
         durable.register("tracking", _wait)  # nb_mlops.flush() and process exit wait for it
     return found
 
 
+def _outbox_for(cfg: Config, backend: TrackingBackend) -> Outbox | None:
+    """A tracking server's outbox in the project (`.nb_mlops/outbox`); opening it queues the
+    journals that dead processes left (replay). None for a local store."""
+    if not cfg.tracking_uri.startswith(("http://", "https://")):
+        return None
+    assert isinstance(backend, MlflowTrackingBackend)
+    return Outbox(cfg.root / ".nb_mlops" / "outbox", cfg.tracking_uri, lambda: backend.client)
+
+
 def _wait(timeout: float | None, report: bool = True) -> int:
-    """Wait for every writer of this process; return how many items are still queued."""
+    """Wait for every writer of this process, then for its outbox to be acknowledged; return
+    how many items are still queued."""
     deadline = None if timeout is None else time.monotonic() + timeout
     left = 0
     for st in list(_proc.stores.values()):
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         left += st.writer.flush(remaining, report=report)
+        if st.outbox is not None:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            left += st.outbox.wait(remaining, report=report)
     return left
+
+
+def replay_outbox(cfg: Config, timeout: float | None = None) -> int:
+    """Send what dead processes of the project left in the outbox of its tracking server, and
+    wait for it (`nb-mlops store check` does; any process that opens the store does it in the
+    background). Returns how many entries were found.
+
+    Raises:
+        StoreError: the server did not take them (they are kept for a later attempt).
+    """
+    st = _store_for(cfg)
+    if st.outbox is None:
+        return 0
+    found = st.outbox.adopted
+    st.outbox.wait(timeout)
+    return found
 
 
 def flush(timeout: float | None = None) -> None:
@@ -159,7 +198,7 @@ def _autolog_integration() -> dict[str, Any]:
 def _owner_writer(run_id: str) -> Writer | None:
     """The writer of `run_id` when it is a run tracked now by this process."""
     for run in reversed(_proc.stack):
-        if run.run_id == run_id and run._store is not None:
+        if run._store is not None and run_id in (run.key, run.known_id):
             return run._store.writer
     return None
 
