@@ -350,6 +350,9 @@ Request = Callable[["MlflowClient", str], None]
 
 def _requests(entry: dict[str, Any]) -> list[Request]:
     """The server calls of one entry, in order, each within MLflow's batch limits."""
+    from nb_mlops.core.store import import_mlflow
+
+    import_mlflow()  # the sender's thread: the package first (see import_mlflow)
     from mlflow.entities import Metric as MetricEntity
     from mlflow.entities import Param, RunTag
 

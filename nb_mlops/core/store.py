@@ -93,12 +93,35 @@ def ensure_store(cfg: Config | None = None) -> Config:
     return cfg
 
 
+_MLFLOW_IMPORT = threading.Lock()
+
+
+def import_mlflow() -> Any:
+    """The whole mlflow package, imported by one thread at a time.
+
+    MLflow's modules import one another in circles. Two threads importing two of its submodules
+    at once (our writer's dataset input and the outbox sender's client, say) can each hold a
+    module the other needs; Python then hands one of them a half-initialised module, and it
+    fails with "partially initialized module 'mlflow'". Importing the package first, under one
+    lock, before any `from mlflow.x import y` on a background thread, avoids that.
+    """
+    found = sys.modules.get("mlflow")
+    spec = getattr(found, "__spec__", None)
+    if found is not None and spec is not None and not getattr(spec, "_initializing", False):
+        return found
+    with _MLFLOW_IMPORT:
+        import mlflow
+
+        return mlflow
+
+
 def client(cfg: Config | None = None) -> MlflowClient:
     """An MlflowClient on the configured store (created once per URI pair)."""
     cfg = ensure_store(cfg)
     key = (cfg.tracking_uri, cfg.registry_uri)
     found = _clients.get(key)
     if found is None:
+        import_mlflow()
         from mlflow.tracking import MlflowClient
 
         install_sqlite_pragmas()

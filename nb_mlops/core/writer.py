@@ -389,6 +389,9 @@ class ClientBackend:
         self.client = client
 
     def write(self, metrics: list[Metric], params: list[Pair], tags: list[Pair]) -> None:
+        from nb_mlops.core.store import import_mlflow
+
+        import_mlflow()  # this is the writer's thread: the package first (see import_mlflow)
         from mlflow.entities import Metric as MetricEntity
         from mlflow.entities import Param, RunTag
 

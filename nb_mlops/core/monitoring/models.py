@@ -136,8 +136,9 @@ def load(version: ModelVersion, *, cfg: Config) -> LoadedModel:
                 f"{version.ref}: its files do not match the digest recorded at promotion "
                 f"({version.sha256[:12]}… recorded, {actual[:12]}… now); refusing to load them"
             )
-    from nb_mlops.core.tracking import _mlflow_ready
+    from nb_mlops.core.tracking import _mlflow_ready, await_warm_up_finished
 
+    await_warm_up_finished()  # its autolog set-up imports scikit-learn, as loading a model does
     _mlflow_ready(cfg)  # imported once, by one thread, pointed at this store
     import mlflow.pyfunc
 

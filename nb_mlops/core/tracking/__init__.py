@@ -36,6 +36,7 @@ from nb_mlops.core.tracking.logs import note_step_input as note_step_input
 from nb_mlops.core.tracking.runs import track
 from nb_mlops.core.tracking.stores import _mlflow_ready as _mlflow_ready
 from nb_mlops.core.tracking.stores import _store_for as _store_for
+from nb_mlops.core.tracking.stores import await_warm_up_finished as await_warm_up_finished
 from nb_mlops.core.tracking.stores import flush
 from nb_mlops.core.tracking.warmup import warm_up, warm_up_async
 

@@ -15,7 +15,7 @@ from nb_mlops.core import session
 from nb_mlops.core.capture import notebook as nbcap
 from nb_mlops.core.config import Config
 from nb_mlops.core.files import write_atomic
-from nb_mlops.core.store import client
+from nb_mlops.core.store import client, import_mlflow
 from nb_mlops.core.tracking.context import Run, _proc
 from nb_mlops.core.tracking.stores import _await_warm_up, _mlflow_ready, _pop_fluent, _push_fluent
 
@@ -112,6 +112,7 @@ def _capture(
 
 def _log_input(cfg: Config, run: Run, use: session.DataUse) -> None:
     _await_warm_up()
+    import_mlflow()
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     dataset = Dataset(

@@ -21,7 +21,7 @@ from nb_mlops.core.capture import autolog as autolog_capture
 from nb_mlops.core.config import Config
 from nb_mlops.core.errors import StillPending, TrackingError
 from nb_mlops.core.outbox import Outbox, OutboxBackend
-from nb_mlops.core.store import ensure_store, install_sqlite_pragmas, point_mlflow_at
+from nb_mlops.core.store import ensure_store, import_mlflow, install_sqlite_pragmas, point_mlflow_at
 from nb_mlops.core.tracking.context import Run, _proc
 from nb_mlops.core.user import current_user
 from nb_mlops.core.writer import Writer, raise_unavailable
@@ -168,6 +168,16 @@ def _await_warm_up() -> None:
         pass
 
 
+def await_warm_up_finished() -> None:
+    """Wait for the whole warm-up, autolog set-up included, before loading a model: that set-up
+    imports scikit-learn's modules, and so does unpickling a model; two threads importing them at
+    once can meet a module that scikit-learn's lazy imports are still putting in place (a
+    KeyError from `sys.modules`)."""
+    thread = _proc.warm_thread
+    if thread is not None and thread is not threading.current_thread() and thread.is_alive():
+        thread.join()
+
+
 def _mlflow_loaded() -> bool:
     """mlflow is fully imported (by the warm-up, or by the user with no warm-up running)."""
     return _proc.mlflow_imported.is_set() or ("mlflow" in sys.modules and not _warming())
@@ -176,8 +186,7 @@ def _mlflow_loaded() -> bool:
 def _mlflow_ready(cfg: Config) -> Any:
     """Import mlflow and point its fluent API (used by autolog) at our store."""
     _await_warm_up()
-    import mlflow
-
+    mlflow = import_mlflow()
     _proc.mlflow_imported.set()
     uris = (cfg.tracking_uri, cfg.registry_uri)
     if _proc.mlflow_uris != uris:
