@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,63 +25,17 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import moto_server  # noqa: E402  (the tests' S3 stand-in)
+
 TARGET = 1.5
-_SERVER = textwrap.dedent(
-    """
-    import sys
-    from werkzeug.serving import run_simple
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-    app = DomainDispatcherApplication(create_backend_app)
-    run_simple("127.0.0.1", int(sys.argv[1]), app, threaded=False)
-    """
-)
-_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     value = fn()
     return time.perf_counter() - start, value
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_moto(log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """moto's S3 server on a free port of 127.0.0.1; returns it once it listens."""
-    port = _free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVER, str(port)],
-            env={**os.environ, **_AWS},
-            stdout=out,
-            stderr=out,
-        )
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto server exited with {proc.returncode} (log: {log})")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"http://127.0.0.1:{port}"
-        time.sleep(0.1)
-    stop(proc)
-    raise RuntimeError(f"moto server did not start listening (log: {log})")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=30)
 
 
 def write_file(path: Path, size: int) -> None:
@@ -102,7 +54,7 @@ def measure(work: Path, endpoint: str, size_mb: int) -> tuple[float, float]:
     import boto3
     import s3fs
 
-    os.environ.update(_AWS)
+    os.environ.update(moto_server.AWS)
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
     work.mkdir(parents=True, exist_ok=True)
     big = work / "big.bin"
@@ -140,11 +92,11 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=1024, help="file size in MiB (1024)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-data-s3-"))
-    proc, endpoint = start_moto(work / "moto.log")
+    proc, endpoint = moto_server.start(work / "moto.log")
     try:
         ours, peer = measure(work / "project", endpoint, args.size_mb)
     finally:
-        stop(proc)
+        moto_server.stop(proc)
         shutil.rmtree(work, ignore_errors=True)
     rows = [
         (

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,59 +21,21 @@ import pytest
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
+import moto_server  # noqa: E402
+
 from nb_mlops.core.config import load_config  # noqa: E402
 from nb_mlops.core.data import diff, restore, snapshot, snapshots, verify  # noqa: E402
 from nb_mlops.core.data.refs import open_store  # noqa: E402
 from nb_mlops.core.errors import DataError, IntegrityError  # noqa: E402
 
-_SERVER = textwrap.dedent(
-    """
-    import sys
-    from werkzeug.serving import run_simple
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-    app = DomainDispatcherApplication(create_backend_app)
-    run_simple("127.0.0.1", int(sys.argv[1]), app, threaded=False)
-    """
-)
-_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto server exited with {proc.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError("moto server did not start listening")
-
 
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, **_AWS}
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVER, str(port)], env=env, stdout=out, stderr=out
-        )
+    proc, url = moto_server.start(tmp_path_factory.mktemp("moto") / "server.log")
     try:
-        _wait_listening(port, proc)
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        moto_server.stop(proc)
 
 
 @pytest.fixture
@@ -83,7 +43,7 @@ def bucket(endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixtu
     """A fresh bucket per test, with AWS credentials in the environment."""
     import boto3
 
-    for key, value in _AWS.items():
+    for key, value in moto_server.AWS.items():
         monkeypatch.setenv(key, value)
     name = "nbm-" + request.node.name.replace("_", "-")[:40].lower()
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
@@ -237,7 +197,7 @@ def test_a_claim_lost_to_another_writer_takes_the_next_number(
 def test_a_missing_bucket_is_one_line_naming_the_store(
     project: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for key, value in _AWS.items():
+    for key, value in moto_server.AWS.items():
         monkeypatch.setenv(key, value)
     root = _project(project / "nobucket", "s3://no-such-bucket/x", endpoint)
     (root / "a.txt").write_text("a")

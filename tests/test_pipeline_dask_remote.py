@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import moto_server
 import pytest
 from team_store import TeamStore, team_store
 
@@ -28,11 +29,7 @@ with contextlib.suppress(pytest.skip.Exception):
     from tests.test_data_s3 import endpoint  # noqa: F401
 
 STEPS = ("make", "use", "report")
-AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+AWS = moto_server.AWS
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from nb_mlops.core.config import Config
-from nb_mlops.core.writer import ClientBackend, Metric, Pair, SqliteBackend
+from nb_mlops.core.writer import Backend, ClientBackend, Metric, Pair, SqliteBackend
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -51,7 +51,7 @@ class RunRecord:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-class TrackingBackend(Protocol):
+class TrackingBackend(Backend, Protocol):
     """What tracking, the writer and the runs view ask of a store."""
 
     direct: bool  # True: plain SQL on the embedded store, MLflow is never imported for it
@@ -75,19 +75,6 @@ class TrackingBackend(Protocol):
     ) -> tuple[str, str]:
         """A new RUNNING run; returns (run_id, artifact_uri)."""
         ...
-
-    def write(self, metrics: list[Metric], params: list[Pair], tags: list[Pair]) -> None: ...
-
-    def end(self, run_id: str, status: str, end_ms: int) -> None: ...
-
-    def finish(
-        self,
-        run_id: str,
-        values: tuple[list[Metric], list[Pair], list[Pair]],
-        status: str | None,
-        end_ms: int,
-        drop_tags: tuple[str, ...] = (),
-    ) -> None: ...
 
     def get_run(self, run_id: str) -> RunRecord | None:
         """The run with its values, or None when it is not stored."""

@@ -100,6 +100,8 @@ def _owner_alive(token: str) -> bool:
 
 
 class Backend(Protocol):
+    """What the writer writes through: the store seam `core.backend.TrackingBackend` extends it."""
+
     def write(self, metrics: list[Metric], params: list[Pair], tags: list[Pair]) -> None: ...
 
     def end(self, run_id: str, status: str, end_ms: int) -> None: ...
