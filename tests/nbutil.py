@@ -47,6 +47,24 @@ IOPUB_TIMEOUT = 60
 """Seconds nbclient waits for a cell's output after its reply (papermill passes it through)."""
 
 
+def papermill_execute(source: str, output: str, **kwargs: Any) -> Any:
+    """`papermill.execute_notebook`, run again when its kernel dies before answering.
+
+    No cell has run then: jupyter_client picks the kernel's ports before the kernel binds them,
+    and another process's connection may take one meanwhile (the pipeline's own kernels are
+    started again likewise).
+    """
+    import papermill
+
+    for _ in range(2):
+        try:
+            return papermill.execute_notebook(source, output, **kwargs)
+        except RuntimeError as exc:
+            if "died before replying to kernel_info" not in str(exc):
+                raise
+    return papermill.execute_notebook(source, output, **kwargs)
+
+
 def execute(
     path: Path,
     *,
@@ -61,7 +79,7 @@ def execute(
 
     output = output or path.with_name(path.stem + ".out.ipynb")
     try:
-        return papermill.execute_notebook(
+        return papermill_execute(
             str(path),
             str(output),
             parameters=parameters or {},

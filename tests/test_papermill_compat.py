@@ -29,7 +29,7 @@ from nb_mlops.core.errors import BuildError, ParameterError
 from nb_mlops.pipeline import build_pipeline, run_pipeline
 from nb_mlops.pipeline.convert import BuildWarning
 from nb_mlops.pipeline.params import _type_of, read_parameters
-from tests.nbutil import IOPUB_TIMEOUT
+from tests.nbutil import IOPUB_TIMEOUT, papermill_execute
 
 NOTEBOOKS = Path(str(files("papermill") / "tests" / "notebooks"))
 
@@ -148,7 +148,7 @@ class Outcome:
 def _run_papermill(source: Path, out: Path, case: Case, params: dict[str, Any]) -> Outcome:
     error = ""
     try:
-        papermill.execute_notebook(
+        papermill_execute(
             str(source),
             str(out),
             parameters=params,

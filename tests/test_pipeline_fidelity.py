@@ -33,7 +33,7 @@ from tests.fidelity import (
     real_outputs,
     scratch_project,
 )
-from tests.nbutil import IOPUB_TIMEOUT, new_notebook
+from tests.nbutil import IOPUB_TIMEOUT, new_notebook, papermill_execute
 
 IMPORTS = ("import os\nimport random\nimport numpy as np\nimport pandas as pd", ["imports"])
 BOX = (
@@ -979,13 +979,12 @@ def real_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("case_id", REAL)
 def test_real_run_prints_what_papermill_prints(project: Path, real_env: None, case_id: str) -> None:
-    import papermill
 
     cells = next(c for i, c, _ in CORPUS if i == case_id)
     nb = new_notebook(project / "real.ipynb", cells)
     # Given the notebook run top to bottom by papermill in a fresh kernel
     (project / "top").mkdir()
-    expected_nb = papermill.execute_notebook(
+    expected_nb = papermill_execute(
         str(nb),
         str(project / "top.ipynb"),
         cwd=str(project / "top"),

@@ -22,6 +22,7 @@ from typing import Any
 from nb_mlops.pipeline.kernel import DONE_FILE, encode_context
 
 __all__ = [
+    "KernelDiedAtStart",
     "StepResult",
     "StepTask",
     "kernel_env",
@@ -38,12 +39,20 @@ ENGINE_NAME = "nb_mlops"
 # seconds to wait for a cell's output after the kernel's reply; nbclient's 4 s default drops the
 # output, even the traceback, of a cell on a loaded machine (the step notebook would not show it)
 OUTPUT_WAIT = 60
+# a kernel that dies before answering ran no user code, so it is started again with fresh ports:
+# the ports jupyter_client picks are free when picked, but any process's outgoing connection may
+# take one before the kernel binds it, and the kernel then exits ("Address already in use")
+START_ATTEMPTS = 3
 # per-run variables a kernel must not inherit from the process that starts it
 _STEP_VARS = ("NB_MLOPS_RUN_ID", "NB_MLOPS_STEP", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME")
 
 _PREPARE_LOCK = threading.Lock()
 
 OnCell = Callable[[str, int, str], None]  # (step, position, description of the cell)
+
+
+class KernelDiedAtStart(RuntimeError):
+    """The kernel process exited before answering its first request (no user code ran)."""
 
 
 @dataclass
@@ -126,7 +135,7 @@ def _fast_client_class() -> type:
                     self._handle_kernel_info_reply(reply)
                     return
                 if not await self._async_is_alive():
-                    raise RuntimeError("Kernel died before replying to kernel_info")
+                    raise KernelDiedAtStart("Kernel died before replying to kernel_info")
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"Kernel didn't respond in {timeout:g} seconds")
 
@@ -178,8 +187,28 @@ def start_kernel(
     kernel watches this process and kills its own process group when it dies. With `preload`
     (a kernel started ahead of its step) the modules every step imports are loaded, silently.
     With a `zygote` (`nb_mlops.pipeline.zygote.Zygote`) ready within `zygote_wait` seconds, the
-    kernel process is forked from it rather than launched.
+    kernel process is forked from it rather than launched. A kernel that dies before it answers
+    is started again, up to `START_ATTEMPTS` times in all.
     """
+    for attempt in range(1, START_ATTEMPTS):
+        try:
+            return _start_once(env, cwd, timeout, log, preload, zygote, zygote_wait)
+        except KernelDiedAtStart:
+            if log:
+                with contextlib.suppress(OSError), open(log, "a") as sink:
+                    sink.write(f"nb_mlops: the kernel died while starting; start {attempt + 1}\n")
+    return _start_once(env, cwd, timeout, log, preload, zygote, zygote_wait)
+
+
+def _start_once(
+    env: dict[str, str],
+    cwd: str,
+    timeout: float,
+    log: str | None,
+    preload: bool,
+    zygote: Any,
+    zygote_wait: float,
+) -> Any:
     from jupyter_core.utils import run_sync
 
     km = new_kernel_manager()
