@@ -119,12 +119,12 @@ if MODE == "nothing sent":
 else:  # the run created, its values acknowledged, its end not
     requests = outbox._requests
 
-    def partly(entry):
+    def partly(entry, replay=False):
         def stop(client, run_id):
             print("SENDING", flush=True)
             time.sleep(3600)
 
-        found = requests(entry)
+        found = requests(entry, replay)
         return found[:-1] + [stop] if entry.get("end") else found
 
     outbox._requests = partly
@@ -197,6 +197,54 @@ def test_a_process_killed_after_a_cell_returned_is_replayed_once(
     assert _replay(team) == 0
     assert len(_by_key(client, key)) == 1
     assert _history(client, found.info.run_id, "a") == [(1.0, 0), (2.0, 1)]
+
+
+INSIDE = """
+import time
+import nb_mlops
+from nb_mlops.core import tracking
+
+tracking.set_experiment("outbox")
+with nb_mlops.track(name="inside", autolog=False) as run:
+    nb_mlops.log(a=1.0)
+    nb_mlops.flush()  # the server has the run and its value
+    print("INSIDE", run.run_id, flush=True)
+    time.sleep(3600)
+"""
+
+
+def test_a_process_killed_inside_a_tracked_block_leaves_a_killed_run_not_a_running_one(
+    team: Path, server: TeamStore
+) -> None:
+    # Given a process killed inside a tracked block, its run RUNNING on the server
+    proc = _python(INSIDE, team)
+    try:
+        run_id = _until(proc, "INSIDE")[1]
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    client = MlflowClient(server.uri)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    # And one killed after its block returned, before the server had the block's end
+    proc = _python("MODE = 'partly sent'\n" + CRASH, team)
+    try:
+        key = _until(proc, "RETURNED")[1]
+        _until(proc, "SENDING")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    (ended,) = _by_key(client, key)
+    assert ended.info.status == "RUNNING"
+    # When the next process of the project opens the store
+    _replay(team)
+    # Then the first is KILLED with the reason; the second has the end its owner recorded
+    stored = client.get_run(run_id)
+    assert stored.info.status == "KILLED" and stored.info.end_time
+    assert "died" in stored.data.tags["nb_mlops.killed_reason"]
+    assert _history(client, run_id, "a") == [(1.0, 0)]
+    replayed = client.get_run(ended.info.run_id)
+    assert replayed.info.status == "FINISHED"
+    assert "nb_mlops.killed_reason" not in replayed.data.tags
 
 
 class _Proxy:

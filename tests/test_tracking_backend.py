@@ -4,6 +4,8 @@ what each call wrote read back through MLflow's own client (`get_run`, `search_r
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +23,14 @@ from nb_mlops.core.backend import (
     open_backend,
 )
 from nb_mlops.core.config import load_config
+from nb_mlops.core.owners import (
+    END_STATUS_TAG,
+    INCOMPLETE_TAG,
+    KILLED_REASON_TAG,
+    OWNER_TAG,
+    PENDING_TAG,
+    owner_token,
+)
 from nb_mlops.core.runs import parse_order_by
 from nb_mlops.core.store import ensure_store
 
@@ -217,3 +227,56 @@ def test_ordered_page_and_experiment_names(pair: tuple[TrackingBackend, MlflowCl
     assert [r.run_id for r in ours] == [r.info.run_id for r in theirs]
     assert [r.name for r in ours] == ["r2", "r0", "r1", "no-acc"] and more is False
     assert name in backend.experiment_names()
+
+
+def _dead_owner() -> tuple[str, int]:
+    """The owner token of a process of this machine that has exited, and its pid."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    token = owner_token(proc.pid)
+    proc.kill()
+    proc.wait()
+    return token, proc.pid
+
+
+def test_kill_orphans_settles_what_dead_owners_left_and_nothing_else(
+    pair: tuple[TrackingBackend, MlflowClient],
+) -> None:
+    backend, client = pair
+    exp_id, location = backend.experiment(_name("exp"))
+    dead, dead_pid = _dead_owner()
+    # Given runs a dead process of this machine left: inside its block, ended with a result
+    # still being saved, ended with only provenance pending
+    inside = _new_run(backend, exp_id, location, **{OWNER_TAG: dead})
+    lost = _new_run(
+        backend,
+        exp_id,
+        location,
+        **{OWNER_TAG: dead, PENDING_TAG: "model", END_STATUS_TAG: "FINISHED@1700000000000@model"},
+    )
+    late = _new_run(backend, exp_id, location, **{OWNER_TAG: dead, PENDING_TAG: "capture"})
+    backend.end(late, "FINISHED", 1700000000001)
+    # And RUNNING runs of a live process and of another machine
+    live = _new_run(backend, exp_id, location, **{OWNER_TAG: owner_token()})
+    elsewhere = _new_run(backend, exp_id, location, **{OWNER_TAG: "far.example:1:1"})
+    # When the store settles orphans
+    settled = backend.kill_orphans()
+    # Then each dead owner's run is settled as its owner left it, read back through MLflow
+    assert {inside, lost, late} <= set(settled) and not {live, elsewhere} & set(settled)
+    seen = {run_id: _view(client, run_id) for run_id in (inside, lost, late, live, elsewhere)}
+    assert seen[inside]["status"] == "KILLED" and seen[inside]["end_time"]
+    assert seen[inside]["tags"][KILLED_REASON_TAG]
+    assert (seen[lost]["status"], seen[lost]["end_time"]) == ("FAILED", 1700000000000)
+    assert "saved the run's model" in seen[lost]["tags"]["nb_mlops.error"]
+    assert (seen[late]["status"], seen[late]["end_time"]) == ("FINISHED", 1700000000001)
+    assert seen[late]["tags"][INCOMPLETE_TAG] == "capture: never saved"
+    for run_id in (lost, late):
+        assert not {PENDING_TAG, END_STATUS_TAG} & set(seen[run_id]["tags"])
+    assert seen[live]["status"] == seen[elsewhere]["status"] == "RUNNING"
+    # And a second pass finds nothing more to do
+    assert not {inside, lost, late} & set(backend.kill_orphans())
+    if not backend.direct:
+        # A server's outbox names the pids whose journals are still being replayed: left alone
+        busy = _new_run(backend, exp_id, location, **{OWNER_TAG: dead})
+        assert busy not in backend.kill_orphans(busy={dead_pid})
+        assert _view(client, busy)["status"] == "RUNNING"
+        assert busy in backend.kill_orphans()

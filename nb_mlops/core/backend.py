@@ -11,14 +11,24 @@ own store registry, the choice is keyed by the URI's scheme (`open_backend`).
 from __future__ import annotations
 
 import math
+import socket
 import sqlite3
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from nb_mlops.core.config import Config
+from nb_mlops.core.owners import (
+    END_STATUS_TAG,
+    OWNER_TAG,
+    PENDING_TAG,
+    orphan_outcome,
+    owner_alive,
+    owner_pid,
+)
 from nb_mlops.core.writer import Backend, ClientBackend, Metric, Pair, SqliteBackend
 
 if TYPE_CHECKING:
@@ -93,6 +103,12 @@ class TrackingBackend(Backend, Protocol):
 
     def model_version_run(self, name: str, version: str) -> str | None:
         """The run a registered model version was logged from (None: no such version)."""
+        ...
+
+    def kill_orphans(self, busy: Collection[int] = ()) -> list[str]:
+        """Settle the runs of this machine's processes that died before they were done
+        (`nb_mlops.core.owners.orphan_outcome`), except those of the pids in `busy` (their
+        journals are still being replayed); returns the run ids settled."""
         ...
 
 
@@ -189,6 +205,59 @@ class MlflowTrackingBackend:
             return None
         return found.run_id or None
 
+    def kill_orphans(self, busy: Collection[int] = ()) -> list[str]:
+        """As the embedded store does, through the client: runs owned by a process of this
+        machine that is gone (another machine's are left alone: we cannot tell)."""
+        settled = []
+        now = int(time.time() * 1000)
+        for run in self._owned_here():
+            tags = run.data.tags
+            owner = tags.get(OWNER_TAG, "")
+            if owner_alive(owner) or owner_pid(owner) in busy:
+                continue
+            current = run.info.status
+            final, end_ms, new_tags = orphan_outcome(
+                current, tags.get(PENDING_TAG), tags.get(END_STATUS_TAG), now
+            )
+            run_id = run.info.run_id
+            if final != current:
+                self.client.set_terminated(run_id, status=final, end_time=end_ms)
+            for key, value in new_tags.items():
+                self.client.set_tag(run_id, key, value)
+            for key in (PENDING_TAG, END_STATUS_TAG):
+                if key in tags:
+                    self.client.delete_tag(run_id, key)
+            settled.append(run_id)
+        return settled
+
+    def _owned_here(self) -> list[Any]:
+        """Runs of active experiments owned by this machine that are RUNNING or still wait for
+        a result (two searches: MLflow's filter has no OR)."""
+        client = self.client  # imports mlflow whole first, under the import lock
+        from mlflow.entities import ViewType
+
+        host = socket.gethostname().replace("'", "")
+        mine = f"tags.`{OWNER_TAG}` LIKE '{host}:%'"
+        ids = [e.experiment_id for e in _pages(client.search_experiments, ViewType.ACTIVE_ONLY)]
+        found: dict[str, Any] = {}
+        for extra in ("attributes.status = 'RUNNING'", f"tags.`{PENDING_TAG}` LIKE '%'"):
+            for start in range(0, len(ids), 100):  # a server takes at most 100 experiments
+                batch = ids[start : start + 100]
+                for run in _pages(client.search_runs, batch, filter_string=f"{mine} AND {extra}"):
+                    found[run.info.run_id] = run
+        return list(found.values())
+
+
+def _pages(search: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[Any]:
+    """Every item of an MLflow paged search, page after page."""
+    token = None
+    while True:
+        page = search(*args, page_token=token, **kwargs)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
 
 def record_of(run: Any) -> RunRecord:
     """A RunRecord of an `mlflow.entities.Run`."""
@@ -232,8 +301,9 @@ class SqliteTrackingBackend:
     ) -> None:
         self.sql.finish(run_id, values, status, end_ms, drop_tags)
 
-    def kill_orphans(self) -> list[str]:
-        """Settle the runs of processes that died before they were done (see SqliteBackend)."""
+    def kill_orphans(self, busy: Collection[int] = ()) -> list[str]:
+        """Settle the runs of processes that died before they were done (see SqliteBackend);
+        no journal is replayed on the embedded store, so `busy` is moot."""
         return self.sql.kill_orphans()
 
     def experiment(self, name: str) -> tuple[str, str]:

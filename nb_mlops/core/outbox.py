@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from nb_mlops.core.errors import StoreError
 from nb_mlops.core.files import append_fd, append_line, fsync_dir
+from nb_mlops.core.owners import KILLED_REASON_TAG
 from nb_mlops.core.writer import MAX_PARAM_VALUE, MAX_TAG_VALUE, Metric, Pair
 
 if TYPE_CHECKING:
@@ -122,12 +123,22 @@ class Outbox:
         folder: the project's `.nb_mlops/outbox`.
         uri: the server (for messages).
         client: returns the MlflowClient to send with (called on the sender thread).
+        settle: called on the sender thread once the journals dead processes left are replayed,
+            with the pids whose journals are still in the folder (live processes', or being
+            replayed by another): it settles the runs of processes that died inside a run.
     """
 
-    def __init__(self, folder: Path, uri: str, client: Callable[[], MlflowClient]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        uri: str,
+        client: Callable[[], MlflowClient],
+        settle: Callable[[set[int]], object] | None = None,
+    ) -> None:
         self.folder = folder
         self.uri = uri
         self._client = client
+        self._settle = settle
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
         fd = _lock(path)
@@ -243,7 +254,16 @@ class Outbox:
                 self._queue.append(("close", journal))
                 self._cond.notify_all()
             count += len(entries)
+        if self._settle is not None:
+            with self._cond:
+                self._queue.append(("settle",))  # after the replays: a replayed end wins
+                self._cond.notify_all()
         return count
+
+    def journal_pids(self) -> set[int]:
+        """Pids of the journals in the folder other than this process's own."""
+        names = (p.name for p in self.folder.glob("*.jsonl") if p != self.own.path)
+        return {int(pid) for pid, _, _ in (n.partition("-") for n in names) if pid.isdigit()}
 
     # --- the sender thread -------------------------------------------------------------------
     def _loop(self) -> None:
@@ -261,8 +281,9 @@ class Outbox:
                 if failure is None:
                     self._queue.popleft()
                     backoff = 0.5
-                elif item[0] == "create":
-                    self._queue.popleft()  # the run's first entry creates it
+                elif item[0] in ("create", "settle"):
+                    self._queue.popleft()  # the run's first entry creates it; a later session
+                    # settles what this one could not
                 if failure is not None:
                     self.failure = failure
                     self._failures += 1
@@ -277,6 +298,9 @@ class Outbox:
                 self._ensure(self.own, item[1], self._creates[item[1]], replay=False)
             elif item[0] == "entry":
                 self._send(item[1], item[2], replay=len(item) > 3)
+            elif item[0] == "settle":
+                assert self._settle is not None
+                self._settle(self.journal_pids())
             else:
                 self._close(item[1])
         except Exception as exc:  # noqa: BLE001 - kept, reported by wait(), retried
@@ -323,7 +347,7 @@ class Outbox:
         """Send one entry's requests, recording each acknowledged one."""
         run_id = self._ensure(journal, entry["key"], entry.get("create"), replay)
         done = journal.progress.get(entry["id"], 0)
-        requests = _requests(entry)
+        requests = _requests(entry, replay)
         client = self._client()
         for n, request in enumerate(requests[done:], start=done + 1):
             request(client, run_id)
@@ -348,8 +372,10 @@ def _find(client: MlflowClient, key: str, experiment_id: str) -> Any:
 Request = Callable[["MlflowClient", str], None]
 
 
-def _requests(entry: dict[str, Any]) -> list[Request]:
-    """The server calls of one entry, in order, each within MLflow's batch limits."""
+def _requests(entry: dict[str, Any], replay: bool = False) -> list[Request]:
+    """The server calls of one entry, in order, each within MLflow's batch limits. A replayed
+    end also drops the reason a later session gave when it marked the run KILLED: the end its
+    owner recorded is the truth."""
     from nb_mlops.core.store import import_mlflow
 
     import_mlflow()  # the sender's thread: the package first (see import_mlflow)
@@ -368,6 +394,8 @@ def _requests(entry: dict[str, Any]) -> list[Request]:
     end = entry.get("end")
     if end:
         out.append(partial(_end, status=end[0], end_ms=end[1]))
+        if replay:
+            out.append(partial(_drop_tag, key=KILLED_REASON_TAG))
     return out
 
 

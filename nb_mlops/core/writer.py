@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import socket
 import sqlite3
 import threading
 import time
@@ -31,7 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nb_mlops.core.errors import StoreError, TrackingError
-from nb_mlops.core.procs import pid_alive
+from nb_mlops.core.owners import (
+    END_STATUS_TAG,
+    INCOMPLETE_TAG,
+    PENDING_TAG,
+    orphan_outcome,
+    owner_alive,
+    owner_token,
+)
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -60,43 +65,8 @@ _BATCH = 20_000
 _LINGER_SECONDS = 0.02
 _LINGER_ITEMS = 1_000
 
-PENDING_TAG = "nb_mlops.pending"  # what an ended run still waits for ("model, notebook capture")
-END_STATUS_TAG = "nb_mlops.end_status"  # "FINISHED@<end ms>@<results pending, |-separated>"
-INCOMPLETE_TAG = "nb_mlops.incomplete"  # provenance never saved (the run's results all were)
-
 Metric = tuple[str, str, float, int, int]  # run_id, key, value, timestamp_ms, step
 Pair = tuple[str, str, str]  # run_id, key, value
-
-_tokens: dict[int, str] = {}
-
-
-def owner_token(pid: int | None = None) -> str:
-    """`host:pid:start` naming this process, so a later session can tell a dead owner's runs
-    (computed per pid: a forked child is its own owner)."""
-    pid = pid or os.getpid()
-    token = _tokens.get(pid)
-    if token is None:
-        token = _tokens[pid] = f"{socket.gethostname()}:{pid}:{_process_start(pid)}"
-    return token
-
-
-def _process_start(pid: int) -> str:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[19]
-    except (OSError, IndexError):
-        return "?"
-
-
-def _owner_alive(token: str) -> bool:
-    host, _, rest = token.partition(":")
-    pid_text, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return True  # another machine: we cannot tell, leave it alone
-    pid = int(pid_text)
-    if not pid_alive(pid):
-        return False
-    return start == "?" or _process_start(pid) == start
 
 
 class Backend(Protocol):
@@ -327,26 +297,10 @@ class SqliteBackend:
             )
             .fetchall()
         )
-        dead = [row for row in rows if not _owner_alive(row[2])]
+        dead = [row for row in rows if not owner_alive(row[2])]
         now = int(time.time() * 1000)
         for run_id, current, _owner, pending, ended in dead:
-            status, _, rest = (ended or "").partition("@")
-            end_text, _, results = rest.partition("@")
-            end_ms = int(end_text) if end_text.isdigit() else now
-            if current != "RUNNING":  # ended; only its provenance was pending
-                final, tags = current, [(run_id, INCOMPLETE_TAG, f"{pending}: never saved")]
-            elif pending and status in ("FINISHED", "FAILED", "KILLED"):
-                final = "FAILED" if status == "FINISHED" else status
-                lost = results.replace("|", ", ") or pending
-                why = (
-                    f"incomplete: the process ended before it saved the run's {lost} "
-                    f"(the tracked block itself ended {status})"
-                )
-                tags = [(run_id, "nb_mlops.error", why)]
-            else:
-                end_ms, final = now, "KILLED"
-                why = "owning kernel died; marked by a later session"
-                tags = [(run_id, "nb_mlops.killed_reason", why)]
+            final, end_ms, tags = orphan_outcome(current, pending, ended, now)
             with self._tx() as con:
                 # only as found: its owner may have settled it meanwhile after all
                 con.execute(
@@ -355,7 +309,7 @@ class SqliteBackend:
                     (final, end_ms, run_id, current),
                 )
                 if con.execute("SELECT changes()").fetchone()[0]:
-                    self._write_in(con, [], [], tags)
+                    self._write_in(con, [], [], [(run_id, k, v) for k, v in tags.items()])
                     con.execute(
                         "DELETE FROM tags WHERE run_uuid = ? AND key IN (?, ?)",
                         (run_id, PENDING_TAG, END_STATUS_TAG),

@@ -27,7 +27,7 @@ from typing import Any
 
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.errors import PipelineError
-from nb_mlops.core.writer import owner_token
+from nb_mlops.core.owners import owner_token
 from nb_mlops.pipeline import cache as step_cache
 from nb_mlops.pipeline.execute import StepResult, StepTask
 from nb_mlops.pipeline.kernel import DONE_FILE

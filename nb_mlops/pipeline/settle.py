@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from nb_mlops.core.config import Config
 from nb_mlops.core.files import write_atomic
-from nb_mlops.core.writer import _owner_alive
+from nb_mlops.core.owners import owner_alive as _owner_alive
 
 if TYPE_CHECKING:
     from nb_mlops.pipeline.record import Recorder

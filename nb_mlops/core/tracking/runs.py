@@ -18,6 +18,7 @@ from nb_mlops.core.capture import models as capture_models
 from nb_mlops.core.capture import notebook as nbcap
 from nb_mlops.core.config import Config, load_config
 from nb_mlops.core.errors import StoreError, TrackingError
+from nb_mlops.core.owners import owner_token
 from nb_mlops.core.tracking.background import _as_active, _capture, _note_error, _note_input
 from nb_mlops.core.tracking.context import (
     USER_PARAMS_TAG,
@@ -37,7 +38,6 @@ from nb_mlops.core.tracking.stores import (
     _store_for,
 )
 from nb_mlops.core.user import current_user
-from nb_mlops.core.writer import owner_token
 
 
 @contextlib.contextmanager

@@ -102,11 +102,17 @@ def _store_for(cfg: Config) -> _Store:
 
 def _outbox_for(cfg: Config, backend: TrackingBackend) -> Outbox | None:
     """A tracking server's outbox in the project (`.nb_mlops/outbox`); opening it queues the
-    journals that dead processes left (replay). None for a local store."""
+    journals that dead processes left (replay), then the settling of the runs this machine's dead
+    processes left RUNNING. None for a local store."""
     if not cfg.tracking_uri.startswith(("http://", "https://")):
         return None
     assert isinstance(backend, MlflowTrackingBackend)
-    return Outbox(cfg.root / ".nb_mlops" / "outbox", cfg.tracking_uri, lambda: backend.client)
+    return Outbox(
+        cfg.root / ".nb_mlops" / "outbox",
+        cfg.tracking_uri,
+        lambda: backend.client,
+        settle=lambda busy: backend.kill_orphans(busy),
+    )
 
 
 def _wait(timeout: float | None, report: bool = True) -> int:
