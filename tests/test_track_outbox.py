@@ -108,6 +108,34 @@ def test_a_cell_returns_before_the_server_has_its_run(
     assert _entries(team) == []
 
 
+def test_mlflow_calls_from_helper_code_land_in_the_tracked_run(
+    team: Path, server: TeamStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given helper code that logs with MLflow's fluent API, called from a block that never
+    # names mlflow (the run's id is not known when the block starts: the outbox creates it)
+    (tmp_path / "nb_helper_report.py").write_text(
+        "import mlflow\n\ndef report():\n    mlflow.log_metric('indirect', 1.5)\n"
+        "    mlflow.set_tag('via', 'helper')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import nb_helper_report
+
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("outbox")
+    before = client.search_runs([experiment.experiment_id]) if experiment else []
+    # When the block calls it
+    with nb_mlops.track(name="indirect", autolog=False) as run:
+        nb_helper_report.report()
+    nb_mlops.flush()
+    # Then its values are in the tracked run, and no other run was started for them
+    stored = client.get_run(run.run_id)
+    assert stored.data.metrics == {"indirect": 1.5}
+    assert stored.data.tags["via"] == "helper"
+    experiment = client.get_experiment_by_name("outbox")
+    after = client.search_runs([experiment.experiment_id])
+    assert {r.info.run_id for r in after} - {r.info.run_id for r in before} == {run.run_id}
+
+
 CRASH = """
 import sys, time
 import nb_mlops

@@ -260,3 +260,53 @@ def test_experiment_created_with_sql_equals_one_created_by_mlflow(project: Path)
     # A deleted experiment holding the name is left to MLflow's rules (None: fall back)
     c.delete_experiment(by_sql)
     assert embedded_experiment(cfg, "made-by-sql") is None
+
+
+LATE_MLFLOW = """
+import sys, warnings
+import nb_mlops
+
+assert "mlflow" not in sys.modules
+sys.path.insert(0, "helpers")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    with nb_mlops.track(name="late", autolog=False) as run:
+        nb_mlops.log(ours=1.0)
+        import late_helper  # imports mlflow inside the block, then logs with its fluent API
+
+        late_helper.report()
+nb_mlops.flush()
+import mlflow
+
+print("ACTIVE", mlflow.active_run())
+print("RUN", run.run_id)
+for w in caught:
+    print("WARNING", w.message)
+"""
+
+
+def test_mlflow_first_imported_inside_a_block_is_not_left_running_silently(
+    project: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    # Given helper code that imports mlflow and logs with its fluent API, and a process where
+    # mlflow is not loaded when the tracked block starts
+    (project / "helpers").mkdir()
+    (project / "helpers" / "late_helper.py").write_text(
+        "import mlflow\n\ndef report():\n    mlflow.log_metric('theirs', 2.0)\n"
+    )
+    # When the block calls it
+    done = subprocess.run(
+        [sys.executable, "-c", LATE_MLFLOW], cwd=project, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    # Then the run MLflow started by itself is ended, not left active, and a warning names it
+    assert lines["ACTIVE"] == "None"
+    (warned,) = [line for line in done.stdout.splitlines() if "MLflow started itself" in line]
+    assert "tracked run 'late'" in warned and "import mlflow before the block" in warned
+    # And the tracked run holds what nb_mlops logged, FINISHED
+    stored = _client(project).get_run(lines["RUN"])
+    assert stored.info.status == "FINISHED" and stored.data.metrics == {"ours": 1.0}

@@ -31,11 +31,13 @@ from nb_mlops.core.tracking.context import (
 )
 from nb_mlops.core.tracking.stores import (
     _autolog_integration,
+    _end_stray_fluent_runs,
     _pop_fluent,
     _push_fluent,
     _setup_autolog,
     _Store,
     _store_for,
+    fluent_depth,
 )
 from nb_mlops.core.user import current_user
 
@@ -122,9 +124,9 @@ def _start(
     _log_user_params(run, analysis or nb, namespace)
     # autolog patches sklearn: needed when sklearn is loaded, or the cell is about to load it
     sklearn_on = autolog and ("sklearn" in sys.modules or "sklearn" in (cell or ""))
-    # on a server only when the cell needs it: the fluent run's id waits for the server
     need = sklearn_on or "mlflow" in (cell or "")
-    fluent = _push_fluent(cfg, run, start_ms, need=need) if need or not st.outbox else None
+    depth = fluent_depth()
+    fluent = _push_fluent(cfg, run, start_ms, need=need)
     if sklearn_on:
         _setup_autolog(cfg)
         _autolog_integration()["disable"] = False
@@ -135,7 +137,7 @@ def _start(
         result=False,
     )
     on_data = _listen_for_inputs(run)
-    finish = _Finisher(cfg, st, run, on_data, sklearn_on, models, fluent)
+    finish = _Finisher(cfg, st, run, on_data, sklearn_on, models, fluent, depth)
     return run, finish
 
 
@@ -222,6 +224,7 @@ class _Finisher:
     sklearn_on: bool
     models: capture_models.Watch | None
     fluent: Any
+    fluent_depth: int  # MLflow's fluent runs in this thread when the block started
 
     def __call__(self, status: str, exc: BaseException | None) -> None:
         run, cfg = self.run, self.cfg
@@ -234,6 +237,8 @@ class _Finisher:
             if exc is not None:
                 _note_error(run, exc)
         finally:
+            if self.fluent is None:
+                _end_stray_fluent_runs(run, self.fluent_depth)
             _pop_fluent(self.fluent)
             if run in _proc.stack:
                 _proc.stack.remove(run)

@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,30 +247,61 @@ def _setup_autolog(cfg: Config) -> None:
 
 
 def _push_fluent(cfg: Config, run: Run, start_ms: int, need: bool) -> Any:
-    """Make `run` MLflow's active fluent run in this thread (autolog and `mlflow.log_*` write to
-    it) without a store round trip. Skipped while mlflow is not (yet) imported and not needed:
-    a cell that neither autologs nor mentions mlflow never waits for the warm-up's import."""
+    """Make `run` MLflow's active fluent run in this thread (autolog and `mlflow.log_*`, in the
+    cell or in code it calls, write to it) without a store round trip: on a server the run's id
+    is read from the outbox when MLflow first asks for it. Skipped while mlflow is not (yet)
+    imported and not needed: a cell that neither autologs nor mentions mlflow never waits for
+    the warm-up's import (code that imports mlflow later finds no active run)."""
     if not need and not _mlflow_loaded():
         return None
     _mlflow_ready(cfg)
     from mlflow.entities import Run as MlflowRun
-    from mlflow.entities import RunData, RunInfo
+    from mlflow.entities import RunData
     from mlflow.tracking.fluent import ActiveRun, _active_run_stack
 
-    info = RunInfo(
-        run_id=run.run_id,
+    info = _lazy_run_info_class()(
+        run,
         experiment_id=run.experiment_id,
         user_id=current_user(),
         status="RUNNING",
         start_time=start_ms,
         end_time=None,
         lifecycle_stage="active",
-        artifact_uri=run.artifact_uri,
         run_name=run.name,
     )
     active = ActiveRun(MlflowRun(info, RunData()))  # type: ignore[no-untyped-call]
     _active_run_stack.get().append(active)  # type: ignore[no-untyped-call]
     return active
+
+
+_LAZY_INFO: type | None = None
+
+
+def _lazy_run_info_class() -> type:
+    """MLflow's RunInfo whose id and artifact location come from our `Run` when first read
+    (built on first use: mlflow is imported lazily)."""
+    global _LAZY_INFO
+    if _LAZY_INFO is None:
+        from mlflow.entities import RunInfo
+
+        class LazyRunInfo(RunInfo):
+            def __init__(self, run: Run, **fields: Any) -> None:
+                super().__init__(run_id="", **fields)
+                self._nb_mlops_run = run
+
+            @property
+            def run_id(self) -> str:
+                return self._nb_mlops_run.run_id
+
+            @property
+            def artifact_uri(self) -> str:
+                run = self._nb_mlops_run
+                if not run.artifact_uri:
+                    _ = run.run_id  # on a server the location comes with the run's creation
+                return run.artifact_uri
+
+        _LAZY_INFO = LazyRunInfo
+    return _LAZY_INFO
 
 
 def _pop_fluent(active: Any) -> None:
@@ -281,3 +313,33 @@ def _pop_fluent(active: Any) -> None:
     # runs the cell started with mlflow.start_run() and left open are dropped with ours
     while active in stack:
         stack.pop()
+
+
+def _end_stray_fluent_runs(run: Run, depth: int) -> None:
+    """A block that had no fluent run pushed (mlflow was not loaded when it started) and made
+    MLflow calls sent them to a run MLflow started by itself: end that run, and warn naming it,
+    rather than leave it RUNNING with its values silently apart from ours."""
+    if "mlflow.tracking.fluent" not in sys.modules:
+        return
+    from mlflow.tracking.fluent import _active_run_stack
+
+    strays = [found.info.run_id for found in _active_run_stack.get()[depth:]]  # type: ignore[no-untyped-call]
+    if not strays:
+        return
+    import mlflow
+
+    for _ in strays:
+        mlflow.end_run()
+    warnings.warn(
+        f"nb_mlops: MLflow calls in tracked run {run.name!r} went to run(s) "
+        f"{', '.join(strays)} that MLflow started itself, because mlflow was first imported "
+        "inside the block; import mlflow before the block, or log with nb_mlops.log()",
+        stacklevel=4,
+    )
+
+
+def fluent_depth() -> int:
+    """How many runs MLflow's fluent stack holds in this thread (0 while mlflow is not loaded)."""
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    stack = getattr(fluent, "_active_run_stack", None)
+    return 0 if stack is None else len(stack.get())
