@@ -112,9 +112,14 @@ _ZMQ_TEARDOWN = re.compile(
     re.M | re.S,
 )
 
+# what a nested papermill run's kernel logs when jupyter_client interrupts it on shutdown, when
+# the signal arrives before the kernel is gone: a race of that run, not output of the notebook
+_SHUTDOWN_INTERRUPT = re.compile(r"\[IPKernelApp\] ERROR \| KeyboardInterrupt caught in kernel\.\n")
+
 
 def _terminal(text: str) -> str:
     """A stream as a terminal shows it (a carriage return rewrites its line), timings masked."""
+    text = _SHUTDOWN_INTERRUPT.sub("", text)
     lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
     return _TIMING.sub("[time]", _ZMQ_TEARDOWN.sub("", "\n".join(lines)))
 

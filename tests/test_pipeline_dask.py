@@ -121,3 +121,32 @@ def test_unreachable_scheduler_is_a_clear_error(project: Path) -> None:
         run_pipeline("dk2", executor="dask://127.0.0.1:9")
     with pytest.raises(PipelineError, match="unknown executor 'k8s://x'"):
         run_pipeline("dk2", executor="k8s://x")
+
+
+def test_workers_that_do_not_answer_are_a_clear_error_not_a_hang(
+    project: Path, cluster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psutil
+
+    from nb_mlops.pipeline import shipped
+
+    new_notebook(project / "dk3.ipynb", ["x = 1"])
+    build_pipeline(project / "dk3.ipynb")
+    # Given every worker of the cluster stopped (alive to the scheduler, answering nothing)
+    port = cluster.rsplit(":", 1)[1]
+    workers = [
+        p
+        for p in psutil.Process().children()
+        if "worker" in p.cmdline() and any(port in arg for arg in p.cmdline())
+    ]
+    assert len(workers) == 2
+    monkeypatch.setattr(shipped, "PROBE_TIMEOUT", 2.0)
+    for worker in workers:
+        os.killpg(worker.pid, signal.SIGSTOP)
+    try:
+        # When a pipeline runs there, Then it stops with one line saying what to check
+        with pytest.raises(PipelineError, match=r"did not answer within 2 s .* every worker"):
+            run_pipeline("dk3", executor=cluster)
+    finally:
+        for worker in workers:
+            os.killpg(worker.pid, signal.SIGCONT)

@@ -195,7 +195,7 @@ def test_a_data_store_workers_cannot_reach_is_a_clear_error(
     # Given workers that do not see the project folder, and a data store inside that folder
     new_notebook(project / "alone.ipynb", ["x = 1"])
     build_pipeline(project / "alone.ipynb")
-    monkeypatch.setattr(shipped_module, "_workers_see", lambda client, folder: False)
+    monkeypatch.setattr(shipped_module, "_workers_see", lambda client, folder, address: False)
     # Then the run stops with one line saying what to configure
     with pytest.raises(PipelineError, match=r"cannot see this project's folder .* data_store"):
         run_pipeline("alone", executor=cluster[0])

@@ -28,6 +28,8 @@ from nb_mlops.pipeline.valuestore import ValueStore, shared_location
 
 __all__ = ["ShippedResult", "ShippedStep", "Shipper", "plan", "run_shipped"]
 
+PROBE_TIMEOUT = 30.0  # seconds the workers have to say whether they see the project's folder
+
 
 @dataclass
 class ShippedStep:
@@ -168,17 +170,31 @@ def _sees(path: str, token: str) -> bool:
         return False
 
 
-def _workers_see(client: Any, folder: Path) -> bool:
-    """Whether every worker of the cluster sees `folder` as this process does."""
+def _workers_see(client: Any, folder: Path, address: str) -> bool:
+    """Whether every worker of the cluster sees `folder` as this process does.
+
+    Raises:
+        PipelineError: the workers did not answer within `PROBE_TIMEOUT` seconds.
+    """
     token = uuid.uuid4().hex
     probe = folder / f".dask-probe-{token}"
     probe.write_text(token)
     try:
-        seen = client.run(_sees, str(probe), token)
+        # a worker whose event loop is stuck would hold the run forever: bounded
+        seen = client.run(
+            _sees, str(probe), token, on_error="return", callback_timeout=PROBE_TIMEOUT
+        )
+    except TimeoutError:
+        raise PipelineError(
+            f"the Dask workers at {address} did not answer within {PROBE_TIMEOUT:g} s whether "
+            "they see this project's folder: check that every worker is running and not busy "
+            "(the scheduler's dashboard lists them), then run again"
+        ) from None
     finally:
         probe.unlink(missing_ok=True)
-    # no worker yet: the tasks wait for workers, as they always did (by path)
-    return all(seen.values())
+    # no worker yet: the tasks wait for workers, as they always did (by path); a worker whose
+    # probe failed counts as one that does not see the folder
+    return all(answer is True for answer in seen.values())
 
 
 def plan(client: Any, env: dict[str, str], run_dir: Path, address: str) -> Shipper | None:
@@ -192,7 +208,7 @@ def plan(client: Any, env: dict[str, str], run_dir: Path, address: str) -> Shipp
     store = shared_location(cfg.settings, cfg.root)
     if store is not None and not cfg.is_embedded:
         return Shipper(cfg, store, env.get("NB_MLOPS_PARENT_RUN_ID", ""))
-    if _workers_see(client, run_dir):
+    if _workers_see(client, run_dir, address):
         return None
     missing = "data_store" if store is None else "tracking_uri"
     raise PipelineError(
