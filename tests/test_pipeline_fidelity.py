@@ -544,6 +544,129 @@ CORPUS: list[tuple[str, list, str]] = [
         ],
         "same",
     ),
+    # --- the state of the notebook's own classes and functions -----------------------------
+    # class attributes are shared by every instance and travel with the class; a function's
+    # attributes and mutable defaults travel with the function
+    (
+        "class-attribute-changed-by-a-classmethod",
+        [
+            _c(
+                "class Tally:\n    n = 0\n    @classmethod\n    def inc(cls):\n        cls.n += 1",
+                "step:define",
+            ),
+            _c("Tally.inc()", "step:bump"),
+            _c("print(Tally.n)", "step:read"),
+        ],
+        "same",
+    ),
+    (
+        "class-attribute-assigned-then-read-through-an-instance",
+        [
+            _c("class Cfg:\n    rate = 1", "step:define"),
+            _c("cfg = Cfg()", "step:define"),
+            _c("Cfg.rate = 5", "step:tune"),
+            _c("print(cfg.rate)", "step:read"),
+        ],
+        "same",
+    ),
+    (
+        "class-registry-filled-by-instances",
+        [
+            _c(
+                "class Plugin:\n    registry = []\n    def __init__(self, name):\n"
+                "        self.name = name\n        type(self).registry.append(name)\n"
+                "    def again(self):\n        self.__class__.registry.append(self.name)",
+                "step:define",
+            ),
+            _c("p = Plugin('a')\nq = Plugin('b')", "step:make"),
+            _c("p.again()", "step:more"),
+            _c("print(Plugin.registry, len(q.registry))", "step:read"),
+        ],
+        "same",
+    ),
+    (
+        "class-attribute-set-with-setattr-in-parallel-branches",
+        [
+            _c("class Opts:\n    a = 0\n    b = []", "step:define"),
+            _c("setattr(Opts, 'a', 3)", "step:left", "prev:define"),
+            _c("Opts.b.append(4)", "step:right", "prev:define"),
+            _c("print(Opts.a, Opts.b)", "step:read", "prev:left", "prev:right"),
+        ],
+        "same",
+    ),
+    (
+        "function-attribute-and-mutable-default",
+        [
+            _c(
+                "def remember(v, seen=[]):\n    seen.append(v)\n    remember.calls = len(seen)\n"
+                "    return list(seen)",
+                "step:define",
+            ),
+            _c("first = remember(1)", "step:one"),
+            _c("print(remember(2), remember.calls, first)", "step:two"),
+        ],
+        "same",
+    ),
+    (
+        "lru-cached-function-crosses-steps",
+        [
+            _c(
+                "import functools\n@functools.lru_cache(maxsize=8)\ndef sq(v):\n    return v * v",
+                "step:a",
+            ),
+            _c("print(sq(3), sq.cache_parameters())", "step:b"),
+        ],
+        "same",
+    ),
+    (
+        "capture-magic-binds-its-name-and-the-body-runs-in-the-namespace",
+        [
+            _c("%%capture out\nprint('hidden')\nz = 5", "step:a"),
+            _c("print(z, out.stdout)", "step:b"),
+        ],
+        "same",
+    ),
+    (
+        "a-bound-method-given-to-a-function-of-the-notebook",
+        [
+            _c("def apply(f, x):\n    return f(x)\nlog = [1]", "step:a"),
+            _c("apply(log.append, 3)\nprint(apply(len, log))", "step:b"),
+            _c("print(log)", "step:c"),
+        ],
+        "same",
+    ),
+    (
+        "a-bound-method-kept-in-a-dict-or-given-to-map",
+        [
+            _c("seen = []\ncallbacks = {'log': seen.append}", "step:a"),
+            _c("callbacks['log'](5)", "step:b"),
+            _c("list(map(seen.append, [6, 7]))", "step:c"),
+            _c("print(seen)", "step:d"),
+        ],
+        "same",
+    ),
+    (
+        "a-decorator-factory-sets-an-attribute",
+        [
+            _c(
+                "def tag(label):\n    def wrap(f):\n        f.label = label\n        return f\n"
+                "    return wrap\n@tag('x')\ndef h():\n    return 1",
+                "step:a",
+            ),
+            _c("h.label = h.label + 'y'", "step:b"),
+            _c("print(h(), h.label)", "step:c"),
+        ],
+        "same",
+    ),
+    (
+        "refuse-a-step-changing-a-class-of-the-functions-cell",
+        [
+            _c("class Cfg:\n    rate = 1", "functions"),
+            _c("Cfg.rate = 5", "step:tune"),
+            _c("print(Cfg.rate)", "step:read"),
+        ],
+        "which every step runs afresh",
+    ),
     # --- Kale's grammar --------------------------------------------------------------------
     (
         "empty-step-tags-continue",
@@ -776,7 +899,9 @@ GENERATED_PRELUDE = [
         "    global n0\n"
         "    n0 += 1\n"
         "def total():\n"
-        "    return n0 + n1",
+        "    return n0 + n1\n"
+        "def apply(f, v):\n"
+        "    return f(v)",
         ["functions"],
     ),
 ]
@@ -792,7 +917,9 @@ def _statements(draw: st.DrawFn, state: dict) -> list[str]:
         if ints:
             choices += ["aug", "expr", "loop", "branch", "comp", "print", "lambda", "func"]
         if lists:
-            choices += ["append", "item", "alias", "grow", "dict", "print"]
+            choices += ["append", "item", "alias", "grow", "dict", "print", "apply", "hook"]
+        if state.get("hook"):
+            choices += ["hookcall"]
         if state["boxes"]:
             choices += ["bump", "attr"]
         if "n0" in ints:
@@ -803,7 +930,18 @@ def _statements(draw: st.DrawFn, state: dict) -> list[str]:
             choices += ["del"]
         if state["seeded"]:
             choices += ["draw"]
+        if state.get("klass"):  # twice: what a class's state does shows over several cells
+            choices += 2 * [
+                "tick",
+                "kobj",
+                "kset",
+                "kprint",
+                *(["kread"] if state["kobjs"] else []),
+            ]
+        if state.get("acc"):
+            choices += 2 * ["accall", "accattr"]
         choices += ["box", "seed", "with"]
+        choices += [kind for kind in ("klass", "acc") if not state.get(kind)]
         kind = draw(st.sampled_from(choices))
         pick = lambda pool: draw(st.sampled_from(sorted(pool)))  # noqa: E731
         if kind == "int":
@@ -888,6 +1026,44 @@ def _statements(draw: st.DrawFn, state: dict) -> list[str]:
             target = draw(st.sampled_from(["n0", "n1", "n2", "n3"]))
             lines.append(f"{target} = random.randint(0, 99)")
             ints.add(target)
+        elif kind == "apply":  # a bound method given to a function that calls it
+            lines.append(f"apply({pick(lists)}.append, {draw(st.integers(0, 9))})")
+        elif kind == "hook":  # a bound method kept in a container, called later
+            lines.append(f"hooks = {{'add': {pick(lists)}.append}}")
+            state["hook"] = True
+        elif kind == "hookcall":
+            lines.append(f"hooks['add']({draw(st.integers(0, 9))})")
+        elif kind == "klass":  # a class of a step whose own attributes change
+            lines.append(
+                "class K:\n    count = 0\n    seen = []\n    @classmethod\n    def tick(cls):\n"
+                "        cls.count += 1\n    def __init__(self, v):\n        self.v = v\n"
+                "        type(self).seen.append(v)"
+            )
+            state["klass"], state["kobjs"] = True, set()
+        elif kind == "tick":
+            lines.append("K.tick()")
+        elif kind == "kobj":
+            name = draw(st.sampled_from(["k0", "k1"]))
+            lines.append(f"{name} = K({draw(st.integers(0, 9))})")
+            state["kobjs"].add(name)
+        elif kind == "kset":
+            lines.append(f"K.count = {draw(st.integers(0, 9))}")
+        elif kind == "kprint":
+            lines.append("print(K.count, K.seen)")
+        elif kind == "kread":
+            lines.append(f"print({pick(state['kobjs'])}.count)")
+        elif kind == "acc":  # a function keeping state in a default and in an attribute
+            lines.append(
+                "def acc(v, into=[]):\n    into.append(v)\n    acc.calls = getattr(acc, 'calls', 0) + 1\n"
+                "    return len(into)"
+            )
+            state["acc"] = True
+        elif kind == "accall":
+            target = draw(st.sampled_from(["n0", "n1", "n2", "n3"]))
+            lines.append(f"{target} = acc({draw(st.integers(0, 9))})")
+            ints.add(target)
+        elif kind == "accattr":
+            lines.append("print(getattr(acc, 'calls', None))")
         elif kind == "with":
             lines.append(
                 f"with open('f.txt', 'w') as fh:\n    fh.write('{draw(st.integers(0, 9))}')\n"
@@ -900,8 +1076,16 @@ def _statements(draw: st.DrawFn, state: dict) -> list[str]:
 def generated_notebooks(draw: st.DrawFn) -> list:
     """A random notebook of 2–6 tagged step cells (and continuation cells) over ints, lists,
     objects, notebook functions reading and writing globals, loops, branches, comprehensions,
-    `with` blocks, `del`, aliases and the seeded global generator; then a metrics cell."""
-    state: dict = {"ints": set(), "lists": set(), "boxes": set(), "seeded": False, "fresh": set()}
+    `with` blocks, `del`, aliases, the seeded global generator, a class whose own attributes
+    change and a function keeping state in a default and an attribute; then a metrics cell."""
+    state: dict = {
+        "ints": set(),
+        "lists": set(),
+        "boxes": set(),
+        "seeded": False,
+        "fresh": set(),
+        "kobjs": set(),
+    }
     cells: list = list(GENERATED_PRELUDE)
     steps = ["s0"]
     for position in range(draw(st.integers(2, 6))):
@@ -1199,6 +1383,21 @@ def test_a_model_method_changing_its_input_stops_the_step_naming_it(
     assert run.status == "FAILED"
     error = run.steps["fit"].error or ""
     assert "step 'fit' changed `X` in place" in error and "`X = X.copy()`" in error
+
+
+def test_time_and_timeit_magics_bind_what_they_run(project: Path) -> None:
+    # Given `%time` running an assignment and a `%%timeit` cell assigning in its own scope (their
+    # printed timings differ from run to run: compared by the plan, not by output)
+    cells = [
+        ("y = 1", ["step:a"]),
+        ("%time x = sum(range(10))", ["step:b"]),
+        ("%%timeit -n1 -r1\ny = 2\nprint(x)", ["step:c"]),
+        ("print(x, y)", ["step:d"]),
+    ]
+    spec = build_pipeline(new_notebook(project / "timing.ipynb", cells))
+    # Then `x` comes from the `%time` step, `y` still from step a, and the timeit step reads x
+    assert spec.steps["d"].inputs == {"y": "a", "x": "b"}
+    assert spec.steps["c"].inputs == {"x": "b"}
 
 
 def test_build_refuses_are_build_errors(project: Path) -> None:

@@ -8,7 +8,9 @@ namespace.
   gigabyte costs no copy, and the step may still change the array.
 - Functions and classes defined in the notebook travel by value (cloudpickle) but run against the
   namespace of the step that loads them: their globals are that step's globals. Those of the
-  `imports`/`functions` cells are taken from the loading step's own definitions.
+  `imports`/`functions` cells are taken from the loading step's own definitions. A class travels
+  with its attributes (values load producer by producer in run order, so the latest state wins);
+  a function under `functools.lru_cache` travels with an empty cache.
 - Types pickle cannot carry, or carries badly, go through a marshaller chosen by type: xgboost
   DMatrix and Booster, torch tensors, keras models (each when installed; torch modules pickle,
   their notebook-defined classes by value), and any registered by a third party under the
@@ -24,6 +26,7 @@ one it saved is loaded; its value, a marshaller instance or a class to instantia
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import mmap
 import os
@@ -298,6 +301,12 @@ def _set_function_state(func: Any, state: tuple[dict[str, Any], dict[str, Any]])
         setattr(func, key, value)
 
 
+def _lru_cached(func: Any, maxsize: int | None, typed: bool) -> Any:
+    """A notebook function under `functools.lru_cache`/`cache`, with an empty cache (its
+    entries stay in the step that filled them: a cached call runs again once)."""
+    return functools.lru_cache(maxsize=maxsize, typed=typed)(func)
+
+
 def _prelude(name: str) -> Any:
     """A function or class of the `imports`/`functions` cells: the loading step's own."""
     try:
@@ -365,6 +374,12 @@ class _Saver:
             if name is not None and self.prelude.get(name) is obj:
                 return (_prelude, (name,))
             return NotImplemented
+        if cls is functools._lru_cache_wrapper:
+            wrapped = getattr(obj, "__wrapped__", None)
+            if isinstance(wrapped, types.FunctionType) and wrapped.__globals__ is self.ns:
+                # pickled by name otherwise, a name the loading step may not have
+                settings = obj.cache_parameters()
+                return (_lru_cached, (wrapped, settings["maxsize"], settings["typed"]))
         np = sys.modules.get("numpy")
         if np is not None and cls is np.ndarray:
             return self._array(obj)

@@ -24,8 +24,12 @@ from nb_mlops.pipeline.analysis import knowledge
 
 __all__ = ["CallSite", "Effects", "Summary", "analyze_source", "imports_of", "python_of"]
 
-# cell magics whose body is Python run in the user namespace
+# cell magics whose body is Python run in the user namespace (`%%timeit` runs its body in a
+# function of its own: what it binds stays there; `%%capture NAME` binds NAME afterwards)
 _PY_CELL_MAGICS = {"track", "step", "time", "capture", "prun", "timeit"}
+# line magics whose argument is a statement run in the user namespace (`%time x = f()`)
+_PY_LINE_MAGICS = {"time"}
+_TIMEIT_BODY = "_nb_mlops_timeit_body"
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # builtins whose result is a new immutable value: it shares nothing with the arguments
 _FRESH = frozenset(
@@ -104,6 +108,11 @@ class Summary:
     generator: bool = False
     kind: str = "function"  # function | lambda | class
     nested: bool = False  # defines functions or lambdas: what it returns may be one of them
+    # changes its class's own state (`cls.n += 1`, `type(self).seen.append(x)`): class
+    # attributes are shared by every instance, and travel with the class
+    class_state: bool = False
+    # parameters whose default is a mutable object kept by the function (`acc=[]`)
+    shared_defaults: set[str] = field(default_factory=set)
 
     def merge(self, other: Summary) -> None:
         self.reads |= other.reads
@@ -111,6 +120,7 @@ class Summary:
         self.changes |= other.changes
         self.calls.extend(other.calls)
         self.links.extend(other.links)
+        self.class_state = self.class_state or other.class_state
 
 
 @dataclass
@@ -255,6 +265,50 @@ def _is_generator(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     return False
 
 
+def _reaches_class_of(node: ast.expr) -> bool:
+    """`type(x)...`, `x.__class__...`: an expression whose object is (part of) an object's class."""
+    while isinstance(node, ast.Attribute | ast.Subscript):
+        if isinstance(node, ast.Attribute) and node.attr == "__class__":
+            return True
+        node = node.value
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "type"
+        and len(node.args) == 1
+    )
+
+
+def _shared_defaults(args: ast.arguments) -> set[str]:
+    """Parameters whose default is evaluated once into a mutable object (`acc=[]`, `d=dict()`)."""
+    positional = [*args.posonlyargs, *args.args]
+    pairs = list(
+        zip(positional[len(positional) - len(args.defaults) :], args.defaults, strict=True)
+    )
+    pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d]
+    immutable = ast.Constant | ast.Tuple | ast.Name | ast.Attribute | ast.UnaryOp | ast.BinOp
+    return {a.arg for a, d in pairs if d is not None and not isinstance(d, immutable)}
+
+
+def _is_classmethod(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    return any(isinstance(d, ast.Name) and d.id == "classmethod" for d in node.decorator_list)
+
+
+def _changes_param(summary: Summary, param: str) -> bool:
+    """The body changes the object `param` in place: assigns to it, calls one of its methods,
+    or `setattr`/`delattr` on it."""
+    if param in summary.param_changes:
+        return True
+    ref = f"@{param}"
+    for site in summary.calls:
+        if site.callee[0] in ("method", "attr") and ref in site.receiver:
+            return True
+        setter = site.callee in (("name", "setattr"), ("name", "delattr"))
+        if setter and site.args and ref in site.args[0]:
+            return True
+    return False
+
+
 def _dotted(node: ast.expr) -> tuple[str, str] | None:
     """`a.b.c` → ("a", "b.c"); a bare name → (name, "")."""
     parts: list[str] = []
@@ -364,6 +418,11 @@ class _Walker:
         elif self.summary is not None:
             self.summary.changes |= {r for r in refs if not r.startswith("@")}
             self.summary.param_changes |= {r[1:] for r in refs if r.startswith("@")}
+
+    def class_change(self, base: ast.expr) -> None:
+        """A change through `type(x)` or `x.__class__` inside a function changes a class."""
+        if self.summary is not None and _reaches_class_of(base):
+            self.summary.class_state = True
 
     def link(self, refs: Names) -> None:
         if len(refs) > 1:
@@ -561,6 +620,7 @@ class _Walker:
                 self.expr(target.slice)
             base = self.refs(target.value)
             self.change(base)
+            self.class_change(target.value)
             stored.update(base)
             self.state_target(target)
 
@@ -655,6 +715,7 @@ class _Walker:
                 if isinstance(target, ast.Subscript):
                     self.expr(target.slice)
                 self.change(self.refs(target.value))
+                self.class_change(target.value)
                 self.state_target(target)
             else:
                 self.stmt(ast.Delete(targets=list(getattr(target, "elts", []))))
@@ -832,9 +893,10 @@ class _Walker:
                 for deco in stmt.decorator_list:
                     self.expr(deco)
                 self.arguments(stmt.args)
-                summary.merge(
-                    self.summarize(stmt, f"{node.name}.{stmt.name}", stmt.args, stmt.body)
-                )
+                method = self.summarize(stmt, f"{node.name}.{stmt.name}", stmt.args, stmt.body)
+                if _is_classmethod(stmt) and method.params:
+                    method.class_state |= _changes_param(method, method.params[0])
+                summary.merge(method)
             else:
                 self.stmt(stmt)  # the class body runs now
         self.scopes.pop()
@@ -861,6 +923,7 @@ class _Walker:
                 walker.stmt(stmt)
             return Summary(name, getattr(node, "lineno", 0))
         summary = Summary(name, getattr(node, "lineno", 0), positional, varargs)
+        summary.shared_defaults = _shared_defaults(args)
         walker = _Walker(None, summary, [*self.scopes, scope], self.imports)
         for _ in range(2):  # twice: a local may alias a parameter bound later in the body
             summary.calls.clear()
@@ -932,8 +995,13 @@ class _Walker:
         callee = self.callee(func)
         if isinstance(func, ast.Attribute):
             receiver = self.refs(func.value)
+            self.class_change(func.value)
             if callee[0] != "attr":
                 callee = ("method", func.attr)
+        elif callee in (("local",), ("other",)):
+            # a parameter, a local or a computed value called (`f(x)`, `callbacks["log"](x)`):
+            # it may be a bound method of what it refers to
+            receiver = self.refs(func)
         self.record_call(callee, args, kwargs, frozenset(star), receiver, node)
 
     def dynamic(self, node: ast.Call, name: str) -> None:
@@ -1070,14 +1138,24 @@ def _namespace_writes(node: ast.stmt, effects: Effects) -> None:
 
 
 def python_of(source: str) -> str:
-    """The Python a cell runs: cell magics with a Python body unwrapped, IPython syntax
-    translated (`%x` → `get_ipython().run_line_magic(...)`); "" for a non-Python cell magic."""
+    """The Python a cell runs, for the analysis: cell magics with a Python body unwrapped (as
+    the body runs: `%%timeit`'s in a function, `%%capture NAME`'s followed by the binding of
+    NAME), IPython syntax translated (`%x` → `get_ipython().run_line_magic(...)`, except that
+    `%time STATEMENT` is the statement); "" for a non-Python cell magic."""
     lines = source.lstrip("\n").split("\n", 1)
     if lines[0].startswith("%%"):
-        magic = lines[0][2:].split(None, 1)[0] if len(lines[0]) > 2 else ""
+        words = lines[0][2:].split()
+        magic = words[0] if words else ""
         if magic not in _PY_CELL_MAGICS:
             return ""  # e.g. %%bash: not Python, nothing to analyse
-        source = lines[1] if len(lines) > 1 else ""
+        body = lines[1] if len(lines) > 1 else ""
+        if magic == "timeit":
+            inner = "\n".join("    " + line for line in python_of(body).split("\n"))
+            return f"def {_TIMEIT_BODY}():\n{inner}\n    pass\n{_TIMEIT_BODY}()\ndel {_TIMEIT_BODY}"
+        source = body
+        named = [w for w in words[1:] if not w.startswith("-")]
+        if magic == "capture" and named and named[-1].isidentifier():
+            source = f"{body}\n{named[-1]} = None"
     try:
         ast.parse(source)
         return source
@@ -1085,7 +1163,45 @@ def python_of(source: str) -> str:
         pass
     from IPython.core.inputtransformer2 import TransformerManager
 
-    return str(TransformerManager().transform_cell(source))
+    return _line_magic_statements(str(TransformerManager().transform_cell(source)))
+
+
+def _line_magic_statements(code: str) -> str:
+    """`get_ipython().run_line_magic('time', 'x = f()')` on a line of its own → `x = f()`."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code
+    lines = code.split("\n")
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Expr) or node.lineno != node.end_lineno:
+            continue
+        argument = _python_line_magic(node.value)
+        if argument is None:
+            continue
+        line = lines[node.lineno - 1]
+        lines[node.lineno - 1] = line[: node.col_offset] + argument + line[node.end_col_offset :]
+    return "\n".join(lines)
+
+
+def _python_line_magic(call: ast.expr) -> str | None:
+    """The statement a `%time`-like line magic runs in the user namespace, if `call` is one."""
+    if not (
+        isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr == "run_line_magic"
+        and _is_ipython(call.func.value)
+        and len(call.args) == 2
+    ):
+        return None
+    name, argument = (a.value if isinstance(a, ast.Constant) else None for a in call.args)
+    if name not in _PY_LINE_MAGICS or not isinstance(argument, str) or "\n" in argument:
+        return None
+    try:
+        ast.parse(argument)
+    except SyntaxError:
+        return None
+    return argument
 
 
 def imports_of(source: str) -> dict[str, str]:

@@ -32,7 +32,19 @@ __all__ = [
 BUILTINS = frozenset(dir(builtins))
 
 # builtins that change an argument: the positions they change
-_MUTATING_BUILTINS = {"next": (0,), "setattr": (0,), "delattr": (0,)}
+_MUTATING_BUILTINS: dict[str, tuple[int | str, ...]] = {
+    "next": (0,),
+    "setattr": (0,),
+    "delattr": (0,),
+    # builtins that call a function they are given: a bound method (`out.append`) changes its
+    # object when called
+    "map": (0,),
+    "filter": (0,),
+    "iter": (0,),
+    "sorted": ("key",),
+    "min": ("key",),
+    "max": ("key",),
+}
 # builtins that read a namespace the analysis cannot see into
 DYNAMIC_BUILTINS = frozenset({"exec", "eval", "globals", "locals", "vars", "__import__"})
 
@@ -306,8 +318,8 @@ def model_result_is_new(method: str) -> bool:
     return method in _NEW_RESULT_METHODS
 
 
-def builtin_mutates(name: str) -> tuple[int, ...]:
-    """The argument positions a builtin changes (most change none)."""
+def builtin_mutates(name: str) -> tuple[int | str, ...]:
+    """The argument positions (or keywords) a builtin changes or calls (most do neither)."""
     return _MUTATING_BUILTINS.get(name, ())
 
 

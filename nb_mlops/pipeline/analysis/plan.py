@@ -139,6 +139,14 @@ class _Groups:
             return set()
         return self.holds.get(self.find(name), set())
 
+    def holders(self, callable_name: str) -> set[str]:
+        """The names whose objects may hold the notebook function or class `callable_name`."""
+        found: set[str] = set()
+        for root, held in self.holds.items():
+            if callable_name in held and root in self.members:
+                found |= self.members[root]
+        return found
+
 
 @dataclass
 class _Stmt:
@@ -160,6 +168,8 @@ class _Events:
     why: dict[str, str] = field(default_factory=dict)  # why a name's new value comes from here
     setter: bool = False
     assumed: dict[str, str] = field(default_factory=dict)  # given to a model's method: why
+    # notebook functions and classes whose own state (attributes, defaults) changes: why
+    state_changes: dict[str, str] = field(default_factory=dict)
 
 
 def _mapped(
@@ -315,12 +325,17 @@ class _Planner:
         ev: _Events,
         why: str,
         spare: set[str] | frozenset[str] = frozenset(),
+        state: bool = False,
     ) -> None:
         """The objects of `refs` may change: so may every name that may share one of them
-        (functions and classes of the notebook excepted: their code does not change; names in
-        `spare` excepted: assumed unchanged)."""
+        (names in `spare` excepted: assumed unchanged). A function or class of the notebook
+        changes only with `state` (an attribute set on it, a method called on the class, a
+        default changed): its code does not change, but its attributes travel with it."""
         for ref in refs:
             if ref.startswith(("@", "!")) or not (self._live(ref) or ref in ev.produced):
+                continue
+            if state and self.callables.get(ref):
+                self._state_change(ref, ev, why)
                 continue
             if not self.callables.get(ref):
                 if ref not in ev.produced:  # a value made earlier in the statement: not needed
@@ -340,6 +355,24 @@ class _Planner:
                         member, why.format(f"`{ref}`, which may share an object with it,")
                     )
 
+    def _state_change(self, name: str, ev: _Events, why: str) -> None:
+        """The notebook function or class `name` changes its own state: it is a value from here
+        on, and so is every name whose objects may hold it (an instance carries its class)."""
+        ev.state_changes.setdefault(name, why.format(f"`{name}`"))
+        if name not in ev.produced:
+            ev.needs.add(name)
+        ev.writes.add(name)
+        ev.why.setdefault(name, why.format("it"))
+        for member in self.groups.holders(name):
+            if self._live(member) and member not in ev.writes and not self.callables.get(member):
+                ev.carries.add(member)
+                ev.writes.add(member)
+                ev.why.setdefault(member, why.format(f"the state of `{name}`, which it holds,"))
+
+    def _class_names(self, summary: Summary) -> list[str]:
+        """The names a class summary is bound to now."""
+        return [n for n, found in self.callables.items() if any(s is summary for s in found)]
+
     def _param_changes(self, summary: Summary, seen: set[int]) -> set[str]:
         """The parameters a notebook function may change, through the calls it makes too."""
         if id(summary) in seen:
@@ -349,9 +382,10 @@ class _Planner:
         for site in summary.calls:
             for _key, refs in self._changed_args(site, seen):
                 changed |= {r[1:] for r in refs if r.startswith("@")}
-            if site.callee[0] == "method" or (
+            if site.callee[0] in ("method", "local", "other") or (
                 site.callee[0] == "attr" and self._qual(site.callee) is None
             ):
+                # a method of a parameter, or a parameter called (`f(x)` may be `xs.append`)
                 changed |= {r[1:] for r in site.receiver if r.startswith("@")}
         return changed
 
@@ -426,7 +460,10 @@ class _Planner:
             ev.carries.add(name)
             ev.writes.add(name)
             ev.why.setdefault(name, f"{why} changes it")
-        self._group_change(summary.changes, ev, f"{why} changes {{}}")
+        self._group_change(summary.changes, ev, f"{why} changes {{}}", state=True)
+        if summary.class_state and summary.kind == "class":
+            for name in self._class_names(summary):
+                self._state_change(name, ev, f"{why} changes the class attributes of {{}}")
         for link in summary.links:
             self._link({r for r in link if not r.startswith("@")}, ev, f"{why} shares {{}}", set())
         for site in summary.calls:
@@ -456,6 +493,8 @@ class _Planner:
     def _model_method(self, site: CallSite) -> str | None:
         """A model method called on an object that holds no class of the notebook (whose own
         methods the analysis reads instead)."""
+        if site.callee[0] not in ("method", "attr"):
+            return None  # a function, a local, the result of a call: not a model's method
         receiver = site.receiver if site.callee[0] == "method" else frozenset({site.callee[1]})
         if any(
             self.groups.held(r.lstrip("!")) or self.callables.get(r.lstrip("!")) for r in receiver
@@ -491,6 +530,9 @@ class _Planner:
         elif site.callee[0] == "method" or (
             site.callee[0] == "attr" and self._qual(site.callee) is None
         ):
+            self._group_change(receiver, ev, why, state=True)
+        elif site.callee[0] in ("local", "other"):
+            # a local or a computed value called: it may be a bound method of a global's object
             self._group_change(receiver, ev, why)
         elif (
             site.callee[0] == "name"
@@ -562,7 +604,7 @@ class _Planner:
         # process-wide settings reached through a module: `os.environ[k] = v`, `pd.options.x = y`
         state = [t for t in effects.state_targets if self._import_qual(t.split(".")[0])]
         direct_changes = set(effects.changes) - {t.split(".")[0] for t in state}
-        self._group_change(direct_changes, ev, f"{ref} changes {{}} in place")
+        self._group_change(direct_changes, ev, f"{ref} changes {{}} in place", state=True)
         setters = bool(state) and not (effects.binds or effects.maybe_binds)
         for site in effects.calls:
             if self._call_events(site, ev, ref):
@@ -585,8 +627,10 @@ class _Planner:
             return site.callee[1] in knowledge.ENV_MAGICS
         if qual and knowledge.is_state_setter(qual):
             return True
+        # `setattr(C, ...)` changes a notebook class or function itself (`map(f, xs)` only calls f)
+        state = qual in ("builtins.setattr", "builtins.delattr")
         for _key, refs in self._changed_args(site, set()):
-            self._group_change(set(refs), ev, f"{ref} passes {{}} to a call")
+            self._group_change(set(refs), ev, f"{ref} passes {{}} to a call", state=state)
         if self._model_method(site):
             self._assume(site.all_args(), ev, f"{ref} gives it to `.{site.callee[1]}(...)`")
         self._receiver(site, ev, f"{ref} calls a method on {{}}")
@@ -595,6 +639,13 @@ class _Planner:
             summaries = self.callables.get(site.callee[1], [])
             for summary in summaries:
                 binding = _bind_args(summary, site)
+                kept = summary.shared_defaults - set(binding if binding is not None else ())
+                if site.star or summary.varargs:
+                    kept = set()
+                if kept & self._param_changes(summary, set()):
+                    self._state_change(
+                        site.callee[1], ev, f"{ref} changes a default argument of {{}}"
+                    )
                 self._apply_summary(
                     summary, ev, f"{ref} calls `{site.callee[1]}`, which", binding, set()
                 )
@@ -629,6 +680,7 @@ class _Planner:
                 self._prelude_statement(stmt, ev)
             if cell.role == "step":
                 self._module_state(stmt, ev)
+                self._prelude_state(stmt, ev)
                 self._step_statement(stmt, ev)
                 self._uncarried_seeds(stmt, step_stmts)
                 if ev.setter:
@@ -696,6 +748,19 @@ class _Planner:
                 "of a module, which every step imports afresh: a change to it here does not reach "
                 f"later steps; change `{origin[0]}` directly, or copy it where `{name}` is set"
             )
+
+    def _prelude_state(self, stmt: _Stmt, ev: _Events) -> None:
+        """A function or class of an `imports`/`functions` cell whose state a step changes:
+        every step defines it afresh, so the change would not reach later steps."""
+        for name, why in sorted(ev.state_changes.items()):
+            version = self.version.get(name)
+            if version is not None and version.kind == "prelude" and len(self.plans) > 1:
+                raise BuildError(
+                    f"{stmt.cell.ref}: {why.removeprefix(stmt.cell.ref + ' ')}, but `{name}` "
+                    f"is defined in {version.cell.ref} ({version.cell.role}), which every step "
+                    "runs afresh: later steps would not see the change; define it in a step, "
+                    "or keep the state in an object of its own"
+                )
 
     def _uncarried_seeds(self, stmt: _Stmt, step_stmts: dict[str, list[int]]) -> None:
         later = [n for n, idx in step_stmts.items() if idx and idx[-1] > stmt.index]
@@ -978,7 +1043,11 @@ class _Planner:
             }
         for plan in plans.values():
             plan.outputs = sorted(plan.outputs)
-            plan.inputs = dict(sorted(plan.inputs.items()))
+            # values load producer by producer in run order: a class travels with its objects
+            # by value, and the state loaded last (the latest producer's) is the one kept
+            plan.inputs = dict(
+                sorted(plan.inputs.items(), key=lambda kv: (order.index(kv[1]), kv[0]))
+            )
             plan.imports = dict(sorted(plan.imports.items()))
             plan.reasons = {k: plan.reasons[k] for k in [*plan.inputs, *sorted(plan.file_after)]}
         prelude_defines = any(
