@@ -1152,6 +1152,8 @@ REAL = [
     "process-settings-repeated-in-later-steps",
     "a-mix-of-everything",
     "two-models-fit-on-the-same-data",
+    "class-registry-filled-by-instances",
+    "lru-cached-function-crosses-steps",
 ]
 
 
