@@ -50,7 +50,36 @@ op = st.one_of(
     st.tuples(st.just("set_params"), st.sampled_from(NAMES)),
     st.tuples(st.just("unfitted"), st.sampled_from(NAMES), st.sampled_from(sorted(MAKERS))),
     st.tuples(st.just("delete"), st.sampled_from(NAMES)),
+    # kept in a container or an object rather than under a name of its own
+    st.tuples(st.just("keep"), st.sampled_from(NAMES), st.sampled_from(["bag", "shelf", "box"])),
+    st.tuples(st.just("fit_into"), st.sampled_from(["bag", "shelf", "box"]), st.just("dummy")),
 )
+
+
+class Holder:
+    """An object of a class of the notebook (kernels define them in `__main__`)."""
+
+
+Holder.__module__ = "__main__"
+
+
+def _keep(namespace: dict[str, Any], where: str, key: str, value: Any) -> None:
+    if where == "bag":
+        namespace.setdefault("bag", {})[key] = value
+    elif where == "shelf":
+        namespace.setdefault("shelf", []).append(("run", value))  # (name, model) pairs
+    else:
+        setattr(namespace.setdefault("box", Holder()), key, value)
+
+
+def _kept(namespace: dict[str, Any]) -> dict[int, Any]:
+    """Every object the namespace keeps: names, the bag's values, the shelf's pairs, the box's
+    attributes."""
+    kept = {id(v): v for v in namespace.values()}
+    kept |= {id(v): v for v in namespace.get("bag", {}).values()}
+    kept |= {id(v): v for _, v in namespace.get("shelf", [])}
+    kept |= {id(v): v for v in vars(namespace.get("box", Holder())).values()}
+    return kept
 
 
 def _fit(model: Any) -> Any:
@@ -76,10 +105,20 @@ def test_exactly_the_models_fitted_during_a_cell_are_logged(
             elif kind == "alias" and value is not None:
                 namespace[rest[0]] = value
             elif kind == "set_params" and value is not None:
-                value.set_params(**{next(iter(value.get_params(deep=False))): None})
+                key, current = next(iter(value.get_params(deep=False).items()))
+                value.set_params(**{key: current})
                 continue  # a parameter change is not a fit
             elif kind == "delete":
                 namespace.pop(name, None)
+            elif kind == "keep" and value is not None:
+                _keep(namespace, rest[0], name, value)
+                continue
+            elif kind == "fit_into":
+                model = _fit(MAKERS[rest[0]]())
+                _keep(namespace, name, "fresh", model)
+                if fitted is not None:
+                    fitted.add(id(model))
+                continue
             else:
                 continue
             if fitted is not None and kind in ("fit_new", "refit") and name in namespace:
@@ -92,8 +131,9 @@ def test_exactly_the_models_fitted_during_a_cell_are_logged(
     fitted_in_cell: set[int] = set()
     apply(cell, fitted_in_cell)
     found = models.fitted_since(namespace, before)
-    # Then the logged models are the fitted objects still bound to a name, each once
-    bound = {id(v): v for v in namespace.values()}
+    # Then the logged models are the fitted objects the namespace still keeps (under a name,
+    # in a list, tuple or dict, or as an attribute of an object of the notebook), each once
+    bound = _kept(namespace)
     expected = {i for i in fitted_in_cell if i in bound and models.is_fitted(bound[i])}
     assert len(found) == len(expected)
     if len(expected) == 1:

@@ -299,3 +299,56 @@ def test_representative_families_through_the_real_runner(project: Path) -> None:
         np.testing.assert_array_equal(np.asarray(served.predict(X)), expected, family)
         mv = client.get_model_version_by_alias(f"subset-{family}", "champion")
         assert mv.source == f"models:/{model_ids[family]}"
+
+
+# --- 4. models kept in containers and objects, in a real kernel ---------------------------------
+
+KEPT = {
+    # run name → (the cell, {logged name: how the notebook predicts with it})
+    "compare": (
+        "models = {'tree': DecisionTreeClassifier(random_state=0), 'nb': GaussianNB()}\n"
+        "for m in models.values():\n    m.fit(X, y)",
+        {"models-tree": "models['tree']", "models-nb": "models['nb']"},
+    ),
+    "results": (
+        "results = []\nfor d in (2, 3):\n"
+        "    results.append((d, DecisionTreeClassifier(max_depth=d, random_state=0).fit(X, y)))",
+        {"results-0-1": "results[0][1]", "results-1-1": "results[1][1]"},
+    ),
+    "holder": (
+        "class Experiment:\n    pass\nexp = Experiment()\n"
+        "exp.model = LogisticRegression(max_iter=5000).fit(X, y)",
+        {"model": "exp.model"},
+    ),
+}
+
+
+def test_models_kept_in_containers_and_objects_are_logged(project: Path) -> None:
+    # Given cells that keep their models in a dict, in a list of (name, model) pairs, and as an
+    # attribute of an object of the notebook, not under names of their own
+    cells = ["%load_ext nb_mlops\n" + IMPORTS + "predicted = {}"]
+    for run, (source, logged) in KEPT.items():
+        saves = "".join(f"\npredicted['{run}:{n}'] = {e}.predict(X)" for n, e in logged.items())
+        cells.append(f"%%track -n {run}\n{source}{saves}")
+    cells.append("np.savez('predicted.npz', **predicted)")
+    nb = new_notebook(project / "kept.ipynb", cells)
+    # When they run in a real kernel
+    execute(
+        nb,
+        output=project / "kept.out.ipynb",
+        parameters={"PAPERMILL_INPUT_PATH": str(nb)},
+        timeout=600,
+    )
+    # Then each kept model is logged under its path and predicts what it did in the kernel
+    client = _client(load_config())
+    exp = client.get_experiment_by_name("kept")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    predicted = np.load(project / "predicted.npz")
+    for run, (_source, logged) in KEPT.items():
+        tags = runs[run].data.tags
+        assert {k for k in tags if k.startswith("nb_mlops.model.")} == {
+            f"nb_mlops.model.{name}" for name in logged
+        }, run
+        for name in logged:
+            served = mlflow.pyfunc.load_model(f"models:/{tags[f'nb_mlops.model.{name}']}")
+            np.testing.assert_array_equal(served.predict(_wine()), predicted[f"{run}:{name}"])

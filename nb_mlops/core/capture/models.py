@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -40,6 +42,9 @@ LOGGED = "logged"
 # how deep and how wide a fingerprint or a search for nested estimators looks
 _MAX_DEPTH = 6
 _MAX_ITEMS = 256
+_IDENT_CHARS = re.compile(r"[^A-Za-z0-9_-]")  # a logged model's name: no `/ : . % " '`
+_SCAN_ALWAYS = 16  # containers up to this long are searched for models whatever they hold
+_SCALARS = (str, bytes, int, float, complex, type(None))
 
 Mark = tuple[int, bool, tuple[Any, ...]]  # (object id, fitted, fitted-state fingerprint)
 
@@ -172,25 +177,89 @@ def _mark(value: Any) -> Mark | None:
         return None
 
 
-def snapshot(namespace: dict[str, Any]) -> dict[int, Mark]:
-    """The models bound to names of the namespace now, by object id."""
-    found: dict[int, Mark] = {}
+def _reachable(namespace: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(name, model) for every model the namespace keeps: bound to a name, or an item of a
+    list, tuple or dict, or an attribute of an object of a class of the notebook (`models["rf"]`
+    is `models-rf`, `runs[0]` is `runs-0`, `self.model` of `h` is `h-model`), two levels deep.
+    Each object once, under its first name; a path before a variable (after
+    `for m in models.values(): m.fit(X, y)` the last model is `models-...`, not `m`)."""
+    seen: set[int] = set()
+    is_model: dict[type, bool] = {}  # by type: the namespace holds many values of few types
+
+    def model(value: Any) -> bool:
+        known = is_model.get(type(value))
+        if known is None:
+            known = is_model[type(value)] = model_kind(value) is not None
+        return known
+
+    direct: list[tuple[str, Any]] = []
+    nested: list[tuple[str, Any, int]] = []
     for key, value in list(namespace.items()):
-        mark = None if key.startswith("_") else _mark(value)
-        if mark is not None:
-            found[id(value)] = mark
+        if key.startswith("_") or isinstance(value, type):
+            continue
+        if model(value):
+            direct.append((key, value))
+        else:
+            nested.append((key, value, 0))
+    while nested:
+        path, value, depth = nested.pop(0)
+        for key, item in _members(value):
+            name = f"{path}-{_IDENT_CHARS.sub('_', str(key))[:40]}"
+            if model(item):
+                if id(item) not in seen:
+                    seen.add(id(item))
+                    yield name, item
+            elif depth < 1:
+                nested.append((name, item, depth + 1))
+    for key, value in direct:
+        if id(value) not in seen:
+            seen.add(id(value))
+            yield key, value
+
+
+def _members(value: Any) -> list[tuple[Any, Any]]:
+    """The items of a list, tuple or dict, or the attributes of an object of the notebook
+    (its class defined in `__main__`): the first few only, and none of a long container that
+    starts with plain numbers or strings (data, not a collection of models)."""
+    if isinstance(value, list | tuple):
+        if len(value) > _SCAN_ALWAYS and all(map(_is_scalar, value[:_SCAN_ALWAYS])):
+            return []
+        return list(enumerate(value[:_MAX_ITEMS]))
+    if isinstance(value, dict):
+        head = list(itertools.islice(value.values(), _SCAN_ALWAYS))
+        if len(value) > _SCAN_ALWAYS and all(map(_is_scalar, head)):
+            return []
+        return list(itertools.islice(value.items(), _MAX_ITEMS))
+    if type(value).__module__ == "__main__":
+        state = getattr(value, "__dict__", None)
+        if isinstance(state, dict):
+            return list(itertools.islice(state.items(), _MAX_ITEMS))
+    return []
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, _SCALARS) or type(value).__module__ == "numpy"
+
+
+def snapshot(namespace: dict[str, Any]) -> dict[int, Mark]:
+    """The models the namespace keeps now (see `_reachable`), by object id."""
+    found: dict[int, Mark] = {}
+    with contextlib.suppress(Exception):  # a namespace that changes under us: what was seen
+        for _name, value in _reachable(namespace):
+            mark = _mark(value)
+            if mark is not None:
+                found[id(value)] = mark
     return found
 
 
 def fitted_since(namespace: dict[str, Any], before: dict[int, Mark]) -> dict[str, Any]:
     """Models fitted during the cell (new fitted objects, or ones whose fitted state changed),
-    by name: `model` when there is one, else their variable names. A model that is part of
-    another one fitted in the same cell (the scaler inside a pipeline) is not logged on its own.
-    Each is deep-copied, so the background writer stores it as it is now."""
+    by name: `model` when there is one, else their variable names (or paths: `models-rf` for
+    `models["rf"]`). A model that is part of another one fitted in the same cell (the scaler
+    inside a pipeline) is not logged on its own. Each is deep-copied, so the background writer
+    stores it as it is now."""
     fitted: dict[int, tuple[str, Any]] = {}
-    for key, value in list(namespace.items()):
-        if key.startswith("_") or id(value) in fitted:
-            continue
+    for key, value in _reachable(namespace):
         mark = _mark(value)
         if mark is not None and mark[1] and before.get(id(value)) != mark:
             fitted[id(value)] = (key, value)
