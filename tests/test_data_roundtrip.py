@@ -11,6 +11,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import pandas as hpd
 
 import nb_mlops
 from nb_mlops.core.data import diff, frames, profile, restore, snapshot, snapshots
@@ -62,6 +65,15 @@ def _frames() -> dict[str, pd.DataFrame]:
         "bytes": pd.DataFrame({"b": [bytes([i, 0, 255]) for i in range(N)]}),
         "empty": base.head(0),
         "int_column_names": pd.DataFrame({0: np.arange(N), 1: np.arange(N) * 2.0}),
+        "index_with_frequency": base.set_index(
+            pd.date_range("2024-03-01", periods=N, freq="h", tz="America/New_York", name="ts")
+        ),
+        "rows_without_columns": pd.DataFrame(index=pd.RangeIndex(N)),
+        "uint64_extremes": pd.DataFrame({"u": np.array([2**64 - 1] * N, dtype="uint64")}),
+        "multiindex_columns": pd.DataFrame(
+            np.arange(2 * N).reshape(N, 2),
+            columns=pd.MultiIndex.from_tuples([("a", "x"), ("a", "y")]),
+        ),
     }
 
 
@@ -76,6 +88,83 @@ def test_restore_returns_an_equal_frame(project: Path, case: str) -> None:
     pd.testing.assert_frame_equal(back, df, check_exact=True)
     assert list(back.columns) == list(df.columns)
     assert back.dtypes.map(str).tolist() == df.dtypes.map(str).tolist()
+
+
+# --- generated frames: exact, or refused in one line ----------------------------------------
+
+_ELEMENTS = {
+    "int8": st.integers(-128, 127),
+    "int64": st.integers(-(2**63), 2**63 - 1),
+    "uint64": st.integers(0, 2**64 - 1),
+    "float16": st.floats(width=16, allow_nan=True),
+    "float32": st.floats(width=32, allow_nan=True),
+    "float64": st.floats(allow_nan=True, allow_infinity=True),
+    "bool": st.booleans(),
+    "datetime64[ns]": st.datetimes(
+        min_value=pd.Timestamp("1700-01-01").to_pydatetime(),
+        max_value=pd.Timestamp("2200-01-01").to_pydatetime(),
+    ),
+    "timedelta64[ns]": st.timedeltas(
+        min_value=pd.Timedelta(days=-9999).to_pytimedelta(),
+        max_value=pd.Timedelta(days=9999).to_pytimedelta(),
+    ),
+    "object": st.one_of(st.none(), st.text(max_size=5)),
+    "category": st.sampled_from(["lo", "mid", "hi"]),
+}
+_NAMES = st.one_of(st.text(max_size=4), st.integers(-3, 3))
+
+
+@st.composite
+def _generated_frames(draw: st.DrawFn) -> pd.DataFrame:
+    names = draw(st.lists(_NAMES, max_size=5, unique_by=lambda n: (type(n), n)))
+    columns = [
+        hpd.column(
+            name,
+            elements=_ELEMENTS[kind],
+            dtype=None if kind in ("object", "category") else kind,
+        )
+        for name in names
+        for kind in [draw(st.sampled_from(sorted(_ELEMENTS)))]
+    ]
+    index = st.one_of(
+        hpd.range_indexes(max_size=8),
+        hpd.indexes(elements=st.integers(-5, 5), max_size=8),
+        hpd.indexes(elements=st.text(max_size=3), max_size=8, unique=True),
+    )
+    frame = draw(hpd.data_frames(columns, index=index))
+    for name, kind in zip(names, [c.dtype for c in columns], strict=True):
+        if kind is None and draw(st.booleans()) and len(frame):
+            frame[name] = frame[name].astype("category")  # a categorical column now and then
+    return frame
+
+
+SEEN = {"refused": 0, "stored": 0}
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(frame=_generated_frames())
+def test_generated_frames_restore_exactly_or_are_refused_in_one_line(
+    project: Path, frame: pd.DataFrame
+) -> None:
+    # Given any frame of everyday dtypes, names and indexes
+    name = f"gen-{SEEN['refused'] + SEEN['stored']}"
+    # When it is snapshotted
+    try:
+        snap = snapshot(frame, name)
+    except DataError as exc:
+        # Then it is refused in one line that says what to do
+        SEEN["refused"] += 1
+        assert "\n" not in str(exc)
+        return
+    # Or it comes back exactly: values, dtypes, names, index
+    SEEN["stored"] += 1
+    back = restore(snap.ref)
+    pd.testing.assert_frame_equal(back, frame, check_exact=True)
+    assert back.dtypes.map(str).tolist() == frame.dtypes.map(str).tolist()
 
 
 ARRAYS = {
@@ -111,6 +200,10 @@ def test_unsupported_objects_are_refused_clearly(project: Path) -> None:
         snapshot(np.array([object(), 1]), "bad")
     with pytest.raises(DataError, match="mixed-type"):
         snapshot(pd.DataFrame({"m": [1, "a", 2.5]}), "bad")
+    with pytest.raises(DataError, match=r"column names \(0, 'a'\) would not come back"):
+        snapshot(pd.DataFrame({0: [1], "a": [2]}), "mixed-names")
+    with pytest.raises(DataError, match=r"make sparse columns dense first"):
+        snapshot(pd.DataFrame({"s": pd.arrays.SparseArray([0, 1])}), "sparse")
     with pytest.raises(DataError, match="duplicate column"):
         snapshot(pd.DataFrame([[1, 2]], columns=["a", "a"]), "bad")
     with pytest.raises(DataError, match="cannot snapshot a dict"):

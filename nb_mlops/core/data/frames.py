@@ -22,6 +22,7 @@ import contextlib
 import io
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -120,12 +121,17 @@ def _prepare_frame(df: Any) -> Prepared:
     if not df.columns.is_unique:
         dupes = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
         raise DataError(f"DataFrame has duplicate column names {dupes}; rename them to snapshot it")
+    if df.columns.inferred_type not in ("string", "integer", "empty"):
+        _check_column_names(df)
     try:
-        table = pa.Table.from_pandas(df, preserve_index=None)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        with warnings.catch_warnings():  # the names were checked above
+            warnings.filterwarnings("ignore", message=_MIXED_NAMES)
+            # a frame without columns keeps its rows only as an index column
+            table = pa.Table.from_pandas(df, preserve_index=True if df.shape[1] == 0 else None)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError) as exc:
         raise DataError(
             f"cannot convert the DataFrame to Arrow ({str(exc).splitlines()[0]}); "
-            "give mixed-type object columns one type (e.g. .astype(str))"
+            + _conversion_hint(str(exc))
         ) from exc
     dtypes = {str(col): str(dtype) for col, dtype in df.dtypes.items()}
     # Arrow gives strings back as pandas' string dtype: remember which columns were `object`
@@ -137,7 +143,38 @@ def _prepare_frame(df: Any) -> Prepared:
             if df.index.get_level_values(i).dtype == np.dtype("O")
         ],
     }
+    freq = getattr(df.index, "freqstr", None)
+    if freq:  # a DatetimeIndex's frequency: Arrow keeps the values, not the frequency
+        extra["index_freq"] = freq
     return _split_dictionaries("frame", table, extra, dtypes)
+
+
+_MIXED_NAMES = "The DataFrame has column names of mixed type"
+
+
+def _check_column_names(df: Any) -> None:
+    """Arrow names columns with strings and pandas' metadata restores most other names; those it
+    would not restore as they were (`[0, "a"]` comes back `["0", "a"]`) are refused."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_MIXED_NAMES)
+            back = pa.Table.from_pandas(df.head(0), preserve_index=None).to_pandas().columns
+    except (pa.ArrowException, TypeError, ValueError):
+        return  # the conversion of the whole frame says what is wrong
+    if not back.equals(df.columns) or list(map(type, back)) != list(map(type, df.columns)):
+        shown = ", ".join(repr(c) for c in df.columns[:4])
+        raise DataError(
+            f"DataFrame column names ({shown}{', ...' if len(df.columns) > 4 else ''}) would not "
+            "come back as they are; make them all strings (df.columns = df.columns.astype(str))"
+        )
+
+
+def _conversion_hint(error: str) -> str:
+    if "Sparse" in error:
+        return "make sparse columns dense first (df.sparse.to_dense())"
+    if "complex" in error:
+        return "store complex columns as their real and imaginary parts"
+    return "give mixed-type object columns one type (e.g. .astype(str))"
 
 
 def _prepare_array(arr: np.ndarray) -> Prepared:
@@ -804,6 +841,8 @@ def to_python(manifest: dict[str, Any], table: pa.Table) -> Any:
                 frame.index = index.set_levels(
                     [index.levels[i].astype(object) for i in levels], level=levels
                 )
+        if extra.get("index_freq"):
+            frame.index.freq = extra["index_freq"]
         return frame
     extra = manifest["extra"]
     dtype = np.dtype(extra["dtype"])

@@ -150,7 +150,10 @@ def _distribution(sample: pa.ChunkedArray, out: dict[str, Any]) -> None:
         out["quantiles"] = dict(
             zip(["p01", "p05", "p25", "p50", "p75", "p95", "p99"], map(_json, qs), strict=True)
         )
-        counts, edges = np.histogram(values, bins=_BINS)
+        try:
+            counts, edges = np.histogram(values, bins=_BINS)
+        except ValueError:  # a range too narrow for its magnitude (all values near 2**64)
+            counts, edges = np.array([len(values)]), np.array([values.min(), values.max()])
         out["histogram"] = {"edges": [_json(e) for e in edges], "counts": counts.tolist()}
 
 
