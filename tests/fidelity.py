@@ -66,13 +66,35 @@ class _Canonical(pickle.Pickler):
             frame = obj.to_frame() if type(obj).__name__ == "Series" else obj
             cols = [(str(c), str(frame[c].dtype), frame[c].tolist()) for c in frame.columns]
             return (tuple, ((type(obj).__name__, frame.index.tolist(), cols),))
+        if module == "__main__" and not isinstance(obj, type):
+            # an object of a notebook class, by its class's name and its state (the class object
+            # itself may be a step's copy of it: compared by what it holds, not by reference)
+            parts = [type(obj).__qualname__, getattr(obj, "__dict__", None)]
+            if isinstance(obj, dict):
+                parts.append(list(obj.items()))
+            elif isinstance(obj, list | tuple | set | frozenset):
+                parts.append(list(obj))
+            return (tuple, (tuple(parts),))
         return NotImplemented
+
+def _state(value):
+    """What a notebook class or function holds besides its code: class attributes that are not
+    functions, a function's attributes and defaults; by repr, in name order (a step's copy of a
+    class gets its attributes in another order, and as other string objects)."""
+    if isinstance(value, type):
+        held = sorted((k, v) for k, v in vars(value).items()
+                      if not k.startswith("__") and not callable(v)
+                      and not isinstance(v, (staticmethod, classmethod, property)))
+    else:
+        held = (sorted(value.__dict__.items()), value.__defaults__, value.__kwdefaults__)
+    return hashlib.sha256(_ADDR.sub("", repr(held)).encode()).hexdigest()[:16]
 
 def _digest(value):
     if isinstance(value, types.ModuleType):
         return None
     if isinstance(value, types.FunctionType | type):
-        return f"{type(value).__name__}:{value.__qualname__}"
+        own = getattr(value, "__module__", None) == "__main__"
+        return f"{type(value).__name__}:{value.__qualname__}" + (f":{_state(value)}" if own else "")
     try:
         out = io.BytesIO()
         _Canonical(out, protocol=4).dump(value)
@@ -342,7 +364,10 @@ def compare(cells: list[Cell], notebook: list[CellRun], pipeline: PipelineRun) -
         changed = {k for k, v in expected.after.items() if previous.get(k) != v}
         for name in sorted(changed & set(got.after)):
             if got.after[name] != expected.after[name]:
-                found.append(f"{where}: `{name}` differs after it")
+                found.append(
+                    f"{where}: `{name}` differs after it "
+                    f"({got.after[name]} vs {expected.after[name]} top to bottom)"
+                )
     return found
 
 

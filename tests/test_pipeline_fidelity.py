@@ -659,6 +659,35 @@ CORPUS: list[tuple[str, list, str]] = [
         "same",
     ),
     (
+        "a-series-and-an-array-taken-from-a-frame-keep-their-values",
+        # pandas copies on write: a Series or array taken from a frame never sees the frame's
+        # later changes, in the notebook or across steps
+        [
+            IMPORTS,
+            _c(
+                "df = pd.DataFrame({'a': [1, 2], 'b': [0.5, 1.5]})\ncol = df['a']\narr = df.to_numpy()",
+                "step:a",
+            ),
+            _c("df.loc[0, 'a'] = 9\ndf['b'] *= 2", "step:b"),
+            _c("print(col.tolist(), arr.tolist(), df.values.tolist())", "step:c"),
+        ],
+        "same",
+    ),
+    (
+        "objects-of-notebook-classes-changed-through-properties-and-items",
+        [
+            _c(
+                "class P:\n    def __init__(self):\n        self._v = 0\n    @property\n"
+                "    def v(self):\n        return self._v\n    @v.setter\n    def v(self, x):\n"
+                "        self._v = x\nclass Reg(dict):\n    pass\np = P()\nr = Reg()",
+                "step:a",
+            ),
+            _c("p.v = 5\nr['k'] = 1", "step:b"),
+            _c("print(p.v, r)", "step:c"),
+        ],
+        "same",
+    ),
+    (
         "refuse-a-step-changing-a-class-of-the-functions-cell",
         [
             _c("class Cfg:\n    rate = 1", "functions"),

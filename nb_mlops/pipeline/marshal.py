@@ -333,6 +333,25 @@ def _view(
 # --- saving -------------------------------------------------------------------------------
 
 
+def _pandas_copy_on_write() -> bool:
+    pd = sys.modules.get("pandas")
+    if pd is None:
+        return False
+    if int(pd.__version__.split(".", 1)[0]) >= 3:
+        return True  # always on from pandas 3
+    return bool(getattr(pd.options.mode, "copy_on_write", False))
+
+
+def _pandas_arrays(obj: Any) -> list[Any]:
+    """The numpy arrays a DataFrame, Series or Index keeps its values in (none for others)."""
+    manager = getattr(obj, "_mgr", None)
+    found = list(getattr(manager, "arrays", ()) or ())
+    index = getattr(obj, "_data", None)  # an Index's values
+    if index is not None and hasattr(index, "dtype"):
+        found.append(index)
+    return found
+
+
 def _np_root(arr: Any) -> Any:
     np = sys.modules["numpy"]
     root, base = arr, arr.base
@@ -352,6 +371,11 @@ class _Saver:
         self.view_roots: set[int] = set()  # arrays whose views are saved as views
         self.roots_seen: dict[int, int] = {}  # root id → times an array of it was pickled
         self.arrays_seen: set[int] = set()
+        # arrays inside pandas objects: with copy-on-write no two pandas objects ever share
+        # memory visibly (`col = df["a"]` keeps its values when df changes), so they are never
+        # restored as views of one another
+        self.pandas_arrays: set[int] = set()
+        self.copy_on_write = _pandas_copy_on_write()
 
     def buffer(self, pb: pickle.PickleBuffer) -> bool:
         raw = pb.raw()
@@ -383,6 +407,9 @@ class _Saver:
         np = sys.modules.get("numpy")
         if np is not None and cls is np.ndarray:
             return self._array(obj)
+        if self.copy_on_write and cls.__module__.split(".", 1)[0] == "pandas":
+            self.pandas_arrays.update(id(a) for a in _pandas_arrays(obj))
+            return NotImplemented
         if cls.__module__ in ("builtins", "__main__"):
             return NotImplemented
         marshaller = _claim(obj)
@@ -414,6 +441,8 @@ class _Saver:
         )
 
     def _array(self, arr: Any) -> Any:
+        if id(arr) in self.pandas_arrays:
+            return NotImplemented
         root = _np_root(arr)
         self.arrays_seen.add(id(arr))
         if root is arr:
