@@ -914,7 +914,7 @@ def test_corpus_notebook_equals_top_to_bottom_or_is_refused(
 # --- generated notebooks --------------------------------------------------------------------
 
 GENERATED_PRELUDE = [
-    ("import random", ["imports"]),
+    ("import random\nimport pandas as pd", ["imports"]),
     (
         "class Box:\n"
         "    def __init__(self, x=0):\n"
@@ -969,7 +969,9 @@ def _statements(draw: st.DrawFn, state: dict) -> list[str]:
             ]
         if state.get("acc"):
             choices += 2 * ["accall", "accattr"]
-        choices += ["box", "seed", "with"]
+        if state.get("frame"):
+            choices += 2 * ["fcol", "fset", "fprint"]
+        choices += ["box", "seed", "with"] + ([] if state.get("frame") else ["frame"])
         choices += [kind for kind in ("klass", "acc") if not state.get(kind)]
         kind = draw(st.sampled_from(choices))
         pick = lambda pool: draw(st.sampled_from(sorted(pool)))  # noqa: E731
@@ -1062,6 +1064,20 @@ def _statements(draw: st.DrawFn, state: dict) -> list[str]:
             state["hook"] = True
         elif kind == "hookcall":
             lines.append(f"hooks['add']({draw(st.integers(0, 9))})")
+        elif kind == "frame":
+            lines.append(
+                f"f0 = pd.DataFrame({{'a': [{draw(st.integers(0, 9))}, 2], 'b': [0.5, 1.0]}})\n"
+                "c0 = f0['a']\nv0 = f0.to_numpy()"
+            )
+            state["frame"], state["fcols"] = True, True
+        elif kind == "fcol":  # a Series and an array taken from the frame (copy on write)
+            lines.append("c0 = f0['a']\nv0 = f0.to_numpy()")
+            state["fcols"] = True
+        elif kind == "fset":
+            lines.append(f"f0.loc[0, 'a'] = {draw(st.integers(0, 9))}\nf0['b'] *= 2")
+        elif kind == "fprint":
+            shown = "f0.a.tolist(), c0.tolist(), v0.tolist()" if state["fcols"] else "f0.a.tolist()"
+            lines.append(f"print({shown})")
         elif kind == "klass":  # a class of a step whose own attributes change
             lines.append(
                 "class K:\n    count = 0\n    seen = []\n    @classmethod\n    def tick(cls):\n"
