@@ -21,6 +21,7 @@ from nb_mlops.core.data.refs import open_store
 from nb_mlops.core.data.sketch import SAMPLE_ROWS, snapshot_sketch
 from nb_mlops.core.errors import ConfigError, DataError
 from nb_mlops.core.monitoring import drift, parse_settings
+from nb_mlops.core.monitoring.report import drift_table
 from nb_mlops.core.monitoring.stats import bin_counts, categorical, numeric, quantile_edges
 
 # the sketch path at 1M rows compares ~131k sampled rows a side: its sampling error in these
@@ -301,3 +302,17 @@ def test_gc_drops_the_sketches_of_chunks_no_version_keeps(project: Path) -> None
     versions = {p.name[: -len(".arrow")] for p in (sketches / "versions").glob("*.arrow")}
     assert versions == {store.manifest("kept")["digest"]}
     assert drift("kept", "kept").drifted == []
+
+
+def test_a_column_whose_values_are_not_compared_says_so(project: Path) -> None:
+    # Given a timestamp column, whose values drift does not compare, moved by days
+    when = pd.date_range("2024-01-01", periods=500, freq="min")
+    snapshot(pd.DataFrame({"x": np.arange(500.0), "when": when}), "stamped", wait=True)
+    later = pd.DataFrame({"x": np.arange(500.0), "when": when + pd.Timedelta(days=5)})
+    snapshot(later, "stamped-later", wait=True)
+    # When the two are compared
+    report = drift("stamped", "stamped-later")
+    # Then it is not called "ok": the table and the summary say it was not compared
+    row = next(r for r in drift_table(report) if r["feature"] == "when")
+    assert row["verdict"] == "not compared" and "not compared" in row["why"]
+    assert "1 compared on missing values and type only: when" in report.summary()

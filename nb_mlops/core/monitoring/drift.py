@@ -115,7 +115,12 @@ class DriftReport:
             f"({self.share:.0%}, threshold {self.drift_share:.0%}) in {self.current} "
             f"against {self.reference}"
         )
-        return head + (": " + ", ".join(self.drifted[:8]) if self.drifted else "")
+        head += ": " + ", ".join(self.drifted[:8]) if self.drifted else ""
+        unseen = [f.name for f in self.features if f.kind == OTHER and not f.drifted]
+        if unseen:  # say so: "ok" would read as if their values had been compared
+            head += f" ({len(unseen)} compared on missing values and type only: "
+            head += ", ".join(unseen[:4]) + (", ..." if len(unseen) > 4 else "") + ")"
+        return head
 
 
 # --- both sides: a sketch sample, or every row -----------------------------------------------------

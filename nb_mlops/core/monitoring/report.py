@@ -36,6 +36,20 @@ def _num(value: float | None) -> str:
     return f"{value:.3f}"
 
 
+def _quiet_verdict(f: FeatureDrift) -> str:
+    if f.schema == "new":
+        return "new"
+    return "not compared" if f.kind == "other" else "ok"
+
+
+def _quiet_why(f: FeatureDrift) -> str:
+    if f.schema == "new":
+        return "new column"
+    if f.kind == "other":
+        return "values of this type (dates, times, nested) are not compared; missing share and type are"
+    return ""
+
+
 def drift_table(report: DriftReport) -> list[dict[str, str]]:
     """One row per feature: name, kind, verdict, its statistics and why it drifted."""
     rows = []
@@ -48,9 +62,9 @@ def drift_table(report: DriftReport) -> list[dict[str, str]]:
             {
                 "feature": f.name,
                 "kind": f.kind,
-                "verdict": "DRIFT" if f.drifted else ("new" if f.schema == "new" else "ok"),
+                "verdict": "DRIFT" if f.drifted else _quiet_verdict(f),
                 "statistics": stats or "-",
-                "why": "; ".join(f.reasons) or ("new column" if f.schema == "new" else ""),
+                "why": "; ".join(f.reasons) or _quiet_why(f),
             }
         )
     return rows
