@@ -60,6 +60,40 @@ def test_track_persists_metrics_steps_and_status(project: Path) -> None:
     assert tracking.last_run_id() == run.run_id and tracking.active_run_id() is None
 
 
+@pytest.mark.parametrize("key", ["a\nb", "", "../up", "/abs", "a//b", "x" * 251, "semi;colon"])
+def test_a_name_mlflow_refuses_fails_in_the_call_naming_it(project: Path, key: str) -> None:
+    # Given a tracked block, When a metric, parameter or tag gets a name MLflow refuses
+    with nb_mlops.track(name="names") as run:
+        for call in (
+            lambda: nb_mlops.log(**{key: 1.0}),
+            lambda: run.log_params({key: 1}),
+            lambda: run.set_tag(key, "v"),
+        ):
+            # Then that call raises one line naming it (on every store alike: a server would
+            # refuse the whole batch at the block's end)
+            with pytest.raises(TrackingError, match="not one MLflow accepts") as info:
+                call()
+            assert repr(key)[:40] in str(info.value) and "\n" not in str(info.value)
+        nb_mlops.log(**{"fine name/ä:1": 1.0})
+    tracking.flush()
+    assert _client(project).get_run(run.run_id).data.metrics == {"fine name/ä:1": 1.0}
+
+
+def test_a_parameter_keeps_its_first_value_and_a_new_one_is_refused(project: Path) -> None:
+    with nb_mlops.track(name="params") as run:
+        run.log_params({"lr": 0.1, "depth": 3})
+        run.log_params({"lr": 0.1})  # the same value again: fine
+        # When a parameter is given another value, Then the call raises and logs nothing of it
+        with pytest.raises(TrackingError, match=r"parameter 'lr' is already '0.1'.*'0.2'"):
+            run.log_params({"other": 1, "lr": 0.2})
+        # And a value longer than MLflow keeps is cut to its limit, with a warning
+        with pytest.warns(UserWarning, match="MLflow keeps the first 6,000"):
+            run.log_params({"long": "x" * 7000})
+    tracking.flush()
+    params = _client(project).get_run(run.run_id).data.params
+    assert params == {"lr": "0.1", "depth": "3", "long": "x" * 6000}
+
+
 def test_raise_marks_failed_and_interrupt_marks_killed(project: Path) -> None:
     with pytest.raises(ZeroDivisionError), nb_mlops.track(name="bad") as bad:
         1 / 0  # noqa: B018

@@ -4,9 +4,12 @@ runs go to, and the `Run` object `track()` yields."""
 from __future__ import annotations
 
 import os
+import posixpath
+import re
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +55,7 @@ class Run:
     _store: _Store | None = field(default=None, repr=False)
     _steps: dict[str, int] = field(default_factory=dict, repr=False)
     _outbox: Outbox | None = field(default=None, repr=False)
+    _params: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def run_id(self) -> str:
@@ -88,12 +92,66 @@ class Run:
 
     def set_tag(self, key: str, value: object) -> None:
         assert self._store is not None
+        check_key("tag", key)
         self._store.writer.tag(self.key, key, str(value))
 
     def log_params(self, params: dict[str, Any]) -> None:
+        """Log parameters; a parameter keeps its first value (MLflow refuses to change one).
+
+        Raises:
+            TrackingError: a name MLflow does not accept, or a new value for a parameter this
+                run already has (nothing of the call is logged then).
+        """
         assert self._store is not None
+        formatted: dict[str, str] = {}
         for key, value in params.items():
-            self._store.writer.param(self.key, key, nbcap.format_param(value))
+            check_key("parameter", key)
+            formatted[key] = text = _param_text(key, value)
+            before = self._params.get(key)
+            if before is not None and before != text:
+                raise TrackingError(
+                    f"parameter {key!r} is already {_short(before)} in this run and cannot become "
+                    f"{_short(text)} (MLflow keeps a parameter's first value): log it under "
+                    "another name, or as a metric"
+                )
+        for key, text in formatted.items():
+            self._params[key] = text
+            self._store.writer.param(self.key, key, text)
+
+
+# what MLflow accepts as a metric, parameter or tag name (its own rule, checked here so that a
+# name fails in the cell that logs it, on every store, not at the block's end on a server)
+_KEY = re.compile(r"^[/\w.\- :]*$")
+_KEY_LENGTH = 250
+_PARAM_LENGTH = 6000
+
+
+def check_key(what: str, key: object) -> None:
+    """Raise TrackingError if MLflow would refuse `key` as a name."""
+    if isinstance(key, str) and key and len(key) <= _KEY_LENGTH and _KEY.match(key):
+        normal = posixpath.normpath(key)
+        if normal == key and normal != "." and not normal.startswith(("..", "/")):
+            return
+    raise TrackingError(
+        f"{what} name {key!r} is not one MLflow accepts: use letters, digits, spaces and "
+        f"_ - . : / (no `..`, no leading or doubled `/`), at most {_KEY_LENGTH} characters"
+    )
+
+
+def _param_text(key: str, value: object) -> str:
+    text = nbcap.format_param(value)
+    if len(text) > _PARAM_LENGTH:  # MLflow's limit, on every store alike
+        warnings.warn(
+            f"parameter {key!r} is {len(text):,} characters long; MLflow keeps the first "
+            f"{_PARAM_LENGTH:,} (log the whole value as an artifact or a tag)",
+            stacklevel=3,
+        )
+        text = text[:_PARAM_LENGTH]
+    return text
+
+
+def _short(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 def _log_to(run: Run, step: int | None, metrics: dict[str, float]) -> None:
@@ -102,6 +160,7 @@ def _log_to(run: Run, step: int | None, metrics: dict[str, float]) -> None:
     ts = int(time.time() * 1000)
     steps = run._steps
     for key, value in metrics.items():
+        check_key("metric", key)
         try:
             number = float(value)
         except (TypeError, ValueError):
