@@ -291,6 +291,32 @@ def test_hostile_paths(project: Path, tmp_path: Path) -> None:
             safe_join(project / "copy3", evil)
 
 
+def test_a_folder_comes_back_as_it_was_empty_folders_and_modes_included(project: Path) -> None:
+    # Given a tree with an empty folder, an executable script, an empty file and a hidden folder
+    folder = project / "tree"
+    (folder / "logs" / "empty").mkdir(parents=True)
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "k").write_text("v")
+    (folder / "run.sh").write_text("#!/bin/sh\n")
+    (folder / "run.sh").chmod(0o755)
+    (folder / "zero").write_bytes(b"")
+    # When it is snapshotted and restored elsewhere
+    out = restore(snapshot(folder, "tree").ref, to=project / "copy")
+
+    def listing(root: Path) -> list[tuple[str, bool, int]]:
+        return sorted(
+            (str(p.relative_to(root)), p.is_dir(), p.stat().st_mode & 0o777 if p.is_file() else 0)
+            for p in root.rglob("*")
+        )
+
+    # Then it has the same folders (the empty one too), files and modes
+    assert listing(out) == listing(folder)
+    # And a new empty folder is a new version; the same tree again is not
+    assert snapshot(folder, "tree").version == 1
+    (folder / "more").mkdir()
+    assert snapshot(folder, "tree").version == 2
+
+
 def test_background_write_failure_is_reported_and_records_nothing(project: Path) -> None:
     """A full disk for a DataFrame, whose bytes are written after `snapshot` returns: `wait()`
     (and the next data call) report the failure; no manifest, reservation or partial object is left."""

@@ -117,7 +117,8 @@ def _store_entry(
 
 
 def snapshot_folder(store: DataStore, src: Path) -> dict[str, Any]:
-    """Store every file below `src`; symlinks stay links when they point inside `src`."""
+    """Store every file below `src`; symlinks stay links when they point inside `src`, and
+    empty folders are listed so that a restore recreates them."""
     src = Path(os.path.abspath(src))
     real_root = os.path.realpath(src)
     skip = os.path.realpath(store.cfg.store_dir)
@@ -126,12 +127,16 @@ def snapshot_folder(store: DataStore, src: Path) -> dict[str, Any]:
     new_cache: dict[str, list[Any]] = {}
     files: list[list[Any]] = []
     links: list[list[str]] = []
+    empty: list[str] = []  # folders with nothing in them: restored too
     added = size = 0
     started = time.time_ns()
     stack = [""]
     while stack:
         rel_dir = stack.pop()
-        for entry in _entries(os.path.join(src, rel_dir) if rel_dir else str(src)):
+        entries = _entries(os.path.join(src, rel_dir) if rel_dir else str(src))
+        if rel_dir and not entries:
+            empty.append(rel_dir)
+        for entry in entries:
             rel = os.path.join(rel_dir, entry.name) if rel_dir else entry.name
             if entry.is_symlink():
                 links.append(_link(entry, rel, src, real_root))
@@ -152,13 +157,16 @@ def snapshot_folder(store: DataStore, src: Path) -> dict[str, Any]:
                 files.append([rel, oid, nbytes, stat.S_IMODE(st.st_mode)])
     files.sort()
     links.sort()
+    empty.sort()
     listing = [[rel, oid] for rel, oid, _, _ in files] + [["->", rel, to] for rel, to in links]
+    listing += [["/", rel] for rel in empty]
     store.put_stat_cache(key, {"files": new_cache})
     return {
         "kind": "dir",
         "digest": hash_bytes(_canonical(listing)),
         "files": files,
         "links": links,
+        **({"empty_dirs": empty} if empty else {}),
         "size": size,
         "bytes_added": added,
         "path": display_path(store, src),
@@ -234,6 +242,8 @@ def restore_folder(store: DataStore, manifest: dict[str, Any], dest: Path, force
         )
     failed: list[str] = []
     dest.mkdir(parents=True, exist_ok=True)
+    for rel in manifest.get("empty_dirs", []):
+        safe_join(dest, rel).mkdir(parents=True, exist_ok=True)
     for target, rel, oid, mode in todo:
         try:
             store.objects.copy_out(oid, target, ref)
