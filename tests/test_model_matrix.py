@@ -30,6 +30,7 @@ from nbutil import execute, new_notebook
 import nb_mlops
 from nb_mlops.core import store
 from nb_mlops.core.config import load_config
+from nb_mlops.core.errors import PromotionError
 
 IMPORTS = """import numpy as np
 import xgboost as xgb
@@ -352,3 +353,37 @@ def test_models_kept_in_containers_and_objects_are_logged(project: Path) -> None
         for name in logged:
             served = mlflow.pyfunc.load_model(f"models:/{tags[f'nb_mlops.model.{name}']}")
             np.testing.assert_array_equal(served.predict(_wine()), predicted[f"{run}:{name}"])
+
+
+def test_a_run_with_several_models_says_which_is_registered_and_takes_a_name(
+    project: Path, step_namespace: dict[str, Any]
+) -> None:
+    # Given a pipeline run whose step compared two models kept in a dict
+    cfg = load_config()
+    run_id = tracked_pipeline_run(
+        cfg,
+        "models = {'tree': DecisionTreeClassifier(random_state=0), 'nb': GaussianNB()}\n"
+        "for m in models.values():\n    m.fit(X, y)",
+        step_namespace,
+        pipeline="compare",
+    )
+    # When it is promoted without naming one, Then the decision says which was registered,
+    # among which, and how to choose
+    first = nb_mlops.promote(run_id, model="compared", reason="default choice")
+    assert first.note and "models-nb" in first.note and "models-tree" in first.note
+    assert "--source NAME" in first.note and first.note in first.summary()
+    chosen = first.note.split("`")[1]
+    # And naming the other one registers that one
+    other = "models-tree" if chosen == "models-nb" else "models-nb"
+    second = nb_mlops.promote(run_id, model="compared-by-name", source=other, reason="by name")
+    assert second.note is None
+    client = _client(cfg)
+    version = client.get_model_version_by_alias("compared-by-name", "champion")
+    logged = client.get_logged_model(version.tags["nb_mlops.model_id"])
+    assert logged.name == other
+    served = mlflow.pyfunc.load_model("models:/compared-by-name@champion")
+    expected = step_namespace["models"][other.split("-", 1)[1]].predict(_wine())
+    np.testing.assert_array_equal(served.predict(_wine()), expected)
+    # And a name the run did not log is refused, listing those it did
+    with pytest.raises(PromotionError, match=r"no model named 'svm' \(logged: models-nb"):
+        nb_mlops.promote(run_id, model="compared-svm", source="svm", reason="typo")

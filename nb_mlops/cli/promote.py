@@ -64,7 +64,11 @@ def _gate_table(decision: Any) -> Any:
 @click.option("--reason", "-r", metavar="TEXT", help="Why (journaled; required with --force).")
 @click.option("--force", is_flag=True, help="Promote even if gates fail (needs --reason).")
 @click.option(
-    "--source", metavar="URI", help="Register this model folder (must lie in the run's artifacts)."
+    "--source",
+    metavar="NAME|URI",
+    help="The model to register when the run logged several: its name as the tracked cell "
+    "logged it (`model`, `models-rf`), models:/ID, or a folder in the run's artifacts. "
+    "Default: the newest model that predicts (the decision names the others).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 def promote(

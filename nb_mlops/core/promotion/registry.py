@@ -32,6 +32,7 @@ __all__ = [
     "Candidate",
     "ModelRef",
     "check_model_name",
+    "choice_note",
     "files_digest",
     "get_alias",
     "latest_pipeline_run",
@@ -86,6 +87,7 @@ class ModelRef:
         model_id: the MLflow 3 logged-model id, or None for a model logged as run artifacts.
         recorded_sha256: the digest recorded at logging time, when the logging side recorded one.
         tags: the logged model's tags (format, trusted types, project modules as logged).
+        name: the logged model's name (`model`, or a cell's variable or path: `models-rf`).
     """
 
     source: str
@@ -93,6 +95,11 @@ class ModelRef:
     model_id: str | None = None
     recorded_sha256: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    name: str | None = None
+
+    @property
+    def predicts(self) -> bool:
+        return self.tags.get(PREDICTS_TAG) != "false"
 
 
 @dataclass
@@ -275,6 +282,7 @@ def _models(client: MlflowClient, tree: dict[str, Run]) -> list[ModelRef]:
             recorded_sha256=(m.tags or {}).get(DIGEST_TAG)
             or tree[str(m.source_run_id)].data.tags.get(f"{DIGEST_TAG}.{m.model_id}"),
             tags=dict(m.tags or {}),
+            name=str(m.name) if getattr(m, "name", None) else None,
         )
         for m in found
         if str(getattr(m, "status", "READY")).endswith("READY")
@@ -350,7 +358,34 @@ def resolve_source(candidate: Candidate, source: str | None) -> ModelRef:
     return ref
 
 
+def choice_note(candidate: Candidate, ref: ModelRef) -> str | None:
+    """When the run logged several models that predict, which one is registered and how to pick
+    another (None when there was no choice)."""
+    others = sorted({m.name or m.model_id or m.source for m in candidate.models if m.predicts})
+    if len(others) < 2:
+        return None
+    chosen = ref.name or ref.model_id or ref.source
+    return (
+        f"registered `{chosen}`, the newest of the {len(others)} models the run logged "
+        f"({', '.join(others[:6])}{', ...' if len(others) > 6 else ''}): --source NAME picks another"
+    )
+
+
+def _by_name(candidate: Candidate, name: str) -> ModelRef:
+    """The newest model the run tree logged under `name` (as `%%track` names them)."""
+    for ref in candidate.models:
+        if ref.name == name:
+            return ref
+    logged = ", ".join(sorted({m.name for m in candidate.models if m.name})) or "none"
+    raise PromotionError(
+        f"run {candidate.run_id} logged no model named {name!r} (logged: {logged}); "
+        "pass one of those names, models:/ID or a runs:/ URI"
+    )
+
+
 def _explicit_source(candidate: Candidate, source: str) -> ModelRef:
+    if ":" not in source and "/" not in source:
+        return _by_name(candidate, source)
     if source.startswith("models:/"):
         model_id = source[len("models:/") :].strip("/")
         for ref in candidate.models:

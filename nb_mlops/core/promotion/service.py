@@ -43,6 +43,7 @@ from nb_mlops.core.promotion.registry import (
     Candidate,
     ModelRef,
     check_model_name,
+    choice_note,
     find_version,
     get_alias,
     get_version,
@@ -113,6 +114,7 @@ class Decision:
     model_sha256: str | None = None
     requester: str | None = None
     request_id: str | None = None
+    note: str | None = None  # which of several logged models was chosen
 
     @property
     def failed(self) -> list[GateResult]:
@@ -124,7 +126,11 @@ class Decision:
         return data
 
     def summary(self) -> str:
-        """One line: what happened."""
+        """One line: what happened (and which model, when the run logged several)."""
+        line = self._summary()
+        return f"{line}; {self.note}" if self.note else line
+
+    def _summary(self) -> str:
         if self.status == "PROMOTED":
             forced = (
                 " (FORCED past " + ", ".join(g.gate for g in self.failed) + ")"
@@ -207,6 +213,7 @@ def evaluate(
     )
     failed = any(g.verdict == FAIL for g in gates)
     return Decision(
+        note=None if source else choice_note(candidate, ref),
         status="BLOCKED" if failed else "READY",
         model=model,
         action="check",
@@ -288,6 +295,7 @@ class Attempt:
     reason: str | None = None
     force: bool = False
     who: str | None = None
+    note: str | None = None  # which of several logged models is registered
     requester: str | None = None
     request_id: str | None = None
 
@@ -302,12 +310,24 @@ def prepare(
     candidate = load_candidate(client, run_id)
     ref = resolve_source(candidate, source)
     safety = model_safety(cfg, ref)
-    return Attempt(cfg, client, model, candidate, ref, safety, Journal(cfg, model))
+    attempt = Attempt(cfg, client, model, candidate, ref, safety, Journal(cfg, model))
+    attempt.note = None if source else choice_note(candidate, ref)
+    return attempt
 
 
 def promote_locked(attempt: Attempt, *, ask: bool = False) -> Decision:
     """Under the model's lock: judge the gates, then journal a blocked attempt, a request for
     approval (`ask`) or move the champion."""
+    try:
+        decision = _judge_and_act(attempt, ask)
+    except PromotionBlocked as blocked:
+        blocked.decision.note = attempt.note
+        raise
+    decision.note = attempt.note
+    return decision
+
+
+def _judge_and_act(attempt: Attempt, ask: bool) -> Decision:
     a = attempt
     _reconcile_locked(a.cfg, a.client, a.model, a.journal)
     aliases = model_aliases(a.client, a.model)
