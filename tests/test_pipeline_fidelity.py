@@ -595,6 +595,21 @@ CORPUS: list[tuple[str, list, str]] = [
         "same",
     ),
     (
+        "a-class-registry-filled-once-then-instances-in-parallel-branches",
+        [
+            _c(
+                "class Model:\n    registry = {}\n    @classmethod\n    def register(cls, name):\n"
+                "        cls.registry[name] = 1\n    def __init__(self, k):\n        self.k = k\n"
+                "    def size(self):\n        return self.k * 2\nModel.register('a')",
+                "step:define",
+            ),
+            _c("m1 = Model(1)\nprint(m1.size())", "step:left", "prev:define"),
+            _c("m2 = Model(2)\nprint(m2.size())", "step:right", "prev:define"),
+            _c("Model.register('b')\nprint(len(Model.registry), m1.k, m2.k)", "step:join"),
+        ],
+        "same",
+    ),
+    (
         "function-attribute-and-mutable-default",
         [
             _c(
@@ -1413,6 +1428,19 @@ def test_models_fit_on_the_same_data_are_parallel_branches(project: Path) -> Non
     assert spec.steps["report"].after == ["data", "lr", "dt"]
     loader = nbformat.read(spec.dir / spec.steps["lr"].notebook, as_version=4)
     assert any("unchanged=['X', 'y']" in c.source for c in loader.cells)
+
+
+def test_objects_of_a_class_with_state_methods_stay_parallel(project: Path) -> None:
+    # Given instances made in two branches of a class whose classmethod changes its registry
+    cells = next(
+        c
+        for i, c, _ in CORPUS
+        if i == "a-class-registry-filled-once-then-instances-in-parallel-branches"
+    )
+    spec = build_pipeline(new_notebook(project / "registry.ipynb", cells))
+    # Then only the calls that change the class order the steps: making objects does not
+    assert (spec.steps["left"].after, spec.steps["right"].after) == (["define"], ["define"])
+    assert spec.steps["join"].inputs == {"Model": "define", "m1": "left", "m2": "right"}
 
 
 def test_a_model_method_changing_its_input_stops_the_step_naming_it(

@@ -108,9 +108,12 @@ class Summary:
     generator: bool = False
     kind: str = "function"  # function | lambda | class
     nested: bool = False  # defines functions or lambdas: what it returns may be one of them
-    # changes its class's own state (`cls.n += 1`, `type(self).seen.append(x)`): class
-    # attributes are shared by every instance, and travel with the class
+    # a method that changes its class's own state (`cls.n += 1`, `type(self).seen.append(x)`):
+    # class attributes are shared by every instance, and travel with the class
     class_state: bool = False
+    # a class's methods, and those of them that change its state (directly or through another)
+    methods: set[str] = field(default_factory=set)
+    state_methods: set[str] = field(default_factory=set)
     # parameters whose default is a mutable object kept by the function (`acc=[]`)
     shared_defaults: set[str] = field(default_factory=set)
 
@@ -120,7 +123,6 @@ class Summary:
         self.changes |= other.changes
         self.calls.extend(other.calls)
         self.links.extend(other.links)
-        self.class_state = self.class_state or other.class_state
 
 
 @dataclass
@@ -288,6 +290,29 @@ def _shared_defaults(args: ast.arguments) -> set[str]:
     pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d]
     immutable = ast.Constant | ast.Tuple | ast.Name | ast.Attribute | ast.UnaryOp | ast.BinOp
     return {a.arg for a, d in pairs if d is not None and not isinstance(d, immutable)}
+
+
+def _state_methods(methods: dict[str, Summary]) -> set[str]:
+    """The methods that change their class's state: directly, or by calling one that does on
+    `self`/`cls` (to a fixed point)."""
+    found = {name for name, m in methods.items() if m.class_state}
+    grew = True
+    while grew:
+        grew = False
+        for name, method in methods.items():
+            if name in found:
+                continue
+            own = {f"@{method.params[0]}"} if method.params else set()
+            for site in method.calls:
+                if (
+                    site.callee[0] == "method"
+                    and site.callee[1] in found
+                    and (not site.receiver or site.receiver <= own)
+                ):
+                    found.add(name)
+                    grew = True
+                    break
+    return found
 
 
 def _is_classmethod(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
@@ -887,6 +912,7 @@ class _Walker:
         scope = _Scope("class")
         scope.locals = _bound_names(node.body, set())[0]
         summary = Summary(node.name, node.lineno, varargs=True, kind="class")
+        methods: dict[str, Summary] = {}
         self.scopes.append(scope)
         for stmt in node.body:
             if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -896,9 +922,15 @@ class _Walker:
                 method = self.summarize(stmt, f"{node.name}.{stmt.name}", stmt.args, stmt.body)
                 if _is_classmethod(stmt) and method.params:
                     method.class_state |= _changes_param(method, method.params[0])
+                if node.name in method.changes:  # `Counter.n += 1` in its own method
+                    method.class_state = True
+                    method.changes.discard(node.name)
+                methods[stmt.name] = method
                 summary.merge(method)
             else:
                 self.stmt(stmt)  # the class body runs now
+        summary.methods = set(methods)
+        summary.state_methods = _state_methods(methods)
         self.scopes.pop()
         self.bind(node.name)
         if self.effects is not None and self._global(node.name):

@@ -369,9 +369,35 @@ class _Planner:
                 ev.writes.add(member)
                 ev.why.setdefault(member, why.format(f"the state of `{name}`, which it holds,"))
 
-    def _class_names(self, summary: Summary) -> list[str]:
-        """The names a class summary is bound to now."""
-        return [n for n, found in self.callables.items() if any(s is summary for s in found)]
+    def _classes(self, name: str) -> list[Summary]:
+        return [s for s in self.callables.get(name, []) if s.kind == "class"]
+
+    def _class_method_call(self, site: CallSite, ev: _Events, why: str) -> set[str]:
+        """A method called on a notebook class itself (`Counter.bump()`) or on an object holding
+        one (`c.bump()`): the classes whose state it changes, now changed (a class's own
+        attribute's object changed, `Counter.seen.append(x)`, counts too). Returns the receivers
+        that are classes (judged here, not as ordinary values)."""
+        if site.callee[0] == "attr":
+            path = site.callee[2]
+            method = path.rsplit(".", 1)[-1]
+        elif site.callee[0] == "method":
+            path = method = site.callee[1]
+        else:
+            return set()
+        judged: set[str] = set()
+        for ref in site.receiver:
+            if ref.startswith(("@", "!")):
+                continue
+            direct = bool(self._classes(ref))
+            if direct:
+                judged.add(ref)
+            for name in ({ref} if direct else set()) | self.groups.held(ref):
+                for summary in self._classes(name):
+                    deeper = direct and "." in path  # `Counter.seen.append(x)`
+                    unknown = direct and method not in summary.methods
+                    if deeper or unknown or method in summary.state_methods:
+                        self._state_change(name, ev, why)
+        return judged
 
     def _param_changes(self, summary: Summary, seen: set[int]) -> set[str]:
         """The parameters a notebook function may change, through the calls it makes too."""
@@ -461,9 +487,6 @@ class _Planner:
             ev.writes.add(name)
             ev.why.setdefault(name, f"{why} changes it")
         self._group_change(summary.changes, ev, f"{why} changes {{}}", state=True)
-        if summary.class_state and summary.kind == "class":
-            for name in self._class_names(summary):
-                self._state_change(name, ev, f"{why} changes the class attributes of {{}}")
         for link in summary.links:
             self._link({r for r in link if not r.startswith("@")}, ev, f"{why} shares {{}}", set())
         for site in summary.calls:
@@ -530,7 +553,8 @@ class _Planner:
         elif site.callee[0] == "method" or (
             site.callee[0] == "attr" and self._qual(site.callee) is None
         ):
-            self._group_change(receiver, ev, why, state=True)
+            classes = self._class_method_call(site, ev, why)
+            self._group_change(receiver - classes, ev, why, state=True)
         elif site.callee[0] in ("local", "other"):
             # a local or a computed value called: it may be a bound method of a global's object
             self._group_change(receiver, ev, why)
@@ -638,6 +662,10 @@ class _Planner:
         if site.callee[0] == "name":
             summaries = self.callables.get(site.callee[1], [])
             for summary in summaries:
+                if summary.kind == "class" and summary.state_methods & _CONSTRUCTION:
+                    self._state_change(
+                        site.callee[1], ev, f"{ref} makes a `{site.callee[1]}`, which changes {{}}"
+                    )
                 binding = _bind_args(summary, site)
                 kept = summary.shared_defaults - set(binding if binding is not None else ())
                 if site.star or summary.varargs:
@@ -1114,6 +1142,9 @@ def _qualify(callee: tuple[str, ...], imports: dict[str, str]) -> str | None:
     if callee[0] == "attr" and callee[1] in imports:
         return f"{imports[callee[1]]}.{callee[2]}"
     return None
+
+
+_CONSTRUCTION = frozenset({"__new__", "__init__", "__post_init__"})
 
 
 def _bind_args(summary: Summary, site: CallSite) -> dict[str, frozenset[str]] | None:
