@@ -610,6 +610,15 @@ CORPUS: list[tuple[str, list, str]] = [
         "same",
     ),
     (
+        "a-class-changed-through-an-object-in-a-statement",
+        [
+            _c("class Tag:\n    n = 0\n    seen = []\nt = Tag()\nu = Tag()", "step:define"),
+            _c("type(t).n = 4\nt.__class__.seen.append(1)", "step:change"),
+            _c("print(Tag.n, u.n, Tag.seen)", "step:read"),
+        ],
+        "same",
+    ),
+    (
         "function-attribute-and-mutable-default",
         [
             _c(

@@ -159,6 +159,7 @@ class Effects:
     unpicklable: dict[str, str] = field(default_factory=dict)
     unpicklable_calls: dict[str, tuple[str, ...]] = field(default_factory=dict)
     state_targets: list[str] = field(default_factory=list)
+    class_changes: set[str] = field(default_factory=set)  # `type(x).n = 1`: x's class changes
     module_objects: dict[str, str] = field(default_factory=dict)  # name → `mod.attr` it is
     dynamic: str | None = None
 
@@ -267,18 +268,20 @@ def _is_generator(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     return False
 
 
-def _reaches_class_of(node: ast.expr) -> bool:
-    """`type(x)...`, `x.__class__...`: an expression whose object is (part of) an object's class."""
+def _class_of(node: ast.expr) -> ast.expr | None:
+    """`type(x)...`, `x.__class__...`: x, whose class's state the expression reaches."""
     while isinstance(node, ast.Attribute | ast.Subscript):
         if isinstance(node, ast.Attribute) and node.attr == "__class__":
-            return True
+            return node.value
         node = node.value
-    return (
+    if (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Name)
         and node.func.id == "type"
         and len(node.args) == 1
-    )
+    ):
+        return node.args[0]
+    return None
 
 
 def _shared_defaults(args: ast.arguments) -> set[str]:
@@ -445,9 +448,15 @@ class _Walker:
             self.summary.param_changes |= {r[1:] for r in refs if r.startswith("@")}
 
     def class_change(self, base: ast.expr) -> None:
-        """A change through `type(x)` or `x.__class__` inside a function changes a class."""
-        if self.summary is not None and _reaches_class_of(base):
+        """A change through `type(x)` or `x.__class__` changes a class: in a method, its own;
+        in a statement, the classes x's objects may hold."""
+        owner = _class_of(base)
+        if owner is None:
+            return
+        if self.summary is not None:
             self.summary.class_state = True
+        elif self.effects is not None:
+            self.effects.class_changes |= self.refs(owner)
 
     def link(self, refs: Names) -> None:
         if len(refs) > 1:

@@ -629,6 +629,10 @@ class _Planner:
         state = [t for t in effects.state_targets if self._import_qual(t.split(".")[0])]
         direct_changes = set(effects.changes) - {t.split(".")[0] for t in state}
         self._group_change(direct_changes, ev, f"{ref} changes {{}} in place", state=True)
+        for name in sorted(effects.class_changes):
+            for held in sorted(self.groups.held(name)):
+                if self._classes(held):
+                    self._state_change(held, ev, f"{ref} changes the class of `{name}`, {{}}")
         setters = bool(state) and not (effects.binds or effects.maybe_binds)
         for site in effects.calls:
             if self._call_events(site, ev, ref):
