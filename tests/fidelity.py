@@ -8,7 +8,8 @@ each run's cells inside one kernel request through `InteractiveShell.run_cell` (
 an execute request, with its input transformations and events, minus the messaging):
 the user namespace is put back to a new kernel's, and the process-wide state a fresh kernel would not have is put
 back (environment variables, working folder, `sys.path`, warnings filters, pandas and
-matplotlib options, IPython event callbacks), and the global random generators are reseeded from
+matplotlib options, numpy's error handling and print options, the decimal context, the
+recursion limit, IPython event callbacks), and the global random generators are reseeded from
 the OS, as in a new process. It runs the generated step notebooks' own cells (parameters, a
 stand-in for papermill's injected context, setup, imports/functions, loader, the step's cells,
 saver) against real value files. It does not exercise what only a new process gives: C-level
@@ -35,6 +36,7 @@ import nbformat
 from nb_mlops.core.errors import BuildError
 from nb_mlops.pipeline import build_pipeline, load_pipeline
 from nb_mlops.pipeline.kernel import DONE_FILE, encode_context
+from tests.kernel_noise import strip_kernel_noise
 from tests.nbutil import Cell, new_notebook
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,6 +137,10 @@ def run_cells(cells):
 
 LAST = "[]"
 
+import numpy as _np
+_NP_PRINT = _np.get_printoptions()
+_RECURSION = sys.getrecursionlimit()
+
 def reset(cwd):
     ns = _shell.user_ns
     for name in [n for n in ns if n not in _INITIAL]:
@@ -149,7 +155,13 @@ def reset(cwd):
     import random
     random.seed()
     if "numpy" in sys.modules:
-        sys.modules["numpy"].random.seed()
+        np = sys.modules["numpy"]
+        np.random.seed()
+        np.seterr(all="warn", under="ignore")  # numpy's defaults
+        np.set_printoptions(**_NP_PRINT)
+    import decimal
+    decimal.setcontext(decimal.Context())
+    sys.setrecursionlimit(_RECURSION)
     if "pandas" in sys.modules:
         sys.modules["pandas"].reset_option("all")
     if "matplotlib" in sys.modules:
@@ -417,7 +429,7 @@ def real_outputs(nb: Any) -> dict[int, str]:
         text = "".join(
             o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream"
         )
-        found[index] = text
+        found[index] = strip_kernel_noise(text)
     return found
 
 

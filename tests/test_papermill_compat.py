@@ -29,6 +29,7 @@ from nb_mlops.core.errors import BuildError, ParameterError
 from nb_mlops.pipeline import build_pipeline, run_pipeline
 from nb_mlops.pipeline.convert import BuildWarning
 from nb_mlops.pipeline.params import _type_of, read_parameters
+from tests.kernel_noise import strip_kernel_noise
 from tests.nbutil import IOPUB_TIMEOUT, papermill_execute
 
 NOTEBOOKS = Path(str(files("papermill") / "tests" / "notebooks"))
@@ -105,23 +106,12 @@ def _normal(output: Any) -> tuple[Any, ...]:
 
 
 _TIMING = re.compile(r"\[\d+:\d+<[^\]]*\]")  # a progress bar's "[00:03<00:00, 1.11cell/s]"
-# a traceback pyzmq prints on stderr when a nested papermill run's kernel client is torn down on a
-# busy machine ("Socket operation on non-socket"): noise of the run, not output of the notebook
-_ZMQ_TEARDOWN = re.compile(
-    r"^(Traceback \(most recent call last\):|Exception ignored in\b).*?^zmq\.error\.\w+:[^\n]*\n",
-    re.M | re.S,
-)
-
-# what a nested papermill run's kernel logs when jupyter_client interrupts it on shutdown, when
-# the signal arrives before the kernel is gone: a race of that run, not output of the notebook
-_SHUTDOWN_INTERRUPT = re.compile(r"\[IPKernelApp\] ERROR \| KeyboardInterrupt caught in kernel\.\n")
 
 
 def _terminal(text: str) -> str:
     """A stream as a terminal shows it (a carriage return rewrites its line), timings masked."""
-    text = _SHUTDOWN_INTERRUPT.sub("", text)
     lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
-    return _TIMING.sub("[time]", _ZMQ_TEARDOWN.sub("", "\n".join(lines)))
+    return _TIMING.sub("[time]", strip_kernel_noise("\n".join(lines)))
 
 
 def _outputs(outputs: list[Any]) -> tuple[Any, ...]:

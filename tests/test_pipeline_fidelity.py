@@ -390,6 +390,25 @@ CORPUS: list[tuple[str, list, str]] = [
     ),
     # --- calls on modules create no edge ---------------------------------------------------
     (
+        "a-setting-whose-previous-value-is-kept",
+        # the setting call is repeated in later steps; the name it binds travels as a value
+        [
+            IMPORTS,
+            _c("old = np.seterr(all='ignore')\nz = np.zeros(2)", "step:a"),
+            _c("print(np.geterr()['divide'], old['divide'], (z / z).tolist())", "step:b"),
+        ],
+        "same",
+    ),
+    (
+        "a-setting-reached-through-a-call",
+        [
+            _c("import decimal", "imports"),
+            _c("decimal.getcontext().prec = 4\nthird = decimal.Decimal(1)", "step:a"),
+            _c("print(third / decimal.Decimal(3))", "step:b"),
+        ],
+        "same",
+    ),
+    (
         "makedirs-in-two-branches",
         [
             IMPORTS,
@@ -1223,6 +1242,8 @@ REAL = [
     "two-models-fit-on-the-same-data",
     "class-registry-filled-by-instances",
     "lru-cached-function-crosses-steps",
+    "a-setting-whose-previous-value-is-kept",
+    "a-setting-reached-through-a-call",
 ]
 
 

@@ -337,6 +337,26 @@ def _changes_param(summary: Summary, param: str) -> bool:
     return False
 
 
+def _through_calls(node: ast.expr) -> tuple[str, str] | None:
+    """`decimal.getcontext().prec` → ("decimal", "getcontext().prec"): a target reached through
+    calls of a name's attributes (None when the chain does not start at a name)."""
+    parts: list[str] = []
+    while True:
+        if isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        elif isinstance(node, ast.Subscript):
+            node = node.value
+        elif isinstance(node, ast.Call) and not node.args and not node.keywords:
+            parts.append("()")
+            node = node.func
+        else:
+            break
+    if isinstance(node, ast.Name) and "()" in parts:
+        return node.id, ".".join(reversed(parts)).replace(".()", "()")
+    return None
+
+
 def _dotted(node: ast.expr) -> tuple[str, str] | None:
     """`a.b.c` → ("a", "b.c"); a bare name → (name, "")."""
     parts: list[str] = []
@@ -659,9 +679,12 @@ class _Walker:
             self.state_target(target)
 
     def state_target(self, target: ast.expr) -> None:
-        # `os.environ[k] = v`, `pd.options.x = y`: the planner decides whether base is a module
+        # `os.environ[k] = v`, `pd.options.x = y`, `decimal.getcontext().prec = 4`: the planner
+        # decides whether the base is a module
         if self.effects is not None:
             dotted = _dotted(target.value if isinstance(target, ast.Subscript) else target)
+            if dotted is None:
+                dotted = _through_calls(target)
             if dotted is not None:
                 self.effects.state_targets.append(".".join(p for p in dotted if p))
 

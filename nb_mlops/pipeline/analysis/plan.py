@@ -167,6 +167,7 @@ class _Events:
     produced: set[str] = field(default_factory=set)  # bound by the statement before any use
     why: dict[str, str] = field(default_factory=dict)  # why a name's new value comes from here
     setter: bool = False
+    replay: str | None = None  # what later steps repeat, when not the whole statement
     assumed: dict[str, str] = field(default_factory=dict)  # given to a model's method: why
     # notebook functions and classes whose own state (attributes, defaults) changes: why
     state_changes: dict[str, str] = field(default_factory=dict)
@@ -639,6 +640,9 @@ class _Planner:
                 setters = True
         if qual_only_setters(effects) and setters:
             ev.setter = True
+        elif setters:
+            ev.replay = self._setter_call(effects)
+            ev.setter = ev.replay is not None
         for summary in effects.lambdas:
             self._apply_summary(summary, ev, f"{ref} (a lambda)", None, set())
         self._held_callables(ev, ref)
@@ -716,7 +720,7 @@ class _Planner:
                 self._step_statement(stmt, ev)
                 self._uncarried_seeds(stmt, step_stmts)
                 if ev.setter:
-                    self.replays.append((stmt.index, cell, effects.source))
+                    self.replays.append((stmt.index, cell, ev.replay or effects.source))
                 if effects.dynamic and len(self.plans) > 1:
                     raise BuildError(
                         f"{cell.ref}: {effects.dynamic} sets names the analysis cannot see, so "
@@ -780,6 +784,25 @@ class _Planner:
                 "of a module, which every step imports afresh: a change to it here does not reach "
                 f"later steps; change `{origin[0]}` directly, or copy it where `{name}` is set"
             )
+
+    def _setter_call(self, effects: Effects) -> str | None:
+        """`old = np.seterr(all="ignore")`: the setting call alone, which later steps repeat (the
+        name it binds travels as a value)."""
+        try:
+            (node,) = ast.parse(effects.source).body
+        except (SyntaxError, ValueError):
+            return None
+        value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+        if not isinstance(value, ast.Call):
+            return None
+        dotted = _dotted_name(value.func)
+        module = self._import_qual(dotted.split(".")[0]) if dotted else None
+        if dotted is None or module is None:
+            return None
+        qual = ".".join([module, *dotted.split(".")[1:]])
+        if not knowledge.is_state_setter(qual):
+            return None
+        return ast.get_source_segment(effects.source, value)
 
     def _prelude_state(self, stmt: _Stmt, ev: _Events) -> None:
         """A function or class of an `imports`/`functions` cell whose state a step changes:
@@ -1119,6 +1142,14 @@ def literal_paths(source: str) -> list[str]:
         ):
             found.append(node.value)
     return found
+
+
+def _dotted_name(node: ast.expr) -> str | None:
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else None
 
 
 def qual_only_setters(effects: Effects) -> bool:
