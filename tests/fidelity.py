@@ -420,12 +420,18 @@ def scratch_project() -> Path:
 
 
 def real_outputs(nb: Any) -> dict[int, str]:
-    """Printed output per source cell of an executed notebook (papermill's or a step's)."""
+    """Printed output per source cell of an executed notebook: papermill's (cells by position),
+    or a step's (its cells marked with their source cell; the runner's own cells left out)."""
+    marked = any(c.metadata.get("nb_mlops", {}).get("source_cell") for c in nb.cells)
     found: dict[int, str] = {}
     for position, cell in enumerate(nb.cells, 1):
         if cell.cell_type != "code":
             continue
-        index = cell.metadata.get("nb_mlops", {}).get("source_cell", position)
+        index = cell.metadata.get("nb_mlops", {}).get("source_cell")
+        if index is None:
+            if marked:
+                continue  # the runner's set-up, loader or saver cell
+            index = position
         text = "".join(
             o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream"
         )

@@ -26,6 +26,7 @@ from nb_mlops.core import plugins
 from nb_mlops.core.errors import BuildError
 from nb_mlops.pipeline import build_pipeline, run_pipeline
 from nb_mlops.pipeline import marshal as value_store
+from nb_mlops.pipeline.convert import describe_inputs
 from tests.fidelity import (
     WarmKernel,
     check_notebook,
@@ -405,6 +406,23 @@ CORPUS: list[tuple[str, list, str]] = [
             _c("import decimal", "imports"),
             _c("decimal.getcontext().prec = 4\nthird = decimal.Decimal(1)", "step:a"),
             _c("print(third / decimal.Decimal(3))", "step:b"),
+        ],
+        "same",
+    ),
+    (
+        "files-written-by-magics-and-shell-commands",
+        # a module written with %%writefile and imported, files written by %%bash, `!` and
+        # os.system and read in later steps: the readers run after the writers
+        [
+            IMPORTS,
+            _c("%%writefile helper_mod.py\nVAL = 3", "step:write_module"),
+            _c("import helper_mod\nprint(helper_mod.VAL)", "step:use_module"),
+            _c("%%bash\necho from-bash > bash.txt", "step:bash"),
+            _c("print(open('bash.txt').read().strip())", "step:read_bash"),
+            _c("!echo from-shell > shell.txt", "step:shell"),
+            _c("print(open('shell.txt').read().strip())", "step:read_shell"),
+            _c("os.system('echo from-system > system.txt')", "step:system"),
+            _c("print(open('system.txt').read().strip())", "step:read_system"),
         ],
         "same",
     ),
@@ -1244,6 +1262,7 @@ REAL = [
     "lru-cached-function-crosses-steps",
     "a-setting-whose-previous-value-is-kept",
     "a-setting-reached-through-a-call",
+    "files-written-by-magics-and-shell-commands",
 ]
 
 
@@ -1471,6 +1490,25 @@ def test_objects_of_a_class_with_state_methods_stay_parallel(project: Path) -> N
     # Then only the calls that change the class order the steps: making objects does not
     assert (spec.steps["left"].after, spec.steps["right"].after) == (["define"], ["define"])
     assert spec.steps["join"].inputs == {"Model": "define", "m1": "left", "m2": "right"}
+
+
+def test_readers_of_files_a_magic_or_shell_command_writes_run_after_it(project: Path) -> None:
+    cells = next(c for i, c, _ in CORPUS if i == "files-written-by-magics-and-shell-commands")
+    spec = build_pipeline(new_notebook(project / "files.ipynb", cells))
+    after = {name: step.after for name, step in spec.steps.items()}
+    # a module written by %%writefile is read by the import of it
+    assert "write_module" in after["use_module"]
+    # a shell command runs after the steps begun before it, and those begun after it wait
+    for reader, writer in (
+        ("read_bash", "bash"),
+        ("read_shell", "shell"),
+        ("read_system", "system"),
+    ):
+        assert writer in after[reader], (reader, after[reader])
+    assert {"write_module", "use_module"} <= set(after["bash"])
+    assert "after step bash (cell #4 (id cell-3) runs a shell command, which may write files)" in (
+        describe_inputs(spec.steps["read_bash"])
+    )
 
 
 def test_a_model_method_changing_its_input_stops_the_step_naming_it(

@@ -145,8 +145,8 @@ def _parameter_cells(params: list[Cell], imports: list[str]) -> list[Any]:
 
 
 def describe_inputs(step: StepPlan | Any) -> list[str]:
-    """One line per value a step receives, `name ← producer (why)`, and per file it shares with
-    an earlier step, `file PATH (why)`."""
+    """One line per value a step receives, `name ← producer (why)`, per file it shares with
+    an earlier step, `file PATH (why)`, and per step it waits for around a shell command."""
     reasons = getattr(step, "reasons", {}) or {}
     unchanged = getattr(step, "unchanged", {}) or {}
     lines = []
@@ -158,6 +158,8 @@ def describe_inputs(step: StepPlan | Any) -> list[str]:
     for key, why in reasons.items():
         if key.startswith("file:"):
             lines.append(f"file `{key[5:]}` ({why})")
+        elif key.startswith("shell:"):
+            lines.append(f"after step {key[6:]} ({why})")
     return lines
 
 

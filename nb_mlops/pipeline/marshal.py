@@ -402,8 +402,8 @@ class _Saver:
             wrapped = getattr(obj, "__wrapped__", None)
             if isinstance(wrapped, types.FunctionType) and wrapped.__globals__ is self.ns:
                 # pickled by name otherwise, a name the loading step may not have
-                settings = obj.cache_parameters()
-                return (_lru_cached, (wrapped, settings["maxsize"], settings["typed"]))
+                cache = obj.cache_parameters()
+                return (_lru_cached, (wrapped, cache["maxsize"], cache["typed"]))
         np = sys.modules.get("numpy")
         if np is not None and cls is np.ndarray:
             return self._array(obj)

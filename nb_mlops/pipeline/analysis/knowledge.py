@@ -15,6 +15,8 @@ __all__ = [
     "BUILTINS",
     "ENV_MAGICS",
     "GENERATORS",
+    "SHELL_CALLS",
+    "SHELL_CELL_MAGICS",
     "builtin_mutates",
     "draws_random",
     "fresh_result",
@@ -45,6 +47,20 @@ _MUTATING_BUILTINS: dict[str, tuple[int | str, ...]] = {
     "min": ("key",),
     "max": ("key",),
 }
+# what runs a shell command, which may read and write any file
+SHELL_CELL_MAGICS = frozenset({"bash", "sh", "script", "system", "!", "perl", "ruby"})
+SHELL_CALLS = frozenset(
+    {
+        "os.system",
+        "os.popen",
+        "subprocess.run",
+        "subprocess.call",
+        "subprocess.check_call",
+        "subprocess.check_output",
+        "subprocess.Popen",
+        "shutil.unpack_archive",
+    }
+)
 # builtins that read a namespace the analysis cannot see into
 DYNAMIC_BUILTINS = frozenset({"exec", "eval", "globals", "locals", "vars", "__import__"})
 

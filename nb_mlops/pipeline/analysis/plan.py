@@ -67,7 +67,8 @@ class StepPlan:
         metrics: names whose numeric values this step records as metrics.
         replay: statements changing process-wide settings, repeated before the step's cells.
         reasons: input name → why (e.g. "cell #7 passes it to a call"), for `pipeline build`;
-            `file:PATH` → why the step runs after the one in `file_after` (both name the file).
+            `file:PATH` → why the step runs after the one in `file_after` (both name the file);
+            `shell:STEP` → why it runs after STEP (one of them runs a shell command).
     """
 
     name: str
@@ -80,7 +81,7 @@ class StepPlan:
     replay: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)  # literal file paths of its cells
-    file_after: dict[str, str] = field(default_factory=dict)  # "file:PATH" → earlier step
+    file_after: dict[str, str] = field(default_factory=dict)  # "file:PATH"/"shell:S" → step
     # inputs a model's method (`fit`, `predict`, ...) is given: assumed unchanged by it, so
     # later steps may take them from upstream; the step checks that at its end (name → why)
     unchanged: dict[str, str] = field(default_factory=dict)
@@ -741,24 +742,73 @@ class _Planner:
 
     def _file_order(self) -> None:
         """Steps that name the same file run in notebook order: one may write what the other
-        reads (a file is not a variable the analysis can follow)."""
+        reads (a file is not a variable the analysis can follow). A cell running a shell
+        command (`!unzip data.zip`, `%%bash`, `os.system(...)`) may touch any file: its step runs
+        after the steps begun before it, and the steps begun after it run after it."""
         seen: dict[str, tuple[str, Cell]] = {}
+        modules = _written_modules(self.grammar.cells)
+        begun: list[str] = []  # steps in the order of their first cell
+        shell: tuple[str, Cell] | None = None  # the latest cell running a shell command
         for cell in self.grammar.cells:
             if cell.role != "step" or cell.step is None:
                 continue
+            plan = self.plans[cell.step]
             paths = literal_paths(cell.source)
-            self.plans[cell.step].paths.extend(
-                p for p in paths if p not in self.plans[cell.step].paths
-            )
+            imported = {q.split(".")[0] for q in imports_of(cell.source).values()}
+            paths += [f"{m}.py" for m in sorted(imported & modules)]
+            plan.paths.extend(p for p in paths if p not in plan.paths)
             for path in paths:
                 earlier = seen.get(path)
                 if earlier is not None and earlier[0] != cell.step:
-                    plan = self.plans[cell.step]
-                    if earlier[0] not in plan.after:
-                        plan.after.append(earlier[0])
-                        plan.reasons[f"file:{path}"] = f"{earlier[1].ref} uses it too"
-                        plan.file_after[f"file:{path}"] = earlier[0]
+                    self._after(plan, earlier[0], f"file:{path}", f"{earlier[1].ref} uses it too")
                 seen[path] = (cell.step, cell)
+            if cell.step not in begun:
+                begun.append(cell.step)
+                if shell is not None and not self._depends(shell[0], cell.step):
+                    why = f"{shell[1].ref} runs a shell command, which may write files"
+                    self._after(plan, shell[0], f"shell:{shell[0]}", why)
+            if self._runs_shell(cell):
+                for step in begun:
+                    if not self._depends(step, cell.step):
+                        why = f"{cell.ref} runs a shell command, which may read its files"
+                        self._after(plan, step, f"shell:{step}", why)
+                shell = (cell.step, cell)
+
+    def _depends(self, step: str, on: str) -> bool:
+        """Whether `step` already runs after `on` (or is it): an edge from `on` to `step` would
+        close a cycle."""
+        todo, seen = [step], set()
+        while todo:
+            current = todo.pop()
+            if current == on:
+                return True
+            if current not in seen:
+                seen.add(current)
+                plan = self.plans[current]
+                todo += [*plan.after, *plan.inputs.values()]
+        return False
+
+    @staticmethod
+    def _after(plan: StepPlan, step: str, key: str, why: str) -> None:
+        if step not in plan.after:
+            plan.after.append(step)
+            plan.reasons[key] = why
+            plan.file_after[key] = step
+
+    def _runs_shell(self, cell: Cell) -> bool:
+        first = cell.source.lstrip("\n").split("\n", 1)[0]
+        if first.startswith("%%"):
+            magic = (first[2:].split() or [""])[0]
+            if magic in knowledge.SHELL_CELL_MAGICS:
+                return True
+        if re.search(r"^\s*(!|%(sx|system)\b)", cell.source, re.M):
+            return True
+        return any(
+            (self._qual(site.callee) or "") in knowledge.SHELL_CALLS
+            for stmt in self.stmts
+            if stmt.cell is cell
+            for site in stmt.effects.calls
+        )
 
     def _prelude_statement(self, stmt: _Stmt, ev: _Events) -> None:
         """`imports`/`functions` cells run first in every step: they cannot read step values."""
@@ -1125,8 +1175,31 @@ _PATHLIKE = re.compile(
 )
 
 
+def _written_modules(cells: list[Cell]) -> set[str]:
+    """Modules the notebook writes itself (`%%writefile helper.py`): importing one reads it."""
+    found: set[str] = set()
+    for cell in cells:
+        target = _writefile_target(cell.source)
+        if target and target.endswith(".py"):
+            found.add(target.rsplit("/", 1)[-1][: -len(".py")])
+    return found
+
+
+def _writefile_target(source: str) -> str | None:
+    first = source.lstrip("\n").split("\n", 1)[0]
+    words = first[2:].split() if first.startswith("%%") else []
+    if words and words[0] in ("writefile", "file"):
+        named = [w for w in words[1:] if not w.startswith("-")]
+        return named[-1].strip("'\"") if named else None
+    return None
+
+
 def literal_paths(source: str) -> list[str]:
-    """String literals of a cell that look like file paths (`data/train.csv`, `out/`)."""
+    """String literals of a cell that look like file paths (`data/train.csv`, `out/`), and the
+    file a `%%writefile PATH` cell writes."""
+    target = _writefile_target(source)
+    if target is not None:
+        return [target]
     try:
         tree = ast.parse(python_of(source))
     except SyntaxError:
