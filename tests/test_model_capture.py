@@ -164,6 +164,19 @@ def test_a_pipeline_is_logged_once_not_its_steps_and_unfitted_models_never() -> 
     assert models.fitted_since(namespace, before) == {}
 
 
+def test_a_model_in_ipythons_output_history_is_named_by_its_variable() -> None:
+    # Given a model shown as an earlier cell's result (IPython keeps it in `Out`) and bound to
+    # a name, and a second model kept in a dict
+    lr = LogisticRegression().fit(X, Y)
+    namespace: dict[str, Any] = {"Out": {3: lr}, "In": ["", "lr"], "lr": lr, "bag": {}}
+    before = models.snapshot(namespace)
+    # When a cell refits it and fits another into the dict
+    lr.fit(X[::-1], Y)
+    namespace["bag"]["pipe"] = make_pipeline(StandardScaler(), DummyClassifier()).fit(X, Y)
+    # Then they are named by the user's variable and path, never `Out-3`
+    assert sorted(models.fitted_since(namespace, before)) == ["bag-pipe", "lr"]
+
+
 # --- safety when logging ----------------------------------------------------------------------------
 
 

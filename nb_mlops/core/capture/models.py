@@ -45,6 +45,9 @@ _MAX_ITEMS = 256
 _IDENT_CHARS = re.compile(r"[^A-Za-z0-9_-]")  # a logged model's name: no `/ : . % " '`
 _SCAN_ALWAYS = 16  # containers up to this long are searched for models whatever they hold
 _SCALARS = (str, bytes, int, float, complex, type(None))
+# IPython's own names in the namespace: its input and output history (a model shown as a cell's
+# result sits in `Out` too; it is named by the user's variable, not `Out-7`)
+_IPYTHON_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
 
 Mark = tuple[int, bool, tuple[Any, ...]]  # (object id, fitted, fitted-state fingerprint)
 
@@ -195,7 +198,7 @@ def _reachable(namespace: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     direct: list[tuple[str, Any]] = []
     nested: list[tuple[str, Any, int]] = []
     for key, value in list(namespace.items()):
-        if key.startswith("_") or isinstance(value, type):
+        if key.startswith("_") or key in _IPYTHON_NAMES or isinstance(value, type):
             continue
         if model(value):
             direct.append((key, value))
