@@ -121,7 +121,7 @@ class Run:
 
 # what MLflow accepts as a metric, parameter or tag name (its own rule, checked here so that a
 # name fails in the cell that logs it, on every store, not at the block's end on a server)
-_KEY = re.compile(r"^[/\w.\- :]*$")
+_KEY = re.compile(r"^[/\w.\- :]*\Z")
 _KEY_LENGTH = 250
 _PARAM_LENGTH = 6000
 
