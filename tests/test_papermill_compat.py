@@ -110,7 +110,8 @@ _TIMING = re.compile(r"\[\d+:\d+<[^\]]*\]")  # a progress bar's "[00:03<00:00, 1
 
 def _terminal(text: str) -> str:
     """A stream as a terminal shows it (a carriage return rewrites its line), timings masked."""
-    lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
+    # noise first (a message may cut a progress bar's line short), then each line as shown
+    lines = [line.rsplit("\r", 1)[-1] for line in strip_kernel_noise(text).split("\n")]
     return _TIMING.sub("[time]", strip_kernel_noise("\n".join(lines)))
 
 

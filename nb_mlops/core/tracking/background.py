@@ -17,7 +17,13 @@ from nb_mlops.core.config import Config
 from nb_mlops.core.files import write_atomic
 from nb_mlops.core.store import client, import_mlflow
 from nb_mlops.core.tracking.context import Run, _proc
-from nb_mlops.core.tracking.stores import _await_warm_up, _mlflow_ready, _pop_fluent, _push_fluent
+from nb_mlops.core.tracking.stores import (
+    _await_warm_up,
+    _mlflow_ready,
+    _pop_fluent,
+    _push_fluent,
+    await_warm_up_finished,
+)
 
 
 def _note_error(run: Run, exc: BaseException) -> None:
@@ -136,7 +142,12 @@ def _log_input(cfg: Config, run: Run, use: session.DataUse) -> None:
 @contextlib.contextmanager
 def _as_active(cfg: Config, run: Run) -> Iterator[None]:
     """Make `run` MLflow's active run on this (writer) thread: a logged model belongs to the
-    active run's experiment. Models are logged by `nb_mlops.core.capture.models`."""
+    active run's experiment. Models are logged by `nb_mlops.core.capture.models`.
+
+    Waits for the whole warm-up first: its autolog set-up imports scikit-learn's modules, and so
+    does storing a model; two threads meeting in scikit-learn's lazy imports fail with a
+    KeyError from `sys.modules`."""
+    await_warm_up_finished()
     _mlflow_ready(cfg)
     with _proc.autolog_lock:  # the warm-up may be importing the flavors right now
         import mlflow.sklearn  # noqa: F401
