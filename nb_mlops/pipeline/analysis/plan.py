@@ -29,6 +29,7 @@ from nb_mlops.pipeline.analysis.effects import (
     CallSite,
     Effects,
     Summary,
+    _dotted,
     analyze_source,
     imports_of,
     python_of,
@@ -845,12 +846,12 @@ class _Planner:
         value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
         if not isinstance(value, ast.Call):
             return None
-        dotted = _dotted_name(value.func)
-        module = self._import_qual(dotted.split(".")[0]) if dotted else None
-        if dotted is None or module is None:
+        dotted = _dotted(value.func)
+        if dotted is None:
             return None
-        qual = ".".join([module, *dotted.split(".")[1:]])
-        if not knowledge.is_state_setter(qual):
+        base, path = dotted
+        qual = self._qual(("attr", base, path) if path else ("name", base))
+        if qual is None or not knowledge.is_state_setter(qual):
             return None
         return ast.get_source_segment(effects.source, value)
 
@@ -1215,14 +1216,6 @@ def literal_paths(source: str) -> list[str]:
         ):
             found.append(node.value)
     return found
-
-
-def _dotted_name(node: ast.expr) -> str | None:
-    parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else None
 
 
 def qual_only_setters(effects: Effects) -> bool:
